@@ -1,0 +1,1 @@
+"""mlcycle's DVC stages and the pieces they share. Each stage runs as ``python -m pipeline.<stage>``."""

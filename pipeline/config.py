@@ -1,0 +1,181 @@
+"""Typed, frozen views of ``params.yaml`` sections.
+
+``params.yaml`` is the only home of tunable values: the dataclasses here have no defaults, reject
+unknown keys and check each value's type, so a typo fails loudly instead of silently running with
+something else. Used by every stage; not run on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from pipeline.errors import MlcycleError
+
+T = TypeVar("T")
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read the whole params file as a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlcycleError(f"params file {str(path)!r} not found")
+    with path.open() as fh:
+        params = yaml.safe_load(fh) or {}
+    if not isinstance(params, dict):
+        raise MlcycleError(f"params file {str(path)!r}: expected a mapping of sections")
+    return params
+
+
+def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
+    """Build config dataclass ``cls`` from section ``name`` of ``params``."""
+    if name not in params:
+        raise MlcycleError(f"params.yaml: section {name!r} is missing")
+    return _build(cls, params[name], name)
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise MlcycleError(f"params.yaml: {where!r} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise MlcycleError(
+            f"params.yaml: unknown key '{where}.{unknown[0]}'; expected one of {sorted(fields)}"
+        )
+    missing = sorted(set(fields) - set(raw))
+    if missing:
+        raise MlcycleError(f"params.yaml: key '{where}.{missing[0]}' is missing")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(hints[k], raw[k], f"{where}.{k}") for k in fields}
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(where)
+    return obj
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value, where)
+            except MlcycleError as exc:
+                errors.append(exc)
+        raise MlcycleError(f"params.yaml: {where} = {value!r} is not a valid {_name(hint)}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise MlcycleError(
+                f"params.yaml: {where} = {value!r}; expected one of {list(typing.get_args(hint))}"
+            )
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise MlcycleError(f"params.yaml: {where} = {value!r}; expected a list")
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is type(None):
+        if value is not None:
+            raise MlcycleError(f"params.yaml: {where} = {value!r}; expected null")
+        return None
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise MlcycleError(f"params.yaml: {where} = {value!r}; expected a {hint.__name__}")
+    if not isinstance(value, hint):
+        raise MlcycleError(f"params.yaml: {where} = {value!r}; expected a {_name(hint)}")
+    return value
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def require(ok: bool, where: str, value: Any, expected: str) -> None:
+    """Raise the standard params error unless ``ok``."""
+    if not ok:
+        raise MlcycleError(f"params.yaml: {where} = {value!r}; expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``data``: where the rows come from and what the label is."""
+
+    source: str
+    target: str
+    sensitive: str | None
+    categorical: tuple[str, ...] | None
+    max_missing_share: float
+    max_categories: int
+
+    def check(self, where: str) -> None:
+        require(0.0 <= self.max_missing_share < 1.0, f"{where}.max_missing_share",
+                self.max_missing_share, "a share in [0, 1)")
+        require(self.max_categories >= 2, f"{where}.max_categories", self.max_categories, ">= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """``preprocess.noise``: confident-learning label-noise removal."""
+
+    enabled: bool
+    model: Literal["logreg", "svm", "knn"]
+    folds: int
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"]
+    max_share: float
+
+    def check(self, where: str) -> None:
+        require(self.folds >= 2, f"{where}.folds", self.folds, ">= 2")
+        require(0.0 <= self.max_share < 0.5, f"{where}.max_share", self.max_share, "in [0, 0.5)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """``preprocess``: de-duplication, missing values, label noise, bias weights, the split."""
+
+    seed: int
+    test_size: float
+    val_size: float
+    missing: Literal["impute", "drop"]
+    noise: NoiseConfig
+    class_weights: Literal["balanced", "none"]
+
+    def check(self, where: str) -> None:
+        for key in ("test_size", "val_size"):
+            value = getattr(self, key)
+            require(0.0 < value < 0.5, f"{where}.{key}", value, "a share in (0, 0.5)")
+        require(self.test_size + self.val_size < 0.8, f"{where}.test_size + val_size",
+                self.test_size + self.val_size, "< 0.8, leaving rows to train on")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesConfig:
+    """``features``: the transform search, scored by cross-validation on train only."""
+
+    seed: int
+    cv_folds: int
+    candidates: tuple[Literal["standardize", "quantile", "log_standardize", "pca"], ...]
+    pca_components: tuple[int, ...]
+    quantiles: int
+    skew_threshold: float
+    tie_tolerance: float
+
+    def check(self, where: str) -> None:
+        require(self.cv_folds >= 2, f"{where}.cv_folds", self.cv_folds, ">= 2")
+        require(len(self.candidates) > 0, f"{where}.candidates", self.candidates, "a non-empty list")
+        require(all(k >= 1 for k in self.pca_components), f"{where}.pca_components",
+                self.pca_components, "positive integers")
+        require(self.quantiles >= 10, f"{where}.quantiles", self.quantiles, ">= 10")
+        require(self.tie_tolerance >= 0, f"{where}.tie_tolerance", self.tie_tolerance, ">= 0")

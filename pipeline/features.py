@@ -1,0 +1,142 @@
+"""Features stage: search candidate transforms by cross-validation on train, fit the best.
+
+    python -m pipeline.features --params params.yaml --schema data/schema.json \
+        --train data/prepared/train.parquet --out-arrays models/features.npz \
+        --out-spec models/features.json --metrics metrics/features.json --plot plots/features.csv
+
+Each candidate (standardize, quantile, log_standardize, standardize + PCA-k; categoricals always
+one-hot) is scored by stratified k-fold accuracy of a cheap model (logistic regression) on the
+train split alone. Candidates within ``features.tie_tolerance`` of the best count as tied and the
+cheapest (fewest output features, then list order) wins. Nothing is fit on val or test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from tqdm.auto import tqdm
+
+from pipeline.config import FeaturesConfig, read_params, section
+from pipeline.errors import MlcycleError
+from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline.schema import LABEL, WEIGHT, Schema
+from pipeline.transforms import FeatureTransform
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    name: str
+    kind: str
+    n_components: int | None
+
+
+def candidates(cfg: FeaturesConfig, n_features: int) -> list[Candidate]:
+    out = []
+    for name in cfg.candidates:
+        if name == "pca":
+            out += [Candidate(f"pca{k}", "standardize", k)
+                    for k in cfg.pca_components if k < n_features]
+        else:
+            out.append(Candidate(name, name, None))
+    return out
+
+
+def make_transform(c: Candidate, schema: Schema, cfg: FeaturesConfig) -> FeatureTransform:
+    sizes = tuple(len(f.categories or ()) if f.kind == "categorical" else 0
+                  for f in schema.features)
+    return FeatureTransform(kind=c.kind, n_categories=sizes, n_components=c.n_components,
+                            n_quantiles=cfg.quantiles, skew_threshold=cfg.skew_threshold,
+                            seed=cfg.seed)
+
+
+def score(
+    c: Candidate, X: np.ndarray, y: np.ndarray, w: np.ndarray, schema: Schema, cfg: FeaturesConfig
+) -> dict[str, Any]:
+    """Cross-validated accuracy of logistic regression on the candidate's output (train only)."""
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+    splitter = StratifiedKFold(n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True,
+                               random_state=cfg.seed)
+    accs, seconds, n_out = [], 0.0, 0
+    for fit_idx, held_idx in splitter.split(X, y):
+        start = time.perf_counter()
+        tf = make_transform(c, schema, cfg).fit(X[fit_idx])
+        Z_fit, Z_held = tf.transform(X[fit_idx]), tf.transform(X[held_idx])
+        seconds += time.perf_counter() - start
+        model = LogisticRegression(max_iter=2000).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
+        accs.append(float((model.predict(Z_held) == y[held_idx]).mean()))
+        n_out = tf.n_features_out_
+    return {"name": c.name, "cv_accuracy": float(np.mean(accs)), "cv_std": float(np.std(accs)),
+            "n_features_out": n_out, "transform_seconds": seconds}
+
+
+def choose(table: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Best CV accuracy; among those within ``tolerance`` of it, fewest output features."""
+    best = max(r["cv_accuracy"] for r in table)
+    tied = [r for r in table if r["cv_accuracy"] >= best - tolerance]
+    return min(tied, key=lambda r: r["n_features_out"])  # min keeps list order on equal cost
+
+
+def search(
+    train: pd.DataFrame, schema: Schema, cfg: FeaturesConfig
+) -> tuple[FeatureTransform, list[dict[str, Any]], dict[str, Any]]:
+    """Score every candidate on train, then fit the chosen one on the whole train split."""
+    X = train[schema.names].to_numpy(dtype=np.float64)  # prepared splits are already encoded
+    y = train[LABEL].to_numpy()
+    w = train[WEIGHT].to_numpy()
+    cands = candidates(cfg, X.shape[1])
+    if not cands:
+        raise MlcycleError(
+            f"features.candidates = {list(cfg.candidates)} leaves nothing to search with "
+            f"{X.shape[1]} features (pca_components must be below the feature count)"
+        )
+    table = [score(c, X, y, w, schema, cfg)
+             for c in tqdm(cands, desc="features: candidates", leave=False)]
+    chosen = choose(table, cfg.tie_tolerance)
+    cand = next(c for c in cands if c.name == chosen["name"])
+    return make_transform(cand, schema, cfg).fit(X), table, chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--schema", required=True)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--out-arrays", required=True)
+    parser.add_argument("--out-spec", required=True)
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--plot", required=True)
+    args = parser.parse_args(argv)
+    try:
+        cfg = section(read_params(args.params), "features", FeaturesConfig)
+        schema = Schema.from_dict(load_json(args.schema))
+        transform, table, chosen = search(pd.read_parquet(args.train), schema, cfg)
+    except MlcycleError as exc:
+        print(f"features: error: {exc}", file=sys.stderr)
+        return 2
+    # The layout survives (and a CNN can see the image) when nothing mixes or adds columns.
+    keeps_layout = transform.n_components is None and not any(transform.n_categories)
+    extra = {"chosen": chosen["name"], "feature_names": schema.names,
+             "image_shape": list(schema.image_shape) if schema.image_shape and keeps_layout
+             else None}
+    with atomic_outputs(args.out_arrays, args.out_spec, args.metrics, args.plot) as tmps:
+        transform.save(tmps[0], tmps[1], extra)
+        dump_json({"chosen": chosen["name"], "chosen_cv_accuracy": chosen["cv_accuracy"],
+                   "n_features_out": transform.n_features_out_, "search": table}, tmps[2])
+        pd.DataFrame(table).to_csv(tmps[3], index=False)
+    for row in table:
+        mark = "*" if row["name"] == chosen["name"] else " "
+        print(f"features: {mark} {row['name']:<16} cv_accuracy={row['cv_accuracy']:.4f} "
+              f"out={row['n_features_out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

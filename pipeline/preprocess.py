@@ -1,0 +1,245 @@
+"""Preprocess stage: de-duplicate, handle missing values, remove label noise, weigh, split.
+
+    python -m pipeline.preprocess --params params.yaml --data data/raw.parquet \
+        --schema data/schema.json --out data/prepared --noise-report reports/label_noise.csv \
+        --metrics metrics/preprocess.json
+
+Order matters: the test split is cut from the de-duplicated source *before* noise removal, so it
+is frozen: label-noise settings and later retraining on production feedback never change it.
+Noise is found by confident learning (cleanlab) on out-of-fold probabilities of the train/val
+pool; de-biasing is a sample weight per class (balanced) times, with ``data.sensitive``, the
+Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVC
+from tqdm.auto import tqdm
+
+from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig, read_params, section
+from pipeline.errors import MlcycleError
+from pipeline.io import atomic_outputs, dump_json, load_json, write_parquet
+from pipeline.schema import LABEL, ROW, WEIGHT, Schema
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Encoded splits (features in schema order + ``_row``, ``_label``, ``_weight``)."""
+
+    splits: dict[str, pd.DataFrame]
+    noise_report: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
+    """The cheap classifier whose out-of-fold probabilities drive confident learning."""
+    num = [j for j, f in enumerate(schema.features) if f.kind == "numeric"]
+    cat = [j for j, f in enumerate(schema.features) if f.kind == "categorical"]
+    columns = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
+        ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                              OneHotEncoder(handle_unknown="ignore")), cat),
+    ])
+    model = {
+        "logreg": LogisticRegression(max_iter=2000, C=1.0),
+        "svm": CalibratedClassifierCV(SVC(C=10.0, gamma="scale", random_state=seed),
+                                      ensemble=False),
+        "knn": KNeighborsClassifier(n_neighbors=10, weights="distance"),
+    }[kind]
+    return Pipeline([("columns", columns), ("model", model)])
+
+
+def out_of_fold_proba(
+    model: Pipeline, X: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int
+) -> np.ndarray:
+    """(rows, classes) probabilities, each row predicted by a model that never saw it."""
+    smallest = int(np.bincount(y, minlength=n_classes)[np.bincount(y) > 0].min())
+    folds = max(2, min(folds, smallest))
+    proba = np.zeros((len(y), n_classes))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_idx, held_idx in tqdm(list(splitter.split(X, y)), desc="label noise: folds",
+                                  leave=False):
+        fitted = clone(model).fit(X[fit_idx], y[fit_idx])
+        proba[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(X[held_idx])
+    return proba
+
+
+def find_noisy(
+    X: np.ndarray, y: np.ndarray, schema: Schema, cfg: NoiseConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of likely mislabelled rows, most suspicious first, and the OOF probabilities."""
+    from cleanlab.filter import find_label_issues
+
+    proba = out_of_fold_proba(noise_model(cfg.model, schema, seed), X, y, schema.n_classes,
+                              cfg.folds, seed)
+    present = np.unique(y)
+    # cleanlab wants every class index present; restrict to the classes seen in this pool.
+    remap = np.full(schema.n_classes, -1)
+    remap[present] = np.arange(len(present))
+    sub = proba[:, present]
+    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
+    ranked = find_label_issues(remap[y], sub, filter_by=cfg.filter_by,
+                               return_indices_ranked_by="self_confidence")
+    cap = int(cfg.max_share * len(y))
+    return np.asarray(ranked[:cap], dtype=np.int64), proba
+
+
+def bias_weights(
+    y_train: np.ndarray, groups_train: np.ndarray | None, y: np.ndarray,
+    groups: np.ndarray | None, n_classes: int, balanced: bool,
+) -> np.ndarray:
+    """Per-row weights for ``y`` (and ``groups``) from counts on the train split, mean 1 on train."""
+
+    def table(yy: np.ndarray, gg: np.ndarray | None) -> dict[tuple[Any, int], float]:
+        keys = list(zip(gg if gg is not None else np.zeros(len(yy)), yy, strict=True))
+        n = len(keys)
+        p_class = np.bincount(yy, minlength=n_classes) / n
+        g_values, g_counts = np.unique([k[0] for k in keys], return_counts=True)
+        p_group = dict(zip(g_values.tolist(), (g_counts / n).tolist(), strict=True))
+        joint = pd.Series(keys).value_counts() / n
+        out = {}
+        for (g, c), p_gc in joint.items():
+            w = 1.0
+            if gg is not None:  # Kamiran & Calders: make group and class independent
+                w *= p_group[g] * p_class[c] / p_gc
+            if balanced:
+                w *= 1.0 / (n_classes * p_class[c]) if p_class[c] > 0 else 1.0
+            out[(g, int(c))] = w
+        return out
+
+    lookup = table(y_train, groups_train)
+    train_w = np.array([lookup[k] for k in zip(
+        groups_train if groups_train is not None else np.zeros(len(y_train)), y_train,
+        strict=True)])
+    scale = train_w.mean()
+    keys = zip(groups if groups is not None else np.zeros(len(y)), y, strict=True)
+    return np.array([lookup.get((g, int(c)), scale) for g, c in keys]) / scale
+
+
+def preprocess(
+    raw: pd.DataFrame, schema: Schema, cfg: PreprocessConfig, sensitive: str | None
+) -> Prepared:
+    """Turn validated raw rows into frozen train / val / test splits. Pure: no I/O."""
+    counts: dict[str, Any] = {"rows_in": len(raw)}
+    labelled = raw[schema.target].notna().to_numpy()
+    counts["unlabelled_dropped"] = int((~labelled).sum())
+    raw = raw[labelled]
+    X = schema.encode(raw)
+    y = schema.encode_labels(raw[schema.target])
+    rows = np.flatnonzero(labelled)
+
+    # Exact duplicates (same features and label) carry no information and would leak across splits.
+    frame = pd.DataFrame(X).assign(_y=y)
+    keep = ~frame.duplicated().to_numpy()
+    counts["duplicates_dropped"] = int((~keep).sum())
+    X, y, rows = X[keep], y[keep], rows[keep]
+
+    has_missing = np.isnan(X).any(axis=1)
+    counts["rows_with_missing"] = int(has_missing.sum())
+    if cfg.missing == "drop":
+        X, y, rows = X[~has_missing], y[~has_missing], rows[~has_missing]
+    counts["missing_strategy"] = cfg.missing
+
+    class_counts = np.bincount(y, minlength=schema.n_classes)
+    rare = [schema.classes[c] for c in np.flatnonzero((class_counts > 0) & (class_counts < 3))]
+    if rare:
+        raise MlcycleError(
+            f"target column {schema.target!r}: class {rare[0]!r} has fewer than 3 rows left after "
+            "cleaning; every class needs rows in train, val and test"
+        )
+
+    idx = np.arange(len(y))
+    pool, test = train_test_split(idx, test_size=cfg.test_size, stratify=y,
+                                  random_state=cfg.seed)
+    test = np.sort(test)
+
+    noisy = np.empty(0, dtype=np.int64)
+    report = pd.DataFrame(columns=[ROW, "given", "suggested", "self_confidence"])
+    if cfg.noise.enabled:
+        found, proba = find_noisy(X[pool], y[pool], schema, cfg.noise, cfg.seed)
+        noisy = pool[found]
+        report = pd.DataFrame({
+            ROW: rows[noisy],
+            "given": [schema.classes[c] for c in y[noisy]],
+            "suggested": [schema.classes[c] for c in proba[found].argmax(axis=1)],
+            "self_confidence": proba[found, y[pool][found]],
+        })
+    counts["noise_dropped"] = len(noisy)
+    pool = np.setdiff1d(pool, noisy)
+
+    val_share = cfg.val_size / (1.0 - cfg.test_size)
+    train, val = train_test_split(pool, test_size=val_share, stratify=y[pool],
+                                  random_state=cfg.seed)
+    parts = {"train": np.sort(train), "val": np.sort(val), "test": test}
+
+    groups = None
+    if sensitive is not None:
+        groups = raw[sensitive].to_numpy()[keep]
+        if cfg.missing == "drop":
+            groups = groups[~has_missing]
+        groups = np.array([str(g) for g in groups])
+    g_train = groups[parts["train"]] if groups is not None else None
+
+    splits = {}
+    for name, part in parts.items():
+        df = pd.DataFrame(X[part], columns=schema.names)
+        df.insert(0, ROW, rows[part])
+        df[LABEL] = y[part]
+        df[WEIGHT] = bias_weights(
+            y[parts["train"]], g_train, y[part], groups[part] if groups is not None else None,
+            schema.n_classes, cfg.class_weights == "balanced")
+        splits[name] = df
+        counts[f"{name}_rows"] = len(part)
+    return Prepared(splits, report, counts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--schema", required=True)
+    parser.add_argument("--out", required=True, help="folder for train/val/test.parquet")
+    parser.add_argument("--noise-report", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+    try:
+        params = read_params(args.params)
+        cfg = section(params, "preprocess", PreprocessConfig)
+        data_cfg = section(params, "data", DataConfig)
+        schema = Schema.from_dict(load_json(args.schema))
+        result = preprocess(pd.read_parquet(args.data), schema, cfg, data_cfg.sensitive)
+    except MlcycleError as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    paths = [out / f"{name}.parquet" for name in SPLITS]
+    with atomic_outputs(*paths, args.noise_report, args.metrics) as tmps:
+        for name, tmp in zip(SPLITS, tmps, strict=False):
+            write_parquet(result.splits[name], tmp)
+        result.noise_report.to_csv(tmps[3], index=False)
+        dump_json(result.metrics, tmps[4])
+    print("preprocess: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
