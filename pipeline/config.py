@@ -121,8 +121,12 @@ class DataConfig:
     max_categories: int
 
     def check(self, where: str) -> None:
-        require(0.0 <= self.max_missing_share < 1.0, f"{where}.max_missing_share",
-                self.max_missing_share, "a share in [0, 1)")
+        require(
+            0.0 <= self.max_missing_share < 1.0,
+            f"{where}.max_missing_share",
+            self.max_missing_share,
+            "a share in [0, 1)",
+        )
         require(self.max_categories >= 2, f"{where}.max_categories", self.max_categories, ">= 2")
 
 
@@ -156,8 +160,12 @@ class PreprocessConfig:
         for key in ("test_size", "val_size"):
             value = getattr(self, key)
             require(0.0 < value < 0.5, f"{where}.{key}", value, "a share in (0, 0.5)")
-        require(self.test_size + self.val_size < 0.8, f"{where}.test_size + val_size",
-                self.test_size + self.val_size, "< 0.8, leaving rows to train on")
+        require(
+            self.test_size + self.val_size < 0.8,
+            f"{where}.test_size + val_size",
+            self.test_size + self.val_size,
+            "< 0.8, leaving rows to train on",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +182,14 @@ class FeaturesConfig:
 
     def check(self, where: str) -> None:
         require(self.cv_folds >= 2, f"{where}.cv_folds", self.cv_folds, ">= 2")
-        require(len(self.candidates) > 0, f"{where}.candidates", self.candidates, "a non-empty list")
-        require(all(k >= 1 for k in self.pca_components), f"{where}.pca_components",
-                self.pca_components, "positive integers")
+        require(
+            len(self.candidates) > 0, f"{where}.candidates", self.candidates, "a non-empty list"
+        )
+        require(
+            all(k >= 1 for k in self.pca_components),
+            f"{where}.pca_components",
+            self.pca_components,
+            "positive integers",
+        )
         require(self.quantiles >= 10, f"{where}.quantiles", self.quantiles, ">= 10")
         require(self.tie_tolerance >= 0, f"{where}.tie_tolerance", self.tie_tolerance, ">= 0")

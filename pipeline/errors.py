@@ -5,4 +5,4 @@ Stages catch it in ``main()`` and exit with status 2 and the message alone, no t
 
 
 class MlcycleError(Exception):
-    """Bad input: the message names the column, key or field, the value seen and what was expected."""
+    """Bad input: the message names the column, key or field, the value seen, what was expected."""

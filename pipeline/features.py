@@ -42,19 +42,26 @@ def candidates(cfg: FeaturesConfig, n_features: int) -> list[Candidate]:
     out = []
     for name in cfg.candidates:
         if name == "pca":
-            out += [Candidate(f"pca{k}", "standardize", k)
-                    for k in cfg.pca_components if k < n_features]
+            out += [
+                Candidate(f"pca{k}", "standardize", k) for k in cfg.pca_components if k < n_features
+            ]
         else:
             out.append(Candidate(name, name, None))
     return out
 
 
 def make_transform(c: Candidate, schema: Schema, cfg: FeaturesConfig) -> FeatureTransform:
-    sizes = tuple(len(f.categories or ()) if f.kind == "categorical" else 0
-                  for f in schema.features)
-    return FeatureTransform(kind=c.kind, n_categories=sizes, n_components=c.n_components,
-                            n_quantiles=cfg.quantiles, skew_threshold=cfg.skew_threshold,
-                            seed=cfg.seed)
+    sizes = tuple(
+        len(f.categories or ()) if f.kind == "categorical" else 0 for f in schema.features
+    )
+    return FeatureTransform(
+        kind=c.kind,
+        n_categories=sizes,
+        n_components=c.n_components,
+        n_quantiles=cfg.quantiles,
+        skew_threshold=cfg.skew_threshold,
+        seed=cfg.seed,
+    )
 
 
 def score(
@@ -62,8 +69,9 @@ def score(
 ) -> dict[str, Any]:
     """Cross-validated accuracy of logistic regression on the candidate's output (train only)."""
     smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
-    splitter = StratifiedKFold(n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True,
-                               random_state=cfg.seed)
+    splitter = StratifiedKFold(
+        n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
+    )
     accs, seconds, n_out = [], 0.0, 0
     for fit_idx, held_idx in splitter.split(X, y):
         start = time.perf_counter()
@@ -73,8 +81,13 @@ def score(
         model = LogisticRegression(max_iter=2000).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
         accs.append(float((model.predict(Z_held) == y[held_idx]).mean()))
         n_out = tf.n_features_out_
-    return {"name": c.name, "cv_accuracy": float(np.mean(accs)), "cv_std": float(np.std(accs)),
-            "n_features_out": n_out, "transform_seconds": seconds}
+    return {
+        "name": c.name,
+        "cv_accuracy": float(np.mean(accs)),
+        "cv_std": float(np.std(accs)),
+        "n_features_out": n_out,
+        "transform_seconds": seconds,
+    }
 
 
 def choose(table: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
@@ -97,8 +110,10 @@ def search(
             f"features.candidates = {list(cfg.candidates)} leaves nothing to search with "
             f"{X.shape[1]} features (pca_components must be below the feature count)"
         )
-    table = [score(c, X, y, w, schema, cfg)
-             for c in tqdm(cands, desc="features: candidates", leave=False)]
+    table = [
+        score(c, X, y, w, schema, cfg)
+        for c in tqdm(cands, desc="features: candidates", leave=False)
+    ]
     chosen = choose(table, cfg.tie_tolerance)
     cand = next(c for c in cands if c.name == chosen["name"])
     return make_transform(cand, schema, cfg).fit(X), table, chosen
@@ -123,18 +138,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The layout survives (and a CNN can see the image) when nothing mixes or adds columns.
     keeps_layout = transform.n_components is None and not any(transform.n_categories)
-    extra = {"chosen": chosen["name"], "feature_names": schema.names,
-             "image_shape": list(schema.image_shape) if schema.image_shape and keeps_layout
-             else None}
+    extra = {
+        "chosen": chosen["name"],
+        "feature_names": schema.names,
+        "image_shape": list(schema.image_shape) if schema.image_shape and keeps_layout else None,
+    }
     with atomic_outputs(args.out_arrays, args.out_spec, args.metrics, args.plot) as tmps:
         transform.save(tmps[0], tmps[1], extra)
-        dump_json({"chosen": chosen["name"], "chosen_cv_accuracy": chosen["cv_accuracy"],
-                   "n_features_out": transform.n_features_out_, "search": table}, tmps[2])
+        dump_json(
+            {
+                "chosen": chosen["name"],
+                "chosen_cv_accuracy": chosen["cv_accuracy"],
+                "n_features_out": transform.n_features_out_,
+                "search": table,
+            },
+            tmps[2],
+        )
         pd.DataFrame(table).to_csv(tmps[3], index=False)
     for row in table:
         mark = "*" if row["name"] == chosen["name"] else " "
-        print(f"features: {mark} {row['name']:<16} cv_accuracy={row['cv_accuracy']:.4f} "
-              f"out={row['n_features_out']}")
+        print(
+            f"features: {mark} {row['name']:<16} cv_accuracy={row['cv_accuracy']:.4f} "
+            f"out={row['n_features_out']}"
+        )
     return 0
 
 

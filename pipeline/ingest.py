@@ -62,8 +62,9 @@ def ingest(cfg: DataConfig) -> tuple[pd.DataFrame, Schema]:
     df, image_shape = load_source(cfg.source)
     if cfg.sensitive is not None and cfg.sensitive not in df.columns:
         raise MlcycleError(f"data.sensitive: column {cfg.sensitive!r} not found in the data")
-    return infer_schema(df, cfg.target, cfg.categorical, cfg.max_missing_share,
-                        cfg.max_categories, image_shape)
+    return infer_schema(
+        df, cfg.target, cfg.categorical, cfg.max_missing_share, cfg.max_categories, image_shape
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_outputs(args.data, args.schema) as (data_tmp, schema_tmp):
         write_parquet(df, data_tmp)
         dump_json(schema.to_dict(), schema_tmp)
-    print(f"ingest: {len(df)} rows, {len(schema.features)} features, "
-          f"{schema.n_classes} classes -> {args.data}, {args.schema}")
+    print(
+        f"ingest: {len(df)} rows, {len(schema.features)} features, "
+        f"{schema.n_classes} classes -> {args.data}, {args.schema}"
+    )
     return 0
 
 

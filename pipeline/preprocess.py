@@ -8,7 +8,8 @@ Order matters: the test split is cut from the de-duplicated source *before* nois
 is frozen: label-noise settings and later retraining on production feedback never change it.
 Noise is found by confident learning (cleanlab) on out-of-fold probabilities of the train/val
 pool; de-biasing is a sample weight per class (balanced) times, with ``data.sensitive``, the
-Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split.
+Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split (the test split
+is weighted 1: evaluation is unweighted).
 """
 
 from __future__ import annotations
@@ -54,15 +55,23 @@ def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
     """The cheap classifier whose out-of-fold probabilities drive confident learning."""
     num = [j for j, f in enumerate(schema.features) if f.kind == "numeric"]
     cat = [j for j, f in enumerate(schema.features) if f.kind == "categorical"]
-    columns = ColumnTransformer([
-        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
-        ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                              OneHotEncoder(handle_unknown="ignore")), cat),
-    ])
+    columns = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
+                ),
+                cat,
+            ),
+        ]
+    )
     model = {
         "logreg": LogisticRegression(max_iter=2000, C=1.0),
-        "svm": CalibratedClassifierCV(SVC(C=10.0, gamma="scale", random_state=seed),
-                                      ensemble=False),
+        "svm": CalibratedClassifierCV(
+            SVC(C=10.0, gamma="scale", random_state=seed), ensemble=False
+        ),
         "knn": KNeighborsClassifier(n_neighbors=10, weights="distance"),
     }[kind]
     return Pipeline([("columns", columns), ("model", model)])
@@ -76,8 +85,9 @@ def out_of_fold_proba(
     folds = max(2, min(folds, smallest))
     proba = np.zeros((len(y), n_classes))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_idx, held_idx in tqdm(list(splitter.split(X, y)), desc="label noise: folds",
-                                  leave=False):
+    for fit_idx, held_idx in tqdm(
+        list(splitter.split(X, y)), desc="label noise: folds", leave=False
+    ):
         fitted = clone(model).fit(X[fit_idx], y[fit_idx])
         proba[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(X[held_idx])
     return proba
@@ -89,25 +99,31 @@ def find_noisy(
     """Indices of likely mislabelled rows, most suspicious first, and the OOF probabilities."""
     from cleanlab.filter import find_label_issues
 
-    proba = out_of_fold_proba(noise_model(cfg.model, schema, seed), X, y, schema.n_classes,
-                              cfg.folds, seed)
+    proba = out_of_fold_proba(
+        noise_model(cfg.model, schema, seed), X, y, schema.n_classes, cfg.folds, seed
+    )
     present = np.unique(y)
     # cleanlab wants every class index present; restrict to the classes seen in this pool.
     remap = np.full(schema.n_classes, -1)
     remap[present] = np.arange(len(present))
     sub = proba[:, present]
     sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
-    ranked = find_label_issues(remap[y], sub, filter_by=cfg.filter_by,
-                               return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(
+        remap[y], sub, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence"
+    )
     cap = int(cfg.max_share * len(y))
     return np.asarray(ranked[:cap], dtype=np.int64), proba
 
 
 def bias_weights(
-    y_train: np.ndarray, groups_train: np.ndarray | None, y: np.ndarray,
-    groups: np.ndarray | None, n_classes: int, balanced: bool,
+    y_train: np.ndarray,
+    groups_train: np.ndarray | None,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    n_classes: int,
+    balanced: bool,
 ) -> np.ndarray:
-    """Per-row weights for ``y`` (and ``groups``) from counts on the train split, mean 1 on train."""
+    """Per-row weights for ``y`` (and ``groups``) from train-split counts; mean 1 on train."""
 
     def table(yy: np.ndarray, gg: np.ndarray | None) -> dict[tuple[Any, int], float]:
         keys = list(zip(gg if gg is not None else np.zeros(len(yy)), yy, strict=True))
@@ -127,9 +143,16 @@ def bias_weights(
         return out
 
     lookup = table(y_train, groups_train)
-    train_w = np.array([lookup[k] for k in zip(
-        groups_train if groups_train is not None else np.zeros(len(y_train)), y_train,
-        strict=True)])
+    train_w = np.array(
+        [
+            lookup[k]
+            for k in zip(
+                groups_train if groups_train is not None else np.zeros(len(y_train)),
+                y_train,
+                strict=True,
+            )
+        ]
+    )
     scale = train_w.mean()
     keys = zip(groups if groups is not None else np.zeros(len(y)), y, strict=True)
     return np.array([lookup.get((g, int(c)), scale) for g, c in keys]) / scale
@@ -168,8 +191,7 @@ def preprocess(
         )
 
     idx = np.arange(len(y))
-    pool, test = train_test_split(idx, test_size=cfg.test_size, stratify=y,
-                                  random_state=cfg.seed)
+    pool, test = train_test_split(idx, test_size=cfg.test_size, stratify=y, random_state=cfg.seed)
     test = np.sort(test)
 
     noisy = np.empty(0, dtype=np.int64)
@@ -177,18 +199,21 @@ def preprocess(
     if cfg.noise.enabled:
         found, proba = find_noisy(X[pool], y[pool], schema, cfg.noise, cfg.seed)
         noisy = pool[found]
-        report = pd.DataFrame({
-            ROW: rows[noisy],
-            "given": [schema.classes[c] for c in y[noisy]],
-            "suggested": [schema.classes[c] for c in proba[found].argmax(axis=1)],
-            "self_confidence": proba[found, y[pool][found]],
-        })
+        report = pd.DataFrame(
+            {
+                ROW: rows[noisy],
+                "given": [schema.classes[c] for c in y[noisy]],
+                "suggested": [schema.classes[c] for c in proba[found].argmax(axis=1)],
+                "self_confidence": proba[found, y[pool][found]],
+            }
+        )
     counts["noise_dropped"] = len(noisy)
     pool = np.setdiff1d(pool, noisy)
 
     val_share = cfg.val_size / (1.0 - cfg.test_size)
-    train, val = train_test_split(pool, test_size=val_share, stratify=y[pool],
-                                  random_state=cfg.seed)
+    train, val = train_test_split(
+        pool, test_size=val_share, stratify=y[pool], random_state=cfg.seed
+    )
     parts = {"train": np.sort(train), "val": np.sort(val), "test": test}
 
     groups = None
@@ -204,9 +229,19 @@ def preprocess(
         df = pd.DataFrame(X[part], columns=schema.names)
         df.insert(0, ROW, rows[part])
         df[LABEL] = y[part]
-        df[WEIGHT] = bias_weights(
-            y[parts["train"]], g_train, y[part], groups[part] if groups is not None else None,
-            schema.n_classes, cfg.class_weights == "balanced")
+        # Evaluation is unweighted; a test file depending on train counts would not be frozen.
+        df[WEIGHT] = (
+            1.0
+            if name == "test"
+            else bias_weights(
+                y[parts["train"]],
+                g_train,
+                y[part],
+                groups[part] if groups is not None else None,
+                schema.n_classes,
+                cfg.class_weights == "balanced",
+            )
+        )
         splits[name] = df
         counts[f"{name}_rows"] = len(part)
     return Prepared(splits, report, counts)

@@ -60,15 +60,22 @@ class Schema:
     def from_dict(cls, raw: dict[str, Any]) -> Schema:
         features = tuple(
             Feature(
-                name=f["name"], kind=f["kind"], dtype=f["dtype"], min=f.get("min"),
+                name=f["name"],
+                kind=f["kind"],
+                dtype=f["dtype"],
+                min=f.get("min"),
                 max=f.get("max"),
                 categories=tuple(f["categories"]) if "categories" in f else None,
             )
             for f in raw["features"]
         )
         shape = raw.get("image_shape")
-        return cls(features, raw["target"]["name"], tuple(raw["target"]["classes"]),
-                   tuple(shape) if shape else None)
+        return cls(
+            features,
+            raw["target"]["name"],
+            tuple(raw["target"]["classes"]),
+            tuple(shape) if shape else None,
+        )
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """Raw feature columns -> float64 matrix (batch, features) in schema order.
@@ -84,8 +91,9 @@ class Schema:
             col = df[feat.name]
             if feat.kind == "categorical":
                 lookup = {c: i for i, c in enumerate(feat.categories or ())}
-                out[:, j] = col.map(lambda v, lk=lookup: lk.get(str(v), np.nan)
-                                    if pd.notna(v) else np.nan).to_numpy(dtype=np.float64)
+                out[:, j] = col.map(
+                    lambda v, lk=lookup: lk.get(str(v), np.nan) if pd.notna(v) else np.nan
+                ).to_numpy(dtype=np.float64)
             else:
                 out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
         out[~np.isfinite(out)] = np.nan
@@ -107,10 +115,12 @@ class Schema:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Observed (low, high) per feature in encoded space; categoricals span their indices."""
         lo = np.array([f.min if f.kind == "numeric" else 0.0 for f in self.features])
-        hi = np.array([
-            f.max if f.kind == "numeric" else float(len(f.categories or ()) - 1)
-            for f in self.features
-        ])
+        hi = np.array(
+            [
+                f.max if f.kind == "numeric" else float(len(f.categories or ()) - 1)
+                for f in self.features
+            ]
+        )
         return lo.astype(np.float64), hi.astype(np.float64)
 
 
@@ -178,8 +188,9 @@ def infer_schema(
                     f"data.max_categories = {max_categories} (is it numeric text or an id?)"
                 )
             clean[name] = values
-            features.append(Feature(str(name), "categorical", "string",
-                                    categories=tuple(str(c) for c in cats)))
+            features.append(
+                Feature(str(name), "categorical", "string", categories=tuple(str(c) for c in cats))
+            )
         else:
             dtype = str(col.dtype) if pd.api.types.is_numeric_dtype(col) else "float64"
             values = pd.to_numeric(col, errors="coerce").astype("float64")
@@ -187,11 +198,15 @@ def infer_schema(
             missing_share = float(values.isna().mean())
             finite = values.dropna()
             clean[name] = values
-            features.append(Feature(
-                str(name), "numeric", dtype,
-                min=float(finite.min()) if len(finite) else None,
-                max=float(finite.max()) if len(finite) else None,
-            ))
+            features.append(
+                Feature(
+                    str(name),
+                    "numeric",
+                    dtype,
+                    min=float(finite.min()) if len(finite) else None,
+                    max=float(finite.max()) if len(finite) else None,
+                )
+            )
         if missing_share > max_missing_share:
             raise MlcycleError(
                 f"column {name!r} has {missing_share:.0%} missing or infinite values; at most "

@@ -25,8 +25,17 @@ from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from torch import nn
 
 KINDS = ("standardize", "quantile", "log_standardize")
-_ARRAYS = ("fill_", "log_mask_", "log_shift_", "mean_", "scale_", "quantiles_", "references_",
-           "pca_mean_", "pca_components_")
+_ARRAYS = (
+    "fill_",
+    "log_mask_",
+    "log_shift_",
+    "mean_",
+    "scale_",
+    "quantiles_",
+    "references_",
+    "pca_mean_",
+    "pca_components_",
+)
 
 
 class FeatureTransform(TransformerMixin, BaseEstimator):
@@ -42,9 +51,15 @@ class FeatureTransform(TransformerMixin, BaseEstimator):
         seed: PCA's random state.
     """
 
-    def __init__(self, kind: str = "standardize", n_categories: tuple[int, ...] = (),
-                 n_components: int | None = None, n_quantiles: int = 100,
-                 skew_threshold: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        kind: str = "standardize",
+        n_categories: tuple[int, ...] = (),
+        n_components: int | None = None,
+        n_quantiles: int = 100,
+        skew_threshold: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         self.kind = kind
         self.n_categories = n_categories
         self.n_components = n_components
@@ -77,8 +92,9 @@ class FeatureTransform(TransformerMixin, BaseEstimator):
         scaler = StandardScaler().fit(Xn)
         self.mean_, self.scale_ = scaler.mean_, scaler.scale_
         if self.kind == "quantile":
-            qt = QuantileTransformer(n_quantiles=min(self.n_quantiles, len(X)),
-                                     random_state=self.seed).fit(Xn)
+            qt = QuantileTransformer(
+                n_quantiles=min(self.n_quantiles, len(X)), random_state=self.seed
+            ).fit(Xn)
             self.quantiles_, self.references_ = qt.quantiles_.T.copy(), qt.references_
         else:
             self.quantiles_, self.references_ = np.zeros((len(num), 0)), np.zeros(0)
@@ -111,8 +127,12 @@ class FeatureTransform(TransformerMixin, BaseEstimator):
         """Write arrays to ``npz_path`` and parameters plus ``extra`` to ``json_path``."""
         with open(npz_path, "wb") as fh:  # np.savez would append .npz to a temp name
             np.savez(fh, **self.state())
-        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
-                "n_features_out": self.n_features_out_, **(extra or {})}
+        meta = {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "n_features_out": self.n_features_out_,
+            **(extra or {}),
+        }
         meta["params"]["n_categories"] = list(self.n_categories)
         Path(json_path).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -188,11 +208,11 @@ class TransformModule(nn.Module):
         return z
 
     def _quantile(self, num: torch.Tensor) -> torch.Tensor:
-        """Piecewise-linear CDF as in QuantileTransformer: ramps between knots, half steps at ties."""
+        """Piecewise-linear CDF as QuantileTransformer: ramps between knots, half steps at ties."""
         v = num.unsqueeze(-1)  # (batch, numeric, 1)
         ramps = torch.clamp((v - self.q_left) / self.q_width, 0.0, 1.0) * self.q_ramp
         steps = 0.5 * ((v > self.q_left).to(v.dtype) + (v >= self.q_left).to(v.dtype)) * self.q_step
         out = self.r_lo + (ramps + steps).sum(dim=-1)  # (batch, numeric)
-        # As scikit-learn: at or past the ends -> 0 / 1, the lower end winning for a constant column.
+        # As scikit-learn: at or past the ends -> 0 / 1; the lower end wins for a constant column.
         out = torch.where(num >= self.q_hi.squeeze(-1), self.r_hi, out)
         return torch.where(num <= self.q_lo.squeeze(-1), self.r_lo, out)

@@ -31,8 +31,11 @@ def test_repo_params_load_every_section() -> None:
 def test_bad_params_name_the_key(overrides: dict, message: str) -> None:
     params = with_overrides(repo_params(), overrides)
     with pytest.raises(MlcycleError) as err:
-        for name, cls in (("data", DataConfig), ("preprocess", PreprocessConfig),
-                          ("features", FeaturesConfig)):
+        for name, cls in (
+            ("data", DataConfig),
+            ("preprocess", PreprocessConfig),
+            ("features", FeaturesConfig),
+        ):
             section(params, name, cls)
     assert message in str(err.value)
 
@@ -40,7 +43,7 @@ def test_bad_params_name_the_key(overrides: dict, message: str) -> None:
 def test_missing_key_is_an_error_not_a_default() -> None:
     params = repo_params()
     del params["data"]["target"]
-    with pytest.raises(MlcycleError, match="'data.target' is missing"):
+    with pytest.raises(MlcycleError, match=r"'data\.target' is missing"):
         section(params, "data", DataConfig)
 
 

@@ -16,7 +16,9 @@ from pipeline.transforms import FeatureTransform
 
 
 @pytest.fixture(scope="module")
-def X(digits: tuple[pd.DataFrame, Schema]) -> np.ndarray:
+def X(  # noqa: N802 - a data matrix, named as in scikit-learn
+    digits: tuple[pd.DataFrame, Schema],
+) -> np.ndarray:
     df, schema = digits
     return schema.encode(df)
 
@@ -32,8 +34,7 @@ def test_quantile_matches_scikit_learn_on_ties_and_off_knot_values(X: np.ndarray
 
 def test_standardize_and_pca_match_scikit_learn(X: np.ndarray) -> None:
     Z = StandardScaler().fit_transform(X)
-    np.testing.assert_allclose(FeatureTransform("standardize").fit(X).transform(X), Z,
-                               atol=1e-10)
+    np.testing.assert_allclose(FeatureTransform("standardize").fit(X).transform(X), Z, atol=1e-10)
     ours = FeatureTransform("standardize", n_components=16).fit(X)
     ref = PCA(16, svd_solver="full").fit(Z)
     assert ours.n_features_out_ == 16

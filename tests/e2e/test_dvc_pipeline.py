@@ -1,0 +1,144 @@
+"""A real `dvc repro` in a copy of the project: runs, is a no-op the second time, re-runs only
+what a params change touches, and takes a user's CSV with categorical columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+
+def copy_project(dest: Path) -> Path:
+    shutil.copytree(
+        ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    dvc(dest, "init", "--no-scm", "-q")
+    return dest
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(cwd),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def edit_params(project: Path, section: str, key: str, value: object) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+def test_repro_runs_every_stage_then_is_a_no_op(project: Path) -> None:
+    assert ran(dvc(project, "repro")) == {"ingest", "preprocess", "features"}
+    second = dvc(project, "repro")
+    assert ran(second) == set()
+    for stage in ("ingest", "preprocess", "features"):
+        assert f"Stage '{stage}' didn't change, skipping" in second
+    for out in (
+        "data/raw.parquet",
+        "data/schema.json",
+        "data/prepared/test.parquet",
+        "models/features.npz",
+        "metrics/features.json",
+        "reports/label_noise.csv",
+    ):
+        assert (project / out).is_file(), out
+
+
+def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
+    edit_params(project, "features", "pca_components", [8, 24])
+    assert ran(dvc(project, "repro")) == {"features"}
+    metrics = json.loads((project / "metrics/features.json").read_text())
+    assert {"pca8", "pca24"} <= {row["name"] for row in metrics["search"]}
+    test_before = (project / "data/prepared/test.parquet").read_bytes()
+    edit_params(project, "preprocess", "val_size", 0.2)
+    assert ran(dvc(project, "repro")) == {"preprocess", "features"}
+    assert (project / "data/prepared/test.parquet").read_bytes() == test_before
+
+
+def test_failed_stage_keeps_previous_outputs(project: Path) -> None:
+    before = (project / "data/raw.parquet").read_bytes()
+    edit_params(project, "data", "source", "missing.csv")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    edit_params(project, "data", "source", "digits")
+    assert proc.returncode != 0
+    assert "data.source: file 'missing.csv' not found" in proc.stdout + proc.stderr
+    assert (project / "data/raw.parquet").read_bytes() == before
+
+
+def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 600
+    colour = rng.choice(["red", "green", "blue"], n)
+    size = rng.gamma(2.0, 3.0, n)  # skewed
+    score = rng.normal(size=n)
+    logit = 1.5 * score + (colour == "red") - 0.2 * size + 1.0
+    frame = pd.DataFrame(
+        {
+            "size": size,
+            "colour": colour,
+            "score": score,
+            "churned": np.where(logit + rng.normal(size=n) > 0, "yes", "no"),
+        }
+    )
+    frame.loc[rng.random(n) < 0.05, "score"] = np.nan
+    frame.to_csv(project / "customers.csv", index=False)
+    edit_params(project, "data", "source", "customers.csv")
+    edit_params(project, "data", "target", "churned")
+
+    assert ran(dvc(project, "repro")) == {"ingest", "preprocess", "features"}
+    schema = json.loads((project / "data/schema.json").read_text())
+    assert {f["name"]: f["kind"] for f in schema["features"]} == {
+        "size": "numeric",
+        "colour": "categorical",
+        "score": "numeric",
+    }
+    spec = json.loads((project / "models/features.json").read_text())
+    assert spec["params"]["n_categories"] == [0, 3, 0]
+    metrics = json.loads((project / "metrics/features.json").read_text())
+    assert metrics["chosen_cv_accuracy"] > 0.7
+    train = pd.read_parquet(project / "data/prepared/train.parquet")
+    assert set(train["colour"].dropna()) <= {0.0, 1.0, 2.0}  # encoded as schema indices
