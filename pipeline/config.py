@@ -84,6 +84,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise MlcycleError(f"params.yaml: {where} = {value!r}; expected a list")
         (inner, *_) = typing.get_args(hint) or (Any,)
         return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MlcycleError(f"params.yaml: {where} = {value!r}; expected a mapping")
+        return dict(value)
     if hint is type(None):
         if value is not None:
             raise MlcycleError(f"params.yaml: {where} = {value!r}; expected null")

@@ -50,3 +50,103 @@ def digits() -> tuple[pd.DataFrame, Schema]:
     """The validated digits frame and its schema, as ingest produces them."""
     df, shape = load_source("digits")
     return infer_schema(df, "target", None, 0.3, 50, shape)
+
+
+@pytest.fixture(scope="session")
+def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ingest -> preprocess -> features on digits with the repo's params, run once per session.
+
+    The folder holds params.yaml, data/, models/features.* and an empty params/tuned.json.
+    """
+    from pipeline import features, ingest, preprocess
+
+    root = tmp_path_factory.mktemp("stages")
+    params = root / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    p = str(params)
+    assert (
+        ingest.main(
+            [
+                "--params",
+                p,
+                "--data",
+                f"{root}/data/raw.parquet",
+                "--schema",
+                f"{root}/data/schema.json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        preprocess.main(
+            [
+                "--params",
+                p,
+                "--data",
+                f"{root}/data/raw.parquet",
+                "--schema",
+                f"{root}/data/schema.json",
+                "--out",
+                f"{root}/data/prepared",
+                "--noise-report",
+                f"{root}/reports/noise.csv",
+                "--metrics",
+                f"{root}/metrics/preprocess.json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        features.main(
+            [
+                "--params",
+                p,
+                "--schema",
+                f"{root}/data/schema.json",
+                "--train",
+                f"{root}/data/prepared/train.parquet",
+                "--out-arrays",
+                f"{root}/models/features.npz",
+                "--out-spec",
+                f"{root}/models/features.json",
+                "--metrics",
+                f"{root}/metrics/features.json",
+                "--plot",
+                f"{root}/plots/features.csv",
+            ]
+        )
+        == 0
+    )
+    (root / "params").mkdir()
+    (root / "params/tuned.json").write_text("{}\n")
+    return root
+
+
+def train_args(
+    inputs: Path, out: Path, params: Path | None = None, tuned: Path | None = None
+) -> list[str]:
+    """Arguments of ``pipeline.train`` reading ``inputs`` and writing under ``out``."""
+    return [
+        "--params",
+        str(params or inputs / "params.yaml"),
+        "--schema",
+        f"{inputs}/data/schema.json",
+        "--features",
+        f"{inputs}/models/features",
+        "--data",
+        f"{inputs}/data/prepared",
+        "--tuned",
+        str(tuned or inputs / "params/tuned.json"),
+        "--model",
+        f"{out}/model.pt",
+        "--checkpoint",
+        f"{out}/checkpoints/train.pt",
+        "--metrics",
+        f"{out}/train.json",
+        "--history",
+        f"{out}/history.csv",
+        "--confusion",
+        f"{out}/confusion.png",
+        "--tracking-db",
+        f"{out}/mlflow.db",
+    ]

@@ -1,0 +1,125 @@
+"""Model definitions: an MLP and a small CNN behind the fitted feature transform. No I/O here.
+
+A checkpoint stores :class:`ModelConfig` and the transform's arrays beside the weights, so
+:func:`build` rebuilds the whole raw-features-to-logits model without any training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.transforms import TransformModule
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["mlp", "cnn"]
+    n_in: int  # features after the transform
+    n_classes: int
+    hidden: int
+    depth: int
+    dropout: float
+    channels: int  # CNN only: width of the first conv layer
+    image_shape: tuple[int, int] | None  # CNN only: (height, width) of the transformed input
+
+
+class MLP(nn.Module):
+    """(batch, n_in) -> (batch, classes): [Linear, BatchNorm, ReLU, Dropout] x depth, Linear."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = cfg.n_in
+        for _ in range(cfg.depth):
+            layers += [
+                nn.Linear(width, cfg.hidden),
+                nn.BatchNorm1d(cfg.hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+            ]
+            width = cfg.hidden
+        layers.append(nn.Linear(width, cfg.n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class CNN(nn.Module):
+    """(batch, H*W) -> (batch, classes): conv blocks on the (1, H, W) image, then an MLP head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.image_shape is None or int(np.prod(cfg.image_shape)) != cfg.n_in:
+            raise ValueError(
+                f"a CNN needs image_shape with {cfg.n_in} pixels, got {cfg.image_shape}"
+            )
+        self.image_shape = tuple(cfg.image_shape)
+        c = cfg.channels
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+            ]
+
+        self.features = nn.Sequential(
+            *block(1, c),
+            *block(c, c),
+            nn.MaxPool2d(2),  # (batch, c, H/2, W/2)
+            *block(c, 2 * c),
+            *block(2 * c, 2 * c),
+            nn.AdaptiveAvgPool2d(2),  # (batch, 2c, 2, 2)
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(8 * c, cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.n_classes),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w = self.image_shape
+        return self.head(self.features(z.reshape(-1, 1, h, w)))
+
+
+class Classifier(nn.Module):
+    """The whole model: raw features (batch, features_in) -> logits (batch, classes).
+
+    The transform has buffers only (nothing to learn), so gradients flow through it to the input,
+    which is what the adversarial attacks of the harden stage need.
+    """
+
+    def __init__(self, transform: TransformModule, net: nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.transform(x))
+
+
+def build_net(cfg: ModelConfig) -> nn.Module:
+    return CNN(cfg) if cfg.arch == "cnn" else MLP(cfg)
+
+
+def build(checkpoint: dict[str, Any]) -> Classifier:
+    """Rebuild the model saved by the train (or harden) stage, in eval mode."""
+    cfg = ModelConfig(**checkpoint["model_config"])
+    state = {k: v.numpy() for k, v in checkpoint["transform_state"].items()}
+    model = Classifier(TransformModule(state), build_net(cfg))
+    model.net.load_state_dict(checkpoint["net"])
+    return model.eval()
+
+
+def transform_state_tensors(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Transform arrays as tensors, so checkpoints load with ``torch.load(weights_only=True)``."""
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}

@@ -1,0 +1,188 @@
+"""Tune stage: Optuna search over the train stage's hyper-parameters, pruned by Hyperband.
+
+    python -m pipeline.tune --params params.yaml --schema data/schema.json \
+        --features models/features --data data/prepared --out params/tuned.json \
+        --metrics metrics/tune.json
+
+``tune.n_trials: 0`` turns it off: the stage then writes ``{}`` and train uses params.yaml as is.
+Each trial trains on the train split and reports validation loss every epoch; Hyperband prunes the
+weak ones. The study lives in ``tune.storage`` (a SQLite file, or a database URL that several
+machines share); every worker started with the same params and data joins the same study, since
+its name carries a hash of the search space, the train section and the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import read_params, require, section
+from pipeline.errors import MlcycleError
+from pipeline.io import atomic_outputs, dump_json
+from pipeline.model import Classifier, build_net
+from pipeline.train import (
+    TUNABLE,
+    Inputs,
+    TrainConfig,
+    fingerprint,
+    fit,
+    load_inputs,
+    model_config,
+    pick_device,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """``tune`` in params.yaml."""
+
+    n_trials: int
+    seed: int
+    max_epochs: int
+    min_epochs: int
+    storage: str
+    study: str
+    space: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        require(self.n_trials >= 0, f"{where}.n_trials", self.n_trials, ">= 0")
+        require(
+            1 <= self.min_epochs <= self.max_epochs,
+            f"{where}.min_epochs",
+            self.min_epochs,
+            f"in [1, max_epochs = {self.max_epochs}]",
+        )
+        for key, spec in self.space.items():
+            require(key in TUNABLE, f"{where}.space.{key}", key, f"one of {list(TUNABLE)}")
+            ok = isinstance(spec, dict) and (
+                (set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"])
+                or (
+                    set(spec) in ({"low", "high"}, {"low", "high", "log"})
+                    and spec["low"] < spec["high"]
+                )
+            )
+            require(
+                bool(ok),
+                f"{where}.space.{key}",
+                spec,
+                "{low, high[, log]} with low < high, or {choices: [...]}",
+            )
+
+
+def suggest(trial: Any, space: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
+    """Draw one value per key of ``space``; ints where the train config has ints."""
+    values = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(getattr(base, key), int):
+            values[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False))
+            )
+        else:
+            values[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+            )
+    return values
+
+
+def storage_url(storage: str) -> str:
+    """A bare path becomes an absolute SQLite URL; URLs pass through."""
+    return storage if "://" in storage else f"sqlite:///{Path(storage).resolve()}"
+
+
+def tune(cfg: TuneConfig, base: TrainConfig, inputs: Inputs) -> tuple[dict[str, Any], dict]:
+    """Run (or join) the study; returns the best params and a summary."""
+    import optuna
+
+    device = pick_device()
+    name = f"{cfg.study}-" + fingerprint(
+        cfg.space,
+        dataclasses.asdict(base),
+        cfg.max_epochs,
+        inputs.train.X.nan_to_num(),
+        inputs.train.y,
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_url(cfg.storage),
+        load_if_exists=True,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=cfg.min_epochs, max_resource=cfg.max_epochs
+        ),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        tcfg = dataclasses.replace(base, **suggest(trial, cfg.space, base), epochs=cfg.max_epochs)
+        mcfg = model_config(tcfg, inputs.transform, inputs.schema, inputs.image_shape)
+        torch.manual_seed(tcfg.seed)
+        model = Classifier(inputs.transform.module(), build_net(mcfg))
+
+        def report(epoch: int, row: dict[str, float]) -> None:
+            trial.report(row["val_loss"], step=epoch + 1)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result = fit(
+            model,
+            inputs.train,
+            inputs.val,
+            tcfg,
+            device,
+            image_shape=inputs.image_shape,
+            on_epoch=report,
+            progress=False,
+        )
+        return min(row["val_loss"] for row in result.history)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=cfg.n_trials, show_progress_bar=True)
+    states = [t.state.name for t in study.trials]
+    summary = {
+        "study": name,
+        "n_trials": len(states),
+        "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"),
+        "best_val_loss": study.best_value,
+        "best_params": study.best_params,
+    }
+    return study.best_params, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--schema", required=True)
+    parser.add_argument("--features", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+    try:
+        params = read_params(args.params)
+        cfg = section(params, "tune", TuneConfig)
+        base = section(params, "train", TrainConfig)
+        best, summary = {}, {"n_trials": 0}
+        if cfg.n_trials > 0:
+            inputs = load_inputs(args.schema, args.features, args.data)
+            model_config(base, inputs.transform, inputs.schema, inputs.image_shape)
+            best, summary = tune(cfg, base, inputs)
+    except MlcycleError as exc:
+        print(f"tune: error: {exc}", file=sys.stderr)
+        return 2
+    with atomic_outputs(args.out, args.metrics) as (out_tmp, metrics_tmp):
+        dump_json(best, out_tmp)
+        dump_json(summary, metrics_tmp)
+    print(f"tune: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Train stage: quality floor against the baselines, MLflow record, checkpoint rebuild, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import train
+from pipeline.model import build
+from pipeline.schema import LABEL, Schema
+from tests.conftest import train_args
+
+
+@pytest.fixture(scope="module")
+def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train stage with the repo's params on digits (CNN)."""
+    out = tmp_path_factory.mktemp("train")
+    assert train.main(train_args(stage_inputs, out)) == 0
+    return out
+
+
+def test_network_beats_floor_and_reports_baselines(trained: Path) -> None:
+    metrics = json.loads((trained / "train.json").read_text())
+    # Measured on digits with the repo's params: CNN 0.989-0.994, RBF SVM 0.981, logreg 0.97.
+    assert metrics["test"]["accuracy"] >= 0.985
+    assert set(metrics["baselines"]) == {"logreg", "svm"}
+    assert metrics["baselines"]["svm"]["test_accuracy"] > 0.95
+    best = max(b["test_accuracy"] for b in metrics["baselines"].values())
+    assert metrics["beat_baseline"] == (metrics["test"]["accuracy"] > best)
+    assert 0 <= metrics["test"]["ece"] < 0.1
+    assert len(metrics["test"]["per_class_recall"]) == 10
+    system = metrics["system"]
+    assert system["device"] == "cpu" and system["train_samples_per_second"] > 0
+    assert system["time_to_accuracy_seconds"] is None or (
+        0 < system["time_to_accuracy_seconds"] <= system["train_seconds"]
+    )
+    history = pd.read_csv(trained / "history.csv")
+    assert len(history) == system["epochs_run"]
+    assert history.val_loss.min() < history.val_loss.iloc[0]
+    assert not (trained / "checkpoints/train.pt").exists()  # removed once finished
+
+
+def test_checkpoint_rebuilds_the_model_without_training_code(
+    trained: Path, stage_inputs: Path
+) -> None:
+    ckpt = torch.load(trained / "model.pt", weights_only=True)
+    model = build(ckpt)
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    with torch.no_grad():
+        pred = model(torch.tensor(test[schema.names].to_numpy(np.float32))).argmax(1).numpy()
+    accuracy = float((pred == test[LABEL].to_numpy()).mean())
+    metrics = json.loads((trained / "train.json").read_text())
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+
+
+def test_mlflow_holds_params_metrics_and_confusion_matrix(trained: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mlcycle")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["model"] == "cnn"
+    assert float(run.data.params["lr"]) == pytest.approx(0.003)
+    metrics = json.loads((trained / "train.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    steps = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(steps) == metrics["system"]["epochs_run"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion.png", "train.json", "history.png"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "confusion.png"))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def short_params(stage_inputs: Path, tmp: Path, write: Callable[..., Path], **train_keys) -> Path:
+    overrides = {f"train.{k}": v for k, v in train_keys.items()}
+    return write(overrides, name="short.yaml")
+
+
+def test_killed_run_resumes_to_the_same_result(
+    stage_inputs: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    params = short_params(stage_inputs, tmp_path, write_params, epochs=10, patience=100)
+    cmd = [sys.executable, "-m", "pipeline.train"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    straight = tmp_path / "straight"
+    subprocess.run(
+        cmd + train_args(stage_inputs, straight, params),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+
+    resumed = tmp_path / "resumed"
+    ckpt = resumed / "checkpoints/train.pt"
+    proc = subprocess.Popen(
+        cmd + train_args(stage_inputs, resumed, params),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "training finished before it was killed"
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 3 <= killed_at < 9 and not (resumed / "model.pt").exists()
+
+    done = subprocess.run(
+        cmd + train_args(stage_inputs, resumed, params),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from {ckpt} after epoch {killed_at + 1}" in done.stdout
+
+    a = torch.load(straight / "model.pt", weights_only=True)["net"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["net"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((straight / "train.json").read_text())
+    mb = json.loads((resumed / "train.json").read_text())
+    assert ma["test"] == mb["test"]
+    history_a, history_b = (pd.read_csv(d / "history.csv") for d in (straight, resumed))
+    pd.testing.assert_frame_equal(
+        history_a[["train_loss", "val_loss"]], history_b[["train_loss", "val_loss"]]
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_matches_single_process(
+    trained: Path, stage_inputs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pipeline.train",
+            *train_args(stage_inputs, out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp = json.loads((out / "train.json").read_text())
+    single = json.loads((trained / "train.json").read_text())
+    print(
+        f"torchrun x2 accuracy {ddp['test']['accuracy']:.4f} "
+        f"vs single {single['test']['accuracy']:.4f}"
+    )
+    assert ddp["system"]["world_size"] == 2
+    assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_gpu_with_bf16(
+    stage_inputs: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    params = write_params({"train.epochs": 15}, name="gpu.yaml")
+    assert train.main(train_args(stage_inputs, tmp_path, params)) == 0
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["system"]["device"] == "cuda"
+    assert metrics["test"]["accuracy"] >= 0.97
