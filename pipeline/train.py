@@ -65,7 +65,7 @@ class TrainConfig:
     """``train`` in params.yaml."""
 
     seed: int
-    model: Literal["mlp", "cnn"]
+    model: Literal["auto", "mlp", "cnn"]
     hidden: int
     depth: int
     channels: int
@@ -140,13 +140,14 @@ def model_config(
     schema: Schema,
     image_shape: tuple[int, int] | None,
 ) -> ModelConfig:
-    if cfg.model == "cnn" and image_shape is None:
+    arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "mlp")
+    if arch == "cnn" and image_shape is None:
         raise MlcycleError(
             "train.model = 'cnn' needs image-shaped features: an image source (such as digits) "
             "and a transform that keeps the layout (no PCA, no one-hot); use train.model = 'mlp'"
         )
     return ModelConfig(
-        arch=cfg.model,
+        arch=arch,
         n_in=transform.n_features_out_,
         n_classes=schema.n_classes,
         hidden=cfg.hidden,

@@ -17,6 +17,8 @@ import yaml
 
 from tests.conftest import ROOT
 
+ALL = {"ingest", "preprocess", "features", "tune", "train"}
+
 
 def copy_project(dest: Path) -> Path:
     shutil.copytree(
@@ -63,10 +65,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(project: Path) -> None:
-    assert ran(dvc(project, "repro")) == {"ingest", "preprocess", "features"}
+    assert ran(dvc(project, "repro")) == ALL
     second = dvc(project, "repro")
     assert ran(second) == set()
-    for stage in ("ingest", "preprocess", "features"):
+    for stage in ALL:
         assert f"Stage '{stage}' didn't change, skipping" in second
     for out in (
         "data/raw.parquet",
@@ -80,13 +82,16 @@ def test_repro_runs_every_stage_then_is_a_no_op(project: Path) -> None:
 
 
 def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
+    edit_params(project, "train", "epochs", 5)
+    assert ran(dvc(project, "repro")) == {"tune", "train"}
+    # The search changes but its winner (and so models/features.*) does not: train is skipped.
     edit_params(project, "features", "pca_components", [8, 24])
     assert ran(dvc(project, "repro")) == {"features"}
     metrics = json.loads((project / "metrics/features.json").read_text())
     assert {"pca8", "pca24"} <= {row["name"] for row in metrics["search"]}
     test_before = (project / "data/prepared/test.parquet").read_bytes()
     edit_params(project, "preprocess", "val_size", 0.2)
-    assert ran(dvc(project, "repro")) == {"preprocess", "features"}
+    assert ran(dvc(project, "repro")) == {"preprocess", "features", "tune", "train"}
     assert (project / "data/prepared/test.parquet").read_bytes() == test_before
 
 
@@ -129,7 +134,8 @@ def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> N
     edit_params(project, "data", "source", "customers.csv")
     edit_params(project, "data", "target", "churned")
 
-    assert ran(dvc(project, "repro")) == {"ingest", "preprocess", "features"}
+    edit_params(project, "train", "epochs", 15)
+    assert ran(dvc(project, "repro")) == ALL
     schema = json.loads((project / "data/schema.json").read_text())
     assert {f["name"]: f["kind"] for f in schema["features"]} == {
         "size": "numeric",
@@ -142,3 +148,9 @@ def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> N
     assert metrics["chosen_cv_accuracy"] > 0.7
     train = pd.read_parquet(project / "data/prepared/train.parquet")
     assert set(train["colour"].dropna()) <= {0.0, 1.0, 2.0}  # encoded as schema indices
+    trained = json.loads((project / "metrics/train.json").read_text())
+    assert trained["test"]["accuracy"] > 0.7
+    import torch
+
+    ckpt = torch.load(project / "models/model.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "mlp"  # train.model: auto, and no image shape

@@ -24,7 +24,7 @@ from tests.conftest import train_args
 
 @pytest.fixture(scope="module")
 def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The train stage with the repo's params on digits (CNN)."""
+    """The train stage with the repo's params on digits (auto: a CNN)."""
     out = tmp_path_factory.mktemp("train")
     assert train.main(train_args(stage_inputs, out)) == 0
     return out
@@ -55,6 +55,7 @@ def test_checkpoint_rebuilds_the_model_without_training_code(
     trained: Path, stage_inputs: Path
 ) -> None:
     ckpt = torch.load(trained / "model.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "cnn"
     model = build(ckpt)
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -71,7 +72,7 @@ def test_mlflow_holds_params_metrics_and_confusion_matrix(trained: Path) -> None
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mlcycle")
     (run,) = client.search_runs([exp.experiment_id])
-    assert run.data.params["model"] == "cnn"
+    assert run.data.params["model"] == "auto"
     assert float(run.data.params["lr"]) == pytest.approx(0.003)
     metrics = json.loads((trained / "train.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
