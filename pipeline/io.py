@@ -34,11 +34,19 @@ def atomic_outputs(*paths: str | Path) -> Iterator[list[Path]]:
             os.close(fd)
             temps.append(Path(tmp))
         yield temps
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual mode
         for tmp, final in zip(temps, finals, strict=True):
+            os.chmod(tmp, mode)
             os.replace(tmp, final)
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _jsonable(obj: Any) -> Any:

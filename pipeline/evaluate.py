@@ -1,0 +1,382 @@
+"""Evaluate stage: the candidate against the champion on the frozen test split, then the gate.
+
+    python -m pipeline.evaluate --params params.yaml --schema data/schema.json \
+        --test data/prepared/test.parquet --model models/hardened.pt --onnx models/model.onnx \
+        --onnx-int8 models/model.int8.onnx --export-metrics metrics/export.json \
+        --robustness metrics/robustness.json --train-metrics metrics/train.json \
+        --registry registry --tracking-db mlflow.db --metrics metrics/evaluate.json
+
+Candidate and champion are measured the same way on the same rows: accuracy, macro-F1, log loss,
+calibration (ECE) and p99 single-row latency in onnxruntime, and robust accuracy under PGD at
+``harden.eps`` (on each model's PyTorch twin, which export proved equal to its graph). The
+candidate is registered in MLflow whatever the outcome; it is promoted (``champion`` alias, local
+champion directory swapped atomically) only if every rule in ``params.yaml: gate`` holds. With no
+champion yet, the absolute floors alone apply. The decision and every reason go to the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.attacks import Box, robust_accuracy
+from pipeline.config import read_params, require, section
+from pipeline.errors import MlcycleError
+from pipeline.harden import HardenConfig
+from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline.metrics import classification_metrics
+from pipeline.model import build
+from pipeline.runtime import latency_ms, predict, session
+from pipeline.schema import LABEL, Schema
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """``gate`` in params.yaml: what a candidate must show to replace the champion."""
+
+    model_name: str
+    variant: Literal["fp32", "int8", "auto"]
+    max_int8_accuracy_drop: float
+    min_accuracy: float
+    min_robust_accuracy: float
+    max_ece: float
+    max_p99_latency_ms: float
+    max_accuracy_drop: float
+    max_robust_drop: float
+    robust_steps: int
+    robust_restarts: int
+
+    def check(self, where: str) -> None:
+        for key in ("min_accuracy", "min_robust_accuracy", "max_ece"):
+            require(0 <= getattr(self, key) <= 1, f"{where}.{key}", getattr(self, key), "in [0, 1]")
+        require(self.robust_steps >= 1, f"{where}.robust_steps", self.robust_steps, ">= 1")
+
+
+def choose_variant(cfg: GateConfig, export: dict[str, Any]) -> str:
+    """fp32 or int8: ``auto`` ships int8 only if it is faster and loses at most the allowed."""
+    if cfg.variant != "auto":
+        if cfg.variant == "int8" and "int8" not in export:
+            raise MlcycleError("gate.variant = 'int8' but export.quantize is false")
+        return cfg.variant
+    q = export.get("int8")
+    ok = (
+        q is not None
+        and q["accuracy_delta"] >= -cfg.max_int8_accuracy_drop
+        and q["latency_ratio"] < 1.0
+    )
+    return "int8" if ok else "fp32"
+
+
+def measure(
+    onnx_path: Path,
+    twin: torch.nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    schema: Schema,
+    eps: float,
+    cfg: GateConfig,
+) -> dict[str, Any]:
+    """Quality, robustness and latency of one model on the test rows."""
+    sess = session(onnx_path)
+    proba, _ = predict(sess, X)
+    quality = classification_metrics(y, proba, schema.n_classes)
+    robust = robust_accuracy(
+        twin,
+        torch.as_tensor(X),
+        torch.as_tensor(y),
+        Box.from_schema(schema, eps),
+        cfg.robust_steps,
+        cfg.robust_restarts,
+    )
+    return {
+        **{k: v for k, v in quality.items() if k != "per_class_recall"},
+        "robust_accuracy": robust,
+        "p99_latency_ms": latency_ms(sess, X)["p99_ms"],
+    }
+
+
+def gate(
+    cfg: GateConfig, cand: dict[str, Any], champ: dict[str, Any] | None, parity_passed: bool
+) -> list[dict[str, Any]]:
+    """Every rule with its value, threshold and verdict."""
+    rules = [
+        (
+            "parity",
+            float(parity_passed),
+            1.0,
+            parity_passed,
+            "onnxruntime matches PyTorch on the test split",
+        ),
+        (
+            "min_accuracy",
+            cand["accuracy"],
+            cfg.min_accuracy,
+            cand["accuracy"] >= cfg.min_accuracy,
+            "test accuracy >= floor",
+        ),
+        (
+            "min_robust_accuracy",
+            cand["robust_accuracy"],
+            cfg.min_robust_accuracy,
+            cand["robust_accuracy"] >= cfg.min_robust_accuracy,
+            "robust accuracy >= floor",
+        ),
+        (
+            "max_ece",
+            cand["ece"],
+            cfg.max_ece,
+            cand["ece"] <= cfg.max_ece,
+            "calibration error <= ceiling",
+        ),
+        (
+            "max_p99_latency_ms",
+            cand["p99_latency_ms"],
+            cfg.max_p99_latency_ms,
+            cand["p99_latency_ms"] <= cfg.max_p99_latency_ms,
+            "p99 single-row latency <= budget",
+        ),
+    ]
+    if champ is not None:
+        floor = champ["accuracy"] - cfg.max_accuracy_drop
+        rules.append(
+            (
+                "vs_champion_accuracy",
+                cand["accuracy"],
+                floor,
+                cand["accuracy"] >= floor,
+                f"accuracy >= champion's {champ['accuracy']:.4f} - {cfg.max_accuracy_drop}",
+            )
+        )
+        floor = champ["robust_accuracy"] - cfg.max_robust_drop
+        rules.append(
+            (
+                "vs_champion_robust_accuracy",
+                cand["robust_accuracy"],
+                floor,
+                cand["robust_accuracy"] >= floor,
+                f"robust accuracy >= champion's {champ['robust_accuracy']:.4f} - "
+                f"{cfg.max_robust_drop}",
+            )
+        )
+    return [
+        {"rule": r, "value": v, "threshold": t, "passed": bool(ok), "what": w}
+        for r, v, t, ok, w in rules
+    ]
+
+
+def model_card(
+    schema: Schema,
+    decision: dict[str, Any],
+    train: dict[str, Any],
+    robustness: dict[str, Any],
+    export: dict[str, Any],
+    ckpt: dict[str, Any],
+) -> str:
+    """A Markdown model card: data, model, metrics, robustness, gate, limits."""
+    c = decision["candidate"]
+    by_eps = robustness["hardened"]["by_eps"]
+    n_cat = sum(f.kind == "categorical" for f in schema.features)
+    lines = [
+        f"# Model card: {decision['model_name']} ({decision['variant']})",
+        "",
+        "## Data",
+        f"- {len(schema.features)} features ({n_cat} categorical), target `{schema.target}`, "
+        f"classes {list(schema.classes)}",
+        "- evaluated on the frozen test split cut once from the source",
+        "",
+        "## Model",
+        f"- {ckpt['model_config']['arch'].upper()} behind the fitted feature transform, one ONNX "
+        "graph from raw features to probabilities",
+        f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
+        "range",
+        "",
+        "## Test metrics",
+        "| metric | candidate | champion |",
+        "| --- | --- | --- |",
+    ]
+    champ = decision.get("champion") or {}
+    for key in ("accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"):
+        lines.append(
+            f"| {key} | {c[key]:.4f} | {champ[key]:.4f} |"
+            if key in champ
+            else f"| {key} | {c[key]:.4f} | - |"
+        )
+    lines += [
+        "",
+        f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}",
+        "",
+        "## Robustness (PGD, test split)",
+        "| eps | trained | hardened |",
+        "| --- | --- | --- |",
+    ]
+    for eps, acc in by_eps.items():
+        lines.append(f"| {eps} | {robustness['trained']['by_eps'][eps]:.4f} | {acc:.4f} |")
+    lines += [
+        "",
+        "## Export",
+        f"- parity: max |probability difference| "
+        f"{export['parity']['max_abs_probability_diff']:.2e}, labels equal "
+        f"{export['parity']['labels_equal']}",
+        "",
+        f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}",
+    ]
+    lines += [
+        f"- {'pass' if r['passed'] else 'FAIL'} {r['rule']}: {r['value']:.4f} vs "
+        f"{r['threshold']:.4f} ({r['what']})"
+        for r in decision["rules"]
+    ]
+    lines += [
+        "",
+        "## Limits",
+        "- Robustness covers L-inf perturbations within eps of each feature's observed "
+        "range only; other threat models (patches, rotations, poisoning) are untested.",
+        "- Robust accuracy is measured on the PyTorch twin of the graph; an int8 variant's "
+        "robustness is assumed from its fp32 twin.",
+        "- Inputs outside the training data's range or categories are out of distribution.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def register(
+    decision: dict[str, Any], files: dict[str, Path], card: str, cfg: GateConfig, tracking_db: str
+) -> str:
+    """Log the candidate's files to an MLflow run and create a registry version; returns it."""
+    import mlflow
+
+    from pipeline import registry, tracking
+
+    tracking.configure(tracking_db)
+    exp = tracking.experiment_id("mlcycle", tracking_db)
+    client = registry.client(tracking_db)
+    with (
+        mlflow.start_run(experiment_id=exp, run_name="evaluate", tags={"stage": "evaluate"}) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card)
+        for src in [*files.values(), card_path]:
+            mlflow.log_artifact(str(src), artifact_path="model")
+        mlflow.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
+        mlflow.log_dict(decision, "evaluate.json")
+        if not client.search_registered_models(f"name = '{cfg.model_name}'"):
+            client.create_registered_model(cfg.model_name, description="mlcycle champion line")
+        version = client.create_model_version(
+            cfg.model_name,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={
+                "gate": "passed" if decision["passed"] else "failed",
+                "variant": decision["variant"],
+                "failed_rules": ",".join(r["rule"] for r in decision["rules"] if not r["passed"]),
+            },
+            description=card,
+        )
+    return str(version.version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in (
+        "--schema",
+        "--test",
+        "--model",
+        "--onnx",
+        "--onnx-int8",
+        "--export-metrics",
+        "--robustness",
+        "--train-metrics",
+        "--registry",
+        "--tracking-db",
+        "--metrics",
+    ):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        params = read_params(args.params)
+        cfg = section(params, "gate", GateConfig)
+        eps = section(params, "harden", HardenConfig).eps
+        export = load_json(args.export_metrics)
+        variant = choose_variant(cfg, export)
+    except MlcycleError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    from pipeline import registry
+
+    schema = Schema.from_dict(load_json(args.schema))
+    test = pd.read_parquet(args.test)
+    X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
+    onnx_path = Path(args.onnx_int8 if variant == "int8" else args.onnx)
+    ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+    candidate = measure(onnx_path, build(ckpt), X, y, schema, eps, cfg)
+
+    registry_dir = Path(args.registry)
+    client = registry.client(args.tracking_db)
+    champ_version = registry.champion_version(client, cfg.model_name)
+    champ_dir = registry.champion_dir(registry_dir)
+    champion = None
+    if champ_version is not None and champ_dir is not None:
+        twin = build(torch.load(champ_dir / "model.pt", map_location="cpu", weights_only=True))
+        champion = measure(champ_dir / "model.onnx", twin, X, y, schema, eps, cfg)
+
+    rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]))
+    passed = all(r["passed"] for r in rules)
+    decision: dict[str, Any] = {
+        "model_name": cfg.model_name,
+        "variant": variant,
+        "eps": eps,
+        "passed": passed,
+        "promoted": passed,
+        "reasons": [
+            f"{r['rule']}: {r['value']:.4f} vs {r['threshold']:.4f}"
+            for r in rules
+            if not r["passed"]
+        ],
+        "rules": rules,
+        "candidate": candidate,
+        "champion": champion,
+        "champion_version_before": champ_version,
+    }
+    files = {
+        "model.onnx": onnx_path,
+        "model.pt": Path(args.model),
+        "schema.json": Path(args.schema),
+        "export.json": Path(args.export_metrics),
+    }
+    card = model_card(
+        schema, decision, load_json(args.train_metrics), load_json(args.robustness), export, ckpt
+    )
+    version = register(decision, files, card, cfg, args.tracking_db)
+    decision["version"] = version
+    if passed:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model_card.md").write_text(card)
+            registry.promote(
+                client,
+                cfg.model_name,
+                version,
+                registry_dir,
+                {**files, "model_card.md": Path(tmp) / "model_card.md"},
+            )
+    with atomic_outputs(args.metrics) as (tmp,):
+        dump_json(decision, tmp)
+    verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
+    print(
+        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
+        f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
+        f"p99 {candidate['p99_latency_ms']:.2f} ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The model registry: MLflow's registry plus the local champion directory the service reads.
+
+    python -m pipeline.registry status   --registry registry --tracking-db mlflow.db
+    python -m pipeline.registry rollback --registry registry --tracking-db mlflow.db
+
+Every evaluated model becomes a version of the registered model (ONNX, torch twin, schema.json,
+metrics, model card). Promotion copies the version's files to ``registry/versions/<version>/``,
+then swaps the symlink ``registry/champion`` to it with one atomic rename, and moves the MLflow
+alias ``champion``. A reader of ``registry/champion/`` sees the old files or the new ones, never a
+mix. ``rollback`` moves both back to the champion before the current one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import MlcycleError
+
+CHAMPION = "champion"
+PREVIOUS_TAG = "previous_champion"
+
+
+def champion_dir(registry: Path) -> Path | None:
+    """The local directory the champion alias points at, or None before the first promotion."""
+    link = registry / CHAMPION
+    return link.resolve() if link.exists() else None
+
+
+def stage_version_dir(registry: Path, version: str, files: dict[str, Path]) -> Path:
+    """Copy ``files`` (name -> source) into ``registry/versions/<version>`` atomically."""
+    versions = registry / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    final = versions / version
+    if final.exists():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=versions))
+    try:
+        for name, src in files.items():
+            shutil.copy2(src, tmp / name)
+        tmp.chmod(0o755)  # mkdtemp makes 0700; the service may run as another user
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def point_champion_at(registry: Path, target: Path) -> None:
+    """Atomically repoint ``registry/champion`` (a relative symlink) at ``target``."""
+    tmp = registry / f".{CHAMPION}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(target, registry))
+    os.replace(tmp, registry / CHAMPION)
+
+
+def client(tracking_db: str | Path):  # -> mlflow.MlflowClient
+    import mlflow
+
+    from pipeline import tracking
+
+    return mlflow.MlflowClient(tracking_uri=tracking.configure(tracking_db))
+
+
+def champion_version(mlflow_client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow_client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def promote(
+    mlflow_client, name: str, version: str, registry: Path, files: dict[str, Path]
+) -> str | None:
+    """Make ``version`` the champion; returns the version it replaced."""
+    previous = champion_version(mlflow_client, name)
+    target = stage_version_dir(registry, version, files)
+    if previous is not None:
+        mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, previous)
+    point_champion_at(registry, target)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    return previous
+
+
+def rollback(mlflow_client, name: str, registry: Path) -> tuple[str, str]:
+    """Move the champion back to the one before it; returns (from, to) versions."""
+    current = champion_version(mlflow_client, name)
+    if current is None:
+        raise MlcycleError(f"registered model {name!r} has no champion to roll back")
+    tags = mlflow_client.get_model_version(name, current).tags
+    previous = tags.get(PREVIOUS_TAG)
+    if not previous:
+        raise MlcycleError(f"champion version {current} of {name!r} has no previous champion")
+    target = registry / "versions" / previous
+    if not target.is_dir():
+        raise MlcycleError(f"the files of version {previous} are missing from {target}")
+    point_champion_at(registry, target)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+    mlflow_client.set_model_version_tag(name, current, "rolled_back", "true")
+    return current, previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["status", "rollback"])
+    parser.add_argument("--registry", default="registry")
+    parser.add_argument("--tracking-db", default="mlflow.db")
+    parser.add_argument("--name", default="mlcycle", help="registered model name (gate.model_name)")
+    args = parser.parse_args(argv)
+    registry = Path(args.registry)
+    mlflow_client = client(args.tracking_db)
+    try:
+        if args.command == "rollback":
+            old, new = rollback(mlflow_client, args.name, registry)
+            print(f"registry: champion of {args.name!r} rolled back from version {old} to {new}")
+        else:
+            version = champion_version(mlflow_client, args.name)
+            print(
+                f"registry: {args.name!r} champion = version {version}, "
+                f"files = {champion_dir(registry)}"
+            )
+    except MlcycleError as exc:
+        print(f"registry: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
