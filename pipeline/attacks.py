@@ -29,9 +29,12 @@ class Box:
 
     @classmethod
     def from_schema(cls, schema: Schema, eps: float) -> Box:
+        """Radius ``eps`` times each numeric feature's range. Categoricals are not perturbed:
+        a client can only send a valid category, and swapping one is no L-inf step."""
         low, high = schema.bounds
+        numeric = np.array([f.kind == "numeric" for f in schema.features])
         return cls(
-            torch.tensor(eps * (high - low), dtype=torch.float32),
+            torch.tensor(eps * (high - low) * numeric, dtype=torch.float32),
             torch.tensor(low, dtype=torch.float32),
             torch.tensor(high, dtype=torch.float32),
         )

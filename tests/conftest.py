@@ -150,3 +150,77 @@ def train_args(
         "--tracking-db",
         f"{out}/mlflow.db",
     ]
+
+
+@pytest.fixture(scope="session")
+def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train stage with the repo's params on digits (auto: a CNN)."""
+    from pipeline import train
+
+    out = tmp_path_factory.mktemp("train")
+    assert train.main(train_args(stage_inputs, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def hardened(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The harden stage with the repo's params on the trained model."""
+    from pipeline import harden
+
+    out = tmp_path_factory.mktemp("harden")
+    assert (
+        harden.main(
+            [
+                "--params",
+                str(stage_inputs / "params.yaml"),
+                "--schema",
+                f"{stage_inputs}/data/schema.json",
+                "--data",
+                f"{stage_inputs}/data/prepared",
+                "--model",
+                f"{trained}/model.pt",
+                "--train-metrics",
+                f"{trained}/train.json",
+                "--out",
+                f"{out}/hardened.pt",
+                "--metrics",
+                f"{out}/robustness.json",
+                "--plot",
+                f"{out}/robustness.csv",
+                "--figure",
+                f"{out}/robustness.png",
+                "--tracking-db",
+                f"{out}/mlflow.db",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def export_args(inputs: Path, model: Path, out: Path) -> list[str]:
+    return [
+        "--params",
+        str(inputs / "params.yaml"),
+        "--schema",
+        f"{inputs}/data/schema.json",
+        "--model",
+        str(model),
+        "--test",
+        f"{inputs}/data/prepared/test.parquet",
+        "--out",
+        f"{out}/model.onnx",
+        "--out-int8",
+        f"{out}/model.int8.onnx",
+        "--metrics",
+        f"{out}/export.json",
+    ]
+
+
+@pytest.fixture(scope="session")
+def exported(stage_inputs: Path, hardened: Path) -> Path:
+    """The export stage on the hardened model; writes beside it."""
+    from pipeline import export
+
+    assert export.main(export_args(stage_inputs, hardened / "hardened.pt", hardened)) == 0
+    return hardened

@@ -17,7 +17,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-ALL = {"ingest", "preprocess", "features", "tune", "train"}
+ALL = {"ingest", "preprocess", "features", "tune", "train", "harden", "export", "evaluate"}
+AFTER_TRAIN = {"harden", "export", "evaluate"}
 
 
 def copy_project(dest: Path) -> Path:
@@ -27,6 +28,16 @@ def copy_project(dest: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, dest / name)
     dvc(dest, "init", "--no-scm", "-q")
+    # The stages' behaviour is what is tested here; the model tests hold the quality floors.
+    for key, value in {
+        "epochs": 4,
+        "eval_eps": [0.1],
+        "eval_steps": 5,
+        "eval_restarts": 1,
+        "art_check": False,
+    }.items():
+        edit_params(dest, "harden", key, value)
+    edit_params(dest, "train", "epochs", 15)
     return dest
 
 
@@ -83,7 +94,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(project: Path) -> None:
 
 def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
     edit_params(project, "train", "epochs", 5)
-    assert ran(dvc(project, "repro")) == {"tune", "train"}
+    assert ran(dvc(project, "repro")) == {"tune", "train", *AFTER_TRAIN}
+    edit_params(project, "gate", "max_ece", 0.2)
+    assert ran(dvc(project, "repro")) == {"evaluate"}
     # The search changes but its winner (and so models/features.*) does not: train is skipped.
     edit_params(project, "features", "pca_components", [8, 24])
     assert ran(dvc(project, "repro")) == {"features"}
@@ -91,7 +104,7 @@ def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
     assert {"pca8", "pca24"} <= {row["name"] for row in metrics["search"]}
     test_before = (project / "data/prepared/test.parquet").read_bytes()
     edit_params(project, "preprocess", "val_size", 0.2)
-    assert ran(dvc(project, "repro")) == {"preprocess", "features", "tune", "train"}
+    assert ran(dvc(project, "repro")) == ALL - {"ingest"}
     assert (project / "data/prepared/test.parquet").read_bytes() == test_before
 
 
@@ -134,7 +147,6 @@ def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> N
     edit_params(project, "data", "source", "customers.csv")
     edit_params(project, "data", "target", "churned")
 
-    edit_params(project, "train", "epochs", 15)
     assert ran(dvc(project, "repro")) == ALL
     schema = json.loads((project / "data/schema.json").read_text())
     assert {f["name"]: f["kind"] for f in schema["features"]} == {

@@ -22,14 +22,6 @@ from pipeline.schema import LABEL, Schema
 from tests.conftest import train_args
 
 
-@pytest.fixture(scope="module")
-def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The train stage with the repo's params on digits (auto: a CNN)."""
-    out = tmp_path_factory.mktemp("train")
-    assert train.main(train_args(stage_inputs, out)) == 0
-    return out
-
-
 def test_network_beats_floor_and_reports_baselines(trained: Path) -> None:
     metrics = json.loads((trained / "train.json").read_text())
     # Measured on digits with the repo's params: CNN 0.989-0.994, RBF SVM 0.981, logreg 0.97.

@@ -1,0 +1,60 @@
+"""Export: one self-contained ONNX graph, equal to PyTorch on the whole test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import torch
+
+from pipeline.export import torch_predict
+from pipeline.model import build
+from pipeline.runtime import predict, session
+from pipeline.schema import LABEL, Schema
+
+
+def test_graph_is_checked_self_contained_and_named(exported: Path) -> None:
+    path = exported / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["features"]
+    assert [o.name for o in model.graph.output] == ["probabilities", "label"]
+    assert not list(exported.glob("*.data"))  # no external-data sidecar
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_parity_with_pytorch_on_the_whole_test_split(exported: Path, stage_inputs: Path) -> None:
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    X = test[schema.names].to_numpy(np.float32)
+    twin = build(torch.load(exported / "hardened.pt", weights_only=True))
+    t_probs, t_labels = torch_predict(twin, X)
+    o_probs, o_labels = predict(session(exported / "model.onnx"), X)
+    assert len(X) == len(test) == 360
+    assert np.abs(o_probs - t_probs).max() <= 1e-5
+    np.testing.assert_array_equal(o_labels, t_labels)
+    report = json.loads((exported / "export.json").read_text())
+    assert report["parity"]["passed"] and report["parity"]["rows"] == 360
+    assert report["fp32"]["accuracy"] == float((o_labels == test[LABEL].to_numpy()).mean())
+
+
+def test_dynamic_batch_and_missing_values(exported: Path) -> None:
+    sess = session(exported / "model.onnx")
+    for rows in (1, 257):
+        X = np.random.default_rng(rows).uniform(0, 16, (rows, 64)).astype(np.float32)
+        X[0, 5] = np.nan  # imputed inside the graph
+        probs, labels = predict(sess, X)
+        assert probs.shape == (rows, 10) and labels.shape == (rows,)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_int8_variant_is_reported(exported: Path) -> None:
+    report = json.loads((exported / "export.json").read_text())
+    q = report["int8"]
+    assert (exported / "model.int8.onnx").stat().st_size == q["bytes"]
+    assert q["size_ratio"] < 0.5  # weights stored as int8
+    assert abs(q["accuracy_delta"]) < 0.02
+    assert q["latency_ratio"] > 0
