@@ -10,13 +10,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+_set_here: set[str] = set()  # URIs configure() has set (MLflow exports each to the env)
+
 
 def configure(tracking_db: str | Path) -> str:
     """Point MLflow at the tracking store; returns the URI in use."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(tracking_db).resolve()}"
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, so an env value set here is ours, not
+    # the user's: a later call with another database must not inherit it.
+    from_user = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_user in _set_here:
+        from_user = None
+    uri = from_user or f"sqlite:///{Path(tracking_db).resolve()}"
     mlflow.set_tracking_uri(uri)
+    _set_here.add(uri)
     return uri
 
 
