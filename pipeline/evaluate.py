@@ -108,68 +108,59 @@ def gate(
     cfg: GateConfig, cand: dict[str, Any], champ: dict[str, Any] | None, parity_passed: bool
 ) -> list[dict[str, Any]]:
     """Every rule with its value, threshold and verdict."""
+    # (rule, value, threshold, value must be at least the threshold (else at most), what)
     rules = [
         (
             "parity",
             float(parity_passed),
             1.0,
-            parity_passed,
+            True,
             "onnxruntime matches PyTorch on the test split",
         ),
-        (
-            "min_accuracy",
-            cand["accuracy"],
-            cfg.min_accuracy,
-            cand["accuracy"] >= cfg.min_accuracy,
-            "test accuracy >= floor",
-        ),
+        ("min_accuracy", cand["accuracy"], cfg.min_accuracy, True, "test accuracy >= floor"),
         (
             "min_robust_accuracy",
             cand["robust_accuracy"],
             cfg.min_robust_accuracy,
-            cand["robust_accuracy"] >= cfg.min_robust_accuracy,
+            True,
             "robust accuracy >= floor",
         ),
-        (
-            "max_ece",
-            cand["ece"],
-            cfg.max_ece,
-            cand["ece"] <= cfg.max_ece,
-            "calibration error <= ceiling",
-        ),
+        ("max_ece", cand["ece"], cfg.max_ece, False, "calibration error <= ceiling"),
         (
             "max_p99_latency_ms",
             cand["p99_latency_ms"],
             cfg.max_p99_latency_ms,
-            cand["p99_latency_ms"] <= cfg.max_p99_latency_ms,
+            False,
             "p99 single-row latency <= budget",
         ),
     ]
     if champ is not None:
-        floor = champ["accuracy"] - cfg.max_accuracy_drop
-        rules.append(
+        rules += [
             (
                 "vs_champion_accuracy",
                 cand["accuracy"],
-                floor,
-                cand["accuracy"] >= floor,
+                champ["accuracy"] - cfg.max_accuracy_drop,
+                True,
                 f"accuracy >= champion's {champ['accuracy']:.4f} - {cfg.max_accuracy_drop}",
-            )
-        )
-        floor = champ["robust_accuracy"] - cfg.max_robust_drop
-        rules.append(
+            ),
             (
                 "vs_champion_robust_accuracy",
                 cand["robust_accuracy"],
-                floor,
-                cand["robust_accuracy"] >= floor,
+                champ["robust_accuracy"] - cfg.max_robust_drop,
+                True,
                 f"robust accuracy >= champion's {champ['robust_accuracy']:.4f} - "
                 f"{cfg.max_robust_drop}",
-            )
-        )
+            ),
+        ]
     return [
-        {"rule": r, "value": v, "threshold": t, "passed": bool(ok), "what": w}
-        for r, v, t, ok, w in rules
+        {
+            "rule": r,
+            "value": v,
+            "threshold": t,
+            "passed": bool(v >= t if at_least else v <= t),
+            "what": w,
+        }
+        for r, v, t, at_least, w in rules
     ]
 
 

@@ -195,3 +195,19 @@ def test_variant_choice() -> None:
     assert evaluate.choose_variant(cfg, faster) == "int8"
     assert evaluate.choose_variant(cfg, worse) == "fp32"
     assert evaluate.choose_variant(dataclasses.replace(cfg, variant="int8"), slower) == "int8"
+
+
+def test_rules_compare_in_the_right_direction() -> None:
+    cfg = section(repo_params(), "gate", evaluate.GateConfig)
+    good = {"accuracy": 0.99, "robust_accuracy": 0.8, "ece": 0.02, "p99_latency_ms": 1.0}
+    assert all(r["passed"] for r in evaluate.gate(cfg, good, None, True))
+    slow_and_miscalibrated = {**good, "ece": 0.2, "p99_latency_ms": 1e3}
+    failed = {
+        r["rule"] for r in evaluate.gate(cfg, slow_and_miscalibrated, good, True) if not r["passed"]
+    }
+    assert failed == {"max_ece", "max_p99_latency_ms"}
+    slightly_worse = {**good, "accuracy": 0.99 - cfg.max_accuracy_drop / 2}
+    assert all(r["passed"] for r in evaluate.gate(cfg, slightly_worse, good, True))
+    assert [r["rule"] for r in evaluate.gate(cfg, good, None, False) if not r["passed"]] == [
+        "parity"
+    ]
