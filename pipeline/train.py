@@ -243,6 +243,10 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def run_fingerprint(cfg: TrainConfig, world: int, train: Split, val: Split) -> str:
+    return fingerprint(dataclasses.asdict(cfg), world, train.X.nan_to_num(), train.y, val.y)
+
+
 def fit(
     model: Classifier,
     train: Split,
@@ -286,7 +290,7 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     augment = cfg.augment_shift > 0 and image_shape is not None
 
-    ident = fingerprint(dataclasses.asdict(cfg), world, train.X.nan_to_num(), train.y, val.y)
+    ident = run_fingerprint(cfg, world, train, val)
     start, history, best = 0, [], {"loss": math.inf, "state": None, "bad": 0}
     elapsed, samples, tta = 0.0, 0, None
     if checkpoint is not None and checkpoint.is_file():
@@ -356,6 +360,8 @@ def fit(
         stop = torch.tensor(float(best["bad"] >= cfg.patience))
         if world > 1:  # every rank must agree, or the others wait forever in all-reduce
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if on_epoch is not None:  # before the checkpoint: a kill can repeat a step, not skip one
+            on_epoch(epoch, row)
         if checkpoint is not None and rank == 0:
             state = {
                 "fingerprint": ident,
@@ -374,8 +380,6 @@ def fit(
             with atomic_outputs(checkpoint) as (tmp,):
                 torch.save(state, tmp)
         bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, row)
         if stop.item():
             break
     if best["state"] is not None:
@@ -542,18 +546,21 @@ def run(
         exp = tracking.experiment_id("mlcycle", args.tracking_db)
         resume_id = None
         checkpoint = Path(args.checkpoint)
-        if checkpoint.is_file():
-            resume_id = torch.load(checkpoint, weights_only=True).get("extra", {}).get("run_id")
+        if checkpoint.is_file():  # continue its MLflow run only if fit() will resume it
+            saved = torch.load(checkpoint, weights_only=True)
+            if saved.get("fingerprint") == run_fingerprint(cfg, world, inputs.train, inputs.val):
+                resume_id = saved.get("extra", {}).get("run_id")
         mlflow_run = mlflow.start_run(experiment_id=exp, run_id=resume_id, run_name="train")
         extra["run_id"] = mlflow_run.info.run_id
-        mlflow.log_params(
-            {
-                **dataclasses.asdict(cfg),
-                "device": device.type,
-                "world_size": world,
-                "n_features_out": mcfg.n_in,
-            }
-        ) if resume_id is None else None
+        if resume_id is None:  # a resumed run already holds its params
+            mlflow.log_params(
+                {
+                    **dataclasses.asdict(cfg),
+                    "device": device.type,
+                    "world_size": world,
+                    "n_features_out": mcfg.n_in,
+                }
+            )
 
         def log_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)

@@ -132,6 +132,12 @@ def test_killed_run_resumes_to_the_same_result(
     ma = json.loads((straight / "train.json").read_text())
     mb = json.loads((resumed / "train.json").read_text())
     assert ma["test"] == mb["test"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{resumed / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mlcycle").experiment_id])
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
+    assert steps == set(range(10))  # one MLflow run, continued across the kill
     history_a, history_b = (pd.read_csv(d / "history.csv") for d in (straight, resumed))
     pd.testing.assert_frame_equal(
         history_a[["train_loss", "val_loss"]], history_b[["train_loss", "val_loss"]]
