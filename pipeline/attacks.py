@@ -135,7 +135,3 @@ def robust_accuracy(
                 alive[alive.clone()] = still
         correct += int(alive.sum())
     return correct / len(y)
-
-
-def eps_array(box: Box) -> np.ndarray:
-    return box.eps.cpu().numpy()
