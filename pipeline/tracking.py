@@ -10,21 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_set_here: set[str] = set()  # URIs configure() has set (MLflow exports each to the env)
-
 
 def configure(tracking_db: str | Path) -> str:
     """Point MLflow at the tracking store; returns the URI in use."""
     import mlflow
 
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI, so an env value set here is ours, not
-    # the user's: a later call with another database must not inherit it.
     from_user = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_user in _set_here:
-        from_user = None
     uri = from_user or f"sqlite:///{Path(tracking_db).resolve()}"
     mlflow.set_tracking_uri(uri)
-    _set_here.add(uri)
+    if from_user is None:
+        # set_tracking_uri also exports the URI to the environment, where a later call (or a
+        # subprocess) would take this database for the user's own server.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return uri
 
 

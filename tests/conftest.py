@@ -17,6 +17,12 @@ from pipeline.schema import Schema, infer_schema
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_user_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages under test log to their own SQLite files, never to a server the shell names."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def repo_params() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ import pytest
 from pipeline import tracking
 
 
-def test_each_call_gets_its_own_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_each_call_gets_its_own_database_and_leaves_no_env(tmp_path: Path) -> None:
     first = tracking.configure(tmp_path / "a.db")
-    second = tracking.configure(tmp_path / "b.db")  # not the URI the first call exported
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a subprocess must not inherit it
+    second = tracking.configure(tmp_path / "b.db")
     assert first == f"sqlite:///{tmp_path / 'a.db'}"
     assert second == f"sqlite:///{tmp_path / 'b.db'}"
 
