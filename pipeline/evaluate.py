@@ -238,23 +238,23 @@ def model_card(
 
 
 def register(
-    decision: dict[str, Any], files: dict[str, Path], card: str, cfg: GateConfig, tracking_db: str
+    client,
+    decision: dict[str, Any],
+    files: dict[str, Path],
+    card: str,
+    cfg: GateConfig,
+    tracking_db: str,
 ) -> str:
     """Log the candidate's files to an MLflow run and create a registry version; returns it."""
     import mlflow
 
-    from pipeline import registry, tracking
+    from pipeline import tracking
 
-    tracking.configure(tracking_db)
     exp = tracking.experiment_id("mlcycle", tracking_db)
-    client = registry.client(tracking_db)
-    with (
-        mlflow.start_run(experiment_id=exp, run_name="evaluate", tags={"stage": "evaluate"}) as run,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        card_path = Path(tmp) / "model_card.md"
-        card_path.write_text(card)
-        for src in [*files.values(), card_path]:
+    with mlflow.start_run(
+        experiment_id=exp, run_name="evaluate", tags={"stage": "evaluate"}
+    ) as run:
+        for src in files.values():
             mlflow.log_artifact(str(src), artifact_path="model")
         mlflow.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
         mlflow.log_dict(decision, "evaluate.json")
@@ -346,18 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     card = model_card(
         schema, decision, load_json(args.train_metrics), load_json(args.robustness), export, ckpt
     )
-    version = register(decision, files, card, cfg, args.tracking_db)
-    decision["version"] = version
-    if passed:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "model_card.md").write_text(card)
-            registry.promote(
-                client,
-                cfg.model_name,
-                version,
-                registry_dir,
-                {**files, "model_card.md": Path(tmp) / "model_card.md"},
-            )
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card)
+        files["model_card.md"] = card_path  # registered with the version, shipped if promoted
+        version = register(client, decision, files, card, cfg, args.tracking_db)
+        decision["version"] = version
+        if passed:
+            registry.promote(client, cfg.model_name, version, registry_dir, files)
     with atomic_outputs(args.metrics) as (tmp,):
         dump_json(decision, tmp)
     verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
