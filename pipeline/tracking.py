@@ -33,7 +33,7 @@ def experiment_id(name: str, tracking_db: str | Path) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    # set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than read the env.
+    # A local SQLite store (not a server named by the user) keeps artifacts beside it.
     if mlflow.get_tracking_uri() == f"sqlite:///{Path(tracking_db).resolve()}":
         location = (Path(tracking_db).resolve().parent / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
