@@ -24,9 +24,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import read_params, section  # noqa: E402
+from pipeline.config import TrainConfig, read_params, section  # noqa: E402
 from pipeline.model import Classifier, ModelConfig, build_net  # noqa: E402
-from pipeline.train import Split, TrainConfig, fit, load_inputs, model_config  # noqa: E402
+from pipeline.training import Split, fit, load_inputs, model_config  # noqa: E402
 
 
 def bare_loop(

@@ -113,25 +113,29 @@ def robust_accuracy(
     step_frac: float = 0.1,
     batch: int = 512,
     desc: str | None = None,
+    seed: int = 0,
 ) -> float:
     """Accuracy under PGD with random restarts: a row counts only if every restart fails.
 
-    ``eps = 0`` in every feature gives the clean accuracy.
+    ``eps = 0`` in every feature gives the clean accuracy. The random starts are drawn from
+    ``seed`` (the caller's RNG state is left as it was), so the same model gives the same figure.
     """
     model.eval()
     device = next(model.parameters()).device
     box = box.to(device)
     correct = 0
     chunks = range(0, len(y), batch)
-    for i in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
-        xb, yb = X[i : i + batch].to(device), y[i : i + batch].to(device)
-        alive = _correct(model, xb, yb)
-        if box.eps.abs().sum() > 0:
-            for _ in range(restarts):
-                if not alive.any():
-                    break
-                adv = pgd(model, xb[alive], yb[alive], box, steps, step_frac)
-                still = _correct(model, adv, yb[alive])
-                alive[alive.clone()] = still
-        correct += int(alive.sum())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
+            xb, yb = X[i : i + batch].to(device), y[i : i + batch].to(device)
+            alive = _correct(model, xb, yb)
+            if box.eps.abs().sum() > 0:
+                for _ in range(restarts):
+                    if not alive.any():
+                        break
+                    adv = pgd(model, xb[alive], yb[alive], box, steps, step_frac)
+                    still = _correct(model, adv, yb[alive])
+                    alive[alive.clone()] = still
+            correct += int(alive.sum())
     return correct / len(y)

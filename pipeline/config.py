@@ -197,3 +197,178 @@ class FeaturesConfig:
         )
         require(self.quantiles >= 10, f"{where}.quantiles", self.quantiles, ">= 10")
         require(self.tie_tolerance >= 0, f"{where}.tie_tolerance", self.tie_tolerance, ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeConfig:
+    """``compute``: where the stages run and with how many CPU threads.
+
+    ``threads`` is fixed rather than left to each library: BLAS and PyTorch split reductions by
+    thread count, so a different count gives different floats and different output hashes.
+    """
+
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int
+
+    def check(self, where: str) -> None:
+        require(self.threads >= 1, f"{where}.threads", self.threads, ">= 1")
+
+
+TUNABLE = (
+    "lr",
+    "hidden",
+    "depth",
+    "channels",
+    "dropout",
+    "weight_decay",
+    "batch_size",
+    "label_smoothing",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``train`` in params.yaml."""
+
+    seed: int
+    model: Literal["auto", "mlp", "cnn"]
+    hidden: int
+    depth: int
+    channels: int
+    dropout: float
+    optimizer: Literal["adamw", "sgd"]
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    label_smoothing: float
+    schedule: Literal["onecycle", "cosine", "step", "none"]
+    step_size: int
+    gamma: float
+    epochs: int
+    batch_size: int
+    patience: int
+    augment_shift: int
+    tta_target: float
+    amp: bool
+    baselines: tuple[Literal["logreg", "svm"], ...]
+
+    def check(self, where: str) -> None:
+        for key in ("hidden", "depth", "channels", "epochs", "batch_size", "patience", "step_size"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
+        require(self.lr > 0, f"{where}.lr", self.lr, "> 0")
+        require(0 <= self.dropout < 1, f"{where}.dropout", self.dropout, "in [0, 1)")
+        require(
+            0 <= self.label_smoothing < 1,
+            f"{where}.label_smoothing",
+            self.label_smoothing,
+            "in [0, 1)",
+        )
+        require(self.augment_shift >= 0, f"{where}.augment_shift", self.augment_shift, ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """``tune`` in params.yaml."""
+
+    n_trials: int
+    seed: int
+    max_epochs: int
+    min_epochs: int
+    storage: str
+    study: str
+    space: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        require(self.n_trials >= 0, f"{where}.n_trials", self.n_trials, ">= 0")
+        require(
+            1 <= self.min_epochs <= self.max_epochs,
+            f"{where}.min_epochs",
+            self.min_epochs,
+            f"in [1, max_epochs = {self.max_epochs}]",
+        )
+        for key, spec in self.space.items():
+            require(key in TUNABLE, f"{where}.space.{key}", key, f"one of {list(TUNABLE)}")
+            ok = isinstance(spec, dict) and (
+                (set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"])
+                or (
+                    set(spec) in ({"low", "high"}, {"low", "high", "log"})
+                    and spec["low"] < spec["high"]
+                )
+            )
+            require(
+                bool(ok),
+                f"{where}.space.{key}",
+                spec,
+                "{low, high[, log]} with low < high, or {choices: [...]}",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class HardenConfig:
+    """``harden`` in params.yaml."""
+
+    method: Literal["fgsm_rs", "pgd", "trades", "none"]
+    eps: float
+    train_eps_scale: float
+    steps: int
+    trades_beta: float
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    max_clean_drop: float
+    catastrophic_drop: float
+    eval_eps: tuple[float, ...]
+    eval_steps: int
+    eval_restarts: int
+    art_check: bool
+
+    def check(self, where: str) -> None:
+        require(0 < self.eps <= 1, f"{where}.eps", self.eps, "a fraction of the range in (0, 1]")
+        require(self.train_eps_scale >= 1, f"{where}.train_eps_scale", self.train_eps_scale, ">= 1")
+        for key in ("steps", "epochs", "batch_size", "eval_steps", "eval_restarts"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
+        require(
+            all(0 <= e <= 1 for e in self.eval_eps),
+            f"{where}.eval_eps",
+            self.eval_eps,
+            "fractions in [0, 1]",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """``export`` in params.yaml."""
+
+    opset: int
+    parity_atol: float
+    quantize: bool
+
+    def check(self, where: str) -> None:
+        require(self.opset >= 17, f"{where}.opset", self.opset, ">= 17")
+        require(self.parity_atol > 0, f"{where}.parity_atol", self.parity_atol, "> 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """``gate`` in params.yaml: what a candidate must show to replace the champion."""
+
+    model_name: str
+    variant: Literal["fp32", "int8", "auto"]
+    max_int8_accuracy_drop: float
+    min_accuracy: float
+    min_robust_accuracy: float
+    max_ece: float
+    max_p99_latency_ms: float
+    max_accuracy_drop: float
+    max_robust_drop: float
+    robust_steps: int
+    robust_restarts: int
+    seed: int
+
+    def check(self, where: str) -> None:
+        for key in ("min_accuracy", "min_robust_accuracy", "max_ece"):
+            require(0 <= getattr(self, key) <= 1, f"{where}.{key}", getattr(self, key), "in [0, 1]")
+        require(self.robust_steps >= 1, f"{where}.robust_steps", self.robust_steps, ">= 1")

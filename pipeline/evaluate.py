@@ -16,53 +16,39 @@ champion yet, the absolute floors alone apply. The decision and every reason go 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
+from pipeline import registry, stage
 from pipeline.attacks import Box, robust_accuracy
-from pipeline.config import read_params, require, section
+from pipeline.config import GateConfig, HardenConfig
 from pipeline.errors import MlcycleError
-from pipeline.harden import HardenConfig
-from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline.io import (
+    atomic_outputs,
+    dump_json,
+    load_checkpoint,
+    load_json,
+    read_parquet,
+    require_file,
+)
 from pipeline.metrics import classification_metrics
 from pipeline.model import build
 from pipeline.runtime import latency_ms, predict, session
 from pipeline.schema import LABEL, Schema
+from pipeline.tracking import Tracker
 
 
-@dataclasses.dataclass(frozen=True)
-class GateConfig:
-    """``gate`` in params.yaml: what a candidate must show to replace the champion."""
+def choose_variant(cfg: GateConfig, export: dict[str, Any], latency_ratio: float | None) -> str:
+    """fp32 or int8: ``auto`` ships int8 only if it is faster and loses at most the allowed.
 
-    model_name: str
-    variant: Literal["fp32", "int8", "auto"]
-    max_int8_accuracy_drop: float
-    min_accuracy: float
-    min_robust_accuracy: float
-    max_ece: float
-    max_p99_latency_ms: float
-    max_accuracy_drop: float
-    max_robust_drop: float
-    robust_steps: int
-    robust_restarts: int
-
-    def check(self, where: str) -> None:
-        for key in ("min_accuracy", "min_robust_accuracy", "max_ece"):
-            require(0 <= getattr(self, key) <= 1, f"{where}.{key}", getattr(self, key), "in [0, 1]")
-        require(self.robust_steps >= 1, f"{where}.robust_steps", self.robust_steps, ">= 1")
-
-
-def choose_variant(cfg: GateConfig, export: dict[str, Any]) -> str:
-    """fp32 or int8: ``auto`` ships int8 only if it is faster and loses at most the allowed."""
+    ``latency_ratio``: int8 / fp32 single-row p50, measured here (None without an int8 graph).
+    """
     if cfg.variant != "auto":
         if cfg.variant == "int8" and "int8" not in export:
             raise MlcycleError("gate.variant = 'int8' but export.quantize is false")
@@ -70,10 +56,15 @@ def choose_variant(cfg: GateConfig, export: dict[str, Any]) -> str:
     q = export.get("int8")
     ok = (
         q is not None
+        and latency_ratio is not None
         and q["accuracy_delta"] >= -cfg.max_int8_accuracy_drop
-        and q["latency_ratio"] < 1.0
+        and latency_ratio < 1.0
     )
     return "int8" if ok else "fp32"
+
+
+def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
+    return latency_ms(session(int8), X)["p50_ms"] / latency_ms(session(fp32), X)["p50_ms"]
 
 
 def measure(
@@ -96,6 +87,7 @@ def measure(
         Box.from_schema(schema, eps),
         cfg.robust_steps,
         cfg.robust_restarts,
+        seed=cfg.seed,
     )
     return {
         **{k: v for k, v in quality.items() if k != "per_class_recall"},
@@ -237,86 +229,45 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def register(
-    client,
-    decision: dict[str, Any],
-    files: dict[str, Path],
-    card: str,
-    cfg: GateConfig,
-    tracking_db: str,
-) -> str:
-    """Log the candidate's files to an MLflow run and create a registry version; returns it."""
-    import mlflow
-
-    from pipeline import tracking
-
-    exp = tracking.experiment_id("mlcycle", tracking_db)
-    with mlflow.start_run(
-        experiment_id=exp, run_name="evaluate", tags={"stage": "evaluate"}
-    ) as run:
-        for src in files.values():
-            mlflow.log_artifact(str(src), artifact_path="model")
-        mlflow.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
-        mlflow.log_dict(decision, "evaluate.json")
-        if not client.search_registered_models(f"name = '{cfg.model_name}'"):
-            client.create_registered_model(cfg.model_name, description="mlcycle champion line")
-        version = client.create_model_version(
-            cfg.model_name,
-            source=f"{run.info.artifact_uri}/model",
-            run_id=run.info.run_id,
-            tags={
-                "gate": "passed" if decision["passed"] else "failed",
-                "variant": decision["variant"],
-                "failed_rules": ",".join(r["rule"] for r in decision["rules"] if not r["passed"]),
-            },
-            description=card,
-        )
-    return str(version.version)
+FLAGS = (
+    "--schema",
+    "--test",
+    "--model",
+    "--onnx",
+    "--onnx-int8",
+    "--export-metrics",
+    "--robustness",
+    "--train-metrics",
+    "--registry",
+    "--tracking-db",
+    "--metrics",
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in (
-        "--schema",
-        "--test",
-        "--model",
-        "--onnx",
-        "--onnx-int8",
-        "--export-metrics",
-        "--robustness",
-        "--train-metrics",
-        "--registry",
-        "--tracking-db",
-        "--metrics",
-    ):
-        parser.add_argument(name, required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    try:
-        params = read_params(args.params)
-        cfg = section(params, "gate", GateConfig)
-        eps = section(params, "harden", HardenConfig).eps
-        export = load_json(args.export_metrics)
-        variant = choose_variant(cfg, export)
-    except MlcycleError as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    from pipeline import registry
-
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    cfg = ctx.section("gate", GateConfig)
+    eps = ctx.section("harden", HardenConfig).eps
+    export = load_json(args.export_metrics)
     schema = Schema.from_dict(load_json(args.schema))
-    test = pd.read_parquet(args.test)
+    test = read_parquet(args.test)
     X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
-    onnx_path = Path(args.onnx_int8 if variant == "int8" else args.onnx)
-    ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+    ratio = None
+    if cfg.variant == "auto" and "int8" in export:
+        ratio = int8_latency_ratio(require_file(args.onnx), require_file(args.onnx_int8), X)
+    variant = choose_variant(cfg, export, ratio)
+    onnx_path = require_file(args.onnx_int8 if variant == "int8" else args.onnx)
+    ckpt = load_checkpoint(args.model)
+    train_metrics, robustness = load_json(args.train_metrics), load_json(args.robustness)
     candidate = measure(onnx_path, build(ckpt), X, y, schema, eps, cfg)
 
     registry_dir = Path(args.registry)
-    client = registry.client(args.tracking_db)
-    champ_version = registry.champion_version(client, cfg.model_name)
+    tracker = Tracker(args.tracking_db)
+    champ_version = tracker.champion_version(cfg.model_name)
     champ_dir = registry.champion_dir(registry_dir)
     champion = None
     if champ_version is not None and champ_dir is not None:
-        twin = build(torch.load(champ_dir / "model.pt", map_location="cpu", weights_only=True))
+        twin = build(load_checkpoint(champ_dir / "model.pt"))
         champion = measure(champ_dir / "model.onnx", twin, X, y, schema, eps, cfg)
 
     rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]))
@@ -324,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     decision: dict[str, Any] = {
         "model_name": cfg.model_name,
         "variant": variant,
+        "int8_latency_ratio": ratio,
         "eps": eps,
         "passed": passed,
         "promoted": passed,
@@ -337,32 +289,54 @@ def main(argv: list[str] | None = None) -> int:
         "champion": champion,
         "champion_version_before": champ_version,
     }
-    files = {
-        "model.onnx": onnx_path,
-        "model.pt": Path(args.model),
-        "schema.json": Path(args.schema),
-        "export.json": Path(args.export_metrics),
-    }
-    card = model_card(
-        schema, decision, load_json(args.train_metrics), load_json(args.robustness), export, ckpt
-    )
+    card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / "model_card.md"
         card_path.write_text(card)
-        files["model_card.md"] = card_path  # registered with the version, shipped if promoted
-        version = register(client, decision, files, card, cfg, args.tracking_db)
+        files = {
+            "model.onnx": onnx_path,
+            "model.pt": Path(args.model),
+            "schema.json": Path(args.schema),
+            "export.json": Path(args.export_metrics),
+            "model_card.md": card_path,  # registered with the version, shipped if promoted
+        }
+        version = register(tracker, decision, files, card, cfg)
         decision["version"] = version
         if passed:
-            registry.promote(client, cfg.model_name, version, registry_dir, files)
-    with atomic_outputs(args.metrics) as (tmp,):
-        dump_json(decision, tmp)
+            registry.promote(tracker, cfg.model_name, version, registry_dir, files)
+    with atomic_outputs(args.metrics) as (tmp_metrics,):
+        dump_json(decision, tmp_metrics)
     verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
     print(
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
         f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
         f"p99 {candidate['p99_latency_ms']:.2f} ms)"
     )
-    return 0
+
+
+def register(
+    tracker: Tracker,
+    decision: dict[str, Any],
+    files: dict[str, Path],
+    card: str,
+    cfg: GateConfig,
+) -> str:
+    """Log the candidate's files to an MLflow run and create a registry version; returns it."""
+    with tracker.run("evaluate") as run:
+        for src in files.values():
+            run.log_artifact(src, folder="model")
+        run.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
+        run.log_dict(decision, "evaluate.json")
+        tags = {
+            "gate": "passed" if decision["passed"] else "failed",
+            "variant": decision["variant"],
+            "failed_rules": ",".join(r["rule"] for r in decision["rules"] if not r["passed"]),
+        }
+        return tracker.register(cfg.model_name, run, "model", tags, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("evaluate", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

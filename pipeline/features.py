@@ -12,10 +12,8 @@ cheapest (fewest output features, then list order) wins. Nothing is fit on val o
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -24,9 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from pipeline.config import FeaturesConfig, read_params, section
+from pipeline import stage
+from pipeline.config import FeaturesConfig
 from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet
 from pipeline.schema import LABEL, WEIGHT, Schema
 from pipeline.transforms import FeatureTransform
 
@@ -72,12 +71,10 @@ def score(
     splitter = StratifiedKFold(
         n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
     )
-    accs, seconds, n_out = [], 0.0, 0
+    accs, n_out = [], 0
     for fit_idx, held_idx in splitter.split(X, y):
-        start = time.perf_counter()
         tf = make_transform(c, schema, cfg).fit(X[fit_idx])
         Z_fit, Z_held = tf.transform(X[fit_idx]), tf.transform(X[held_idx])
-        seconds += time.perf_counter() - start
         model = LogisticRegression(max_iter=2000).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
         accs.append(float((model.predict(Z_held) == y[held_idx]).mean()))
         n_out = tf.n_features_out_
@@ -86,7 +83,6 @@ def score(
         "cv_accuracy": float(np.mean(accs)),
         "cv_std": float(np.std(accs)),
         "n_features_out": n_out,
-        "transform_seconds": seconds,
     }
 
 
@@ -119,23 +115,14 @@ def search(
     return make_transform(cand, schema, cfg).fit(X), table, chosen
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--out-arrays", required=True)
-    parser.add_argument("--out-spec", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--plot", required=True)
-    args = parser.parse_args(argv)
-    try:
-        cfg = section(read_params(args.params), "features", FeaturesConfig)
-        schema = Schema.from_dict(load_json(args.schema))
-        transform, table, chosen = search(pd.read_parquet(args.train), schema, cfg)
-    except MlcycleError as exc:
-        print(f"features: error: {exc}", file=sys.stderr)
-        return 2
+FLAGS = ("--schema", "--train", "--out-arrays", "--out-spec", "--metrics", "--plot")
+
+
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    cfg = ctx.section("features", FeaturesConfig)
+    schema = Schema.from_dict(load_json(args.schema))
+    transform, table, chosen = search(read_parquet(args.train), schema, cfg)
     # The layout survives (and a CNN can see the image) when nothing mixes or adds columns.
     keeps_layout = transform.n_components is None and not any(transform.n_categories)
     extra = {
@@ -161,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             f"features: {mark} {row['name']:<16} cv_accuracy={row['cv_accuracy']:.4f} "
             f"out={row['n_features_out']}"
         )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("features", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m pipeline.harden --params params.yaml --schema data/schema.json \
         --data data/prepared --model models/model.pt --train-metrics metrics/train.json \
         --out models/hardened.pt --metrics metrics/robustness.json \
-        --plot plots/robustness.csv --figure plots/robustness.png --tracking-db mlflow.db
+        --plot plots/robustness.csv --figure plots/robustness.png \
+        --timing metrics/harden_time.json --tracking-db mlflow.db
 
 Methods (``harden.method``): ``fgsm_rs`` (Wong et al. 2020, with the catastrophic-overfitting
 stop), ``pgd`` (Madry et al., k steps) and ``trades`` (Zhang et al. 2019). The threat model is
@@ -18,10 +19,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,47 +31,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline import stage
 from pipeline.attacks import Box, fgsm_rs, pgd, robust_accuracy, trades_adv
-from pipeline.config import read_params, require, section
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline.config import HardenConfig
+from pipeline.io import atomic_outputs, dump_json, load_checkpoint, load_json, save_checkpoint
 from pipeline.model import Classifier, build
+from pipeline.plots import plot_robustness
 from pipeline.schema import Schema
-from pipeline.train import Split, load_split, pick_device
-
-
-@dataclasses.dataclass(frozen=True)
-class HardenConfig:
-    """``harden`` in params.yaml."""
-
-    method: Literal["fgsm_rs", "pgd", "trades", "none"]
-    eps: float
-    train_eps_scale: float
-    steps: int
-    trades_beta: float
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int
-    seed: int
-    max_clean_drop: float
-    catastrophic_drop: float
-    eval_eps: tuple[float, ...]
-    eval_steps: int
-    eval_restarts: int
-    art_check: bool
-
-    def check(self, where: str) -> None:
-        require(0 < self.eps <= 1, f"{where}.eps", self.eps, "a fraction of the range in (0, 1]")
-        require(self.train_eps_scale >= 1, f"{where}.train_eps_scale", self.train_eps_scale, ">= 1")
-        for key in ("steps", "epochs", "batch_size", "eval_steps", "eval_restarts"):
-            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
-        require(
-            all(0 <= e <= 1 for e in self.eval_eps),
-            f"{where}.eval_eps",
-            self.eval_eps,
-            "fractions in [0, 1]",
-        )
+from pipeline.training import Split, load_split
 
 
 def adversarial_loss(
@@ -177,6 +146,7 @@ def art_robust_accuracy(
     n_classes: int,
     steps: int,
     restarts: int,
+    seed: int,
 ) -> float:
     """Robust accuracy by ART's ProjectedGradientDescent: an independent implementation."""
     from art.attacks.evasion import ProjectedGradientDescent
@@ -207,6 +177,7 @@ def art_robust_accuracy(
         batch_size=512,
         verbose=True,
     )
+    np.random.seed(seed)  # ART draws its random starts from numpy's global RNG
     x_adv = attack.generate(x=X.astype(np.float32), y=y)
     return float((clf.predict(x_adv).argmax(1) == y).mean())
 
@@ -232,6 +203,7 @@ def evaluate_robustness(
                 cfg.eval_steps,
                 cfg.eval_restarts,
                 desc=f"PGD-{cfg.eval_steps}x{cfg.eval_restarts} {name} eps={eps:g}",
+                seed=cfg.seed,
             )
         out[name] = {
             "clean_accuracy": sweep["0"],
@@ -247,74 +219,59 @@ def evaluate_robustness(
                 schema.n_classes,
                 cfg.eval_steps,
                 cfg.eval_restarts,
+                cfg.seed,
             )
             model.to(device)
     return out
 
 
-def plot_robustness(table: pd.DataFrame, eps: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("trained", "hardened"):
-        ax.plot(table.eps, table[name], marker="o", label=name)
-    ax.axvline(eps, color="grey", linestyle=":", label=f"harden.eps = {eps:g}")
-    ax.set(
-        xlabel="eps (fraction of each feature's range)",
-        ylabel="test accuracy under PGD",
-        title="robustness vs eps",
-        ylim=(0, 1.02),
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+FLAGS = (
+    "--schema",
+    "--data",
+    "--model",
+    "--train-metrics",
+    "--out",
+    "--metrics",
+    "--plot",
+    "--figure",
+    "--timing",
+    "--tracking-db",
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--train-metrics", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--plot", required=True)
-    parser.add_argument("--figure", required=True)
-    parser.add_argument("--tracking-db", required=True)
-    args = parser.parse_args(argv)
-    try:
-        cfg = section(read_params(args.params), "harden", HardenConfig)
-    except MlcycleError as exc:
-        print(f"harden: error: {exc}", file=sys.stderr)
-        return 2
+def gradient_passes(cfg: HardenConfig, epochs: int, rows: int) -> int:
+    """Forward-backward passes of hardening: the attack's steps plus the update, per row."""
+    per_row = {"pgd": cfg.steps + 1, "trades": cfg.steps + 1, "fgsm_rs": 2, "none": 0}
+    return per_row[cfg.method] * epochs * rows
+
+
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    cfg = ctx.section("harden", HardenConfig)
     schema = Schema.from_dict(load_json(args.schema))
     data = Path(args.data)
     train, val, test = (load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test"))
-    checkpoint = torch.load(args.model, map_location="cpu", weights_only=True)
-    device = pick_device()
+    checkpoint = load_checkpoint(args.model)
+    train_epochs = load_json(args.train_metrics)["epochs_run"]
+    device = ctx.device()
     trained, hardened = build(checkpoint), build(checkpoint)
     history, seconds = [], 0.0
     if cfg.method != "none":
         history, seconds = harden(hardened, train, val, schema, cfg, device)
-    train_seconds = load_json(args.train_metrics)["system"]["train_seconds"]
     robustness = evaluate_robustness(
         {"trained": trained, "hardened": hardened}, test, schema, cfg, device
     )
+    rows = len(train.y)
     metrics = {
         "method": cfg.method,
         "eps": cfg.eps,
         **robustness,
         "clean_accuracy_drop": robustness["trained"]["clean_accuracy"]
         - robustness["hardened"]["clean_accuracy"],
-        "harden_seconds": seconds,
-        "train_seconds": train_seconds,
-        "harden_to_train_time": seconds / max(train_seconds, 1e-9),
         "epochs_run": len(history),
+        # Deterministic cost: gradient passes relative to training's (wall time: --timing).
+        "harden_to_train_passes": gradient_passes(cfg, len(history), rows)
+        / max(train_epochs * rows, 1),
     }
     table = pd.DataFrame(
         {
@@ -328,20 +285,21 @@ def main(argv: list[str] | None = None) -> int:
         "net": hardened.cpu().net.state_dict(),
         "harden_config": dataclasses.asdict(cfg),
     }
-    with atomic_outputs(args.out, args.metrics, args.plot, args.figure) as tmps:
-        torch.save(out_ckpt, tmps[0])
+    outputs = (args.out, args.metrics, args.plot, args.figure, args.timing)
+    with atomic_outputs(*outputs) as tmps:
+        save_checkpoint(out_ckpt, tmps[0])
         dump_json(metrics, tmps[1])
         table.to_csv(tmps[2], index=False)
         plot_robustness(table, cfg.eps, tmps[3])
-    log_to_mlflow(args, cfg, metrics, history, checkpoint.get("mlflow_run_id"))
+        dump_json({"harden_seconds": seconds, "epochs_run": len(history)}, tmps[4])
+    log_to_mlflow(args, cfg, metrics, history, seconds)
     h, t = robustness["hardened"], robustness["trained"]
     print(
         f"harden: eps={cfg.eps:g} robust accuracy {t['robust_accuracy']:.4f} -> "
         f"{h['robust_accuracy']:.4f} (ART {h.get('art_robust_accuracy', float('nan')):.4f}), "
         f"clean {t['clean_accuracy']:.4f} -> {h['clean_accuracy']:.4f}, "
-        f"{metrics['harden_to_train_time']:.1f}x training time"
+        f"{metrics['harden_to_train_passes']:.1f}x training's gradient passes, {seconds:.1f} s"
     )
-    return 0
 
 
 def log_to_mlflow(
@@ -349,24 +307,17 @@ def log_to_mlflow(
     cfg: HardenConfig,
     metrics: dict[str, Any],
     history: list[dict[str, float]],
-    train_run: str | None,
+    seconds: float,
 ) -> None:
-    import mlflow
+    from pipeline.tracking import Tracker
 
-    from pipeline import tracking
-
-    tracking.configure(args.tracking_db)
-    exp = tracking.experiment_id("mlcycle", args.tracking_db)
-    with mlflow.start_run(
-        experiment_id=exp,
-        run_name="harden",
-        tags={"stage": "harden", "train_run_id": train_run or ""},
-    ):
-        mlflow.log_params({f"harden_{k}": v for k, v in dataclasses.asdict(cfg).items()})
+    tracker = Tracker(args.tracking_db)
+    digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
+    train_run = tracker.find_run("model_sha256", digest) or ""
+    with tracker.run("harden", tags={"train_run_id": train_run}) as run:
+        run.log_params({f"harden_{k}": v for k, v in dataclasses.asdict(cfg).items()})
         for row in history:
-            mlflow.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
-            )
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         flat = {
             f"{model}_{key}": value
             for model in ("trained", "hardened")
@@ -374,9 +325,13 @@ def log_to_mlflow(
             if isinstance(value, float)
         }
         flat.update({k: v for k, v in metrics.items() if isinstance(v, float)})
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact(args.figure)
-        mlflow.log_artifact(args.metrics)
+        run.log_metrics({**flat, "harden_seconds": seconds})
+        run.log_artifact(args.figure)
+        run.log_artifact(args.metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("harden", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

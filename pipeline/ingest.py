@@ -8,7 +8,6 @@ path to a CSV or Parquet file whose ``data.target`` column holds the label.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections import Counter
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import DataConfig, read_params, section
+from pipeline import stage
+from pipeline.config import DataConfig
 from pipeline.errors import MlcycleError
 from pipeline.io import atomic_outputs, dump_json, write_parquet
 from pipeline.schema import Schema, infer_schema
@@ -67,18 +67,9 @@ def ingest(cfg: DataConfig) -> tuple[pd.DataFrame, Schema]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="output: validated rows (.parquet)")
-    parser.add_argument("--schema", required=True, help="output: schema.json")
-    args = parser.parse_args(argv)
-    try:
-        cfg = section(read_params(args.params), "data", DataConfig)
-        df, schema = ingest(cfg)
-    except MlcycleError as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 2
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    df, schema = ingest(ctx.section("data", DataConfig))
     with atomic_outputs(args.data, args.schema) as (data_tmp, schema_tmp):
         write_parquet(df, data_tmp)
         dump_json(schema.to_dict(), schema_tmp)
@@ -86,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         f"ingest: {len(df)} rows, {len(schema.features)} features, "
         f"{schema.n_classes} classes -> {args.data}, {args.schema}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("ingest", __doc__, argv, ("--data", "--schema"), body, compute=False)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,30 @@
-"""Atomic file outputs and small JSON / Parquet helpers shared by the stages.
+"""Atomic file outputs and the readers / writers every stage shares.
 
 Every stage output goes through :func:`atomic_outputs`: all files are written to temporaries in
 their final folders and renamed into place only once every one of them has been written, so a
 failed stage leaves the previous outputs untouched instead of half-written ones.
+
+Writers are byte-stable: the same object gives the same bytes (no timestamps in ``.npz`` members,
+no temporary file names inside torch archives), so DVC's hashes depend on content alone. Readers
+turn a missing or unreadable input into :class:`MlcycleError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline.errors import MlcycleError
 
 
 @contextlib.contextmanager
@@ -64,9 +72,61 @@ def dump_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path, or the project error naming it when it is not a readable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlcycleError(f"input file {str(path)!r} not found (run the stage that writes it)")
+    return path
+
+
 def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    path = require_file(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MlcycleError(f"input file {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    path = require_file(path)
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise MlcycleError(f"input file {str(path)!r} is not readable Parquet: {exc}") from None
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False, engine="pyarrow")
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with a fixed member timestamp, so equal arrays give equal bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
+            )
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a file handle: the archive then names no (temporary) file."""
+    import torch
+
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by a stage, on the CPU, tensors and plain data only (no pickle)."""
+    import torch
+
+    path = require_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise MlcycleError(
+            f"input file {str(path)!r} is not a readable checkpoint: {exc}"
+        ) from None

@@ -14,7 +14,6 @@ is weighted 1: evaluation is unweighted).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -34,9 +33,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 from tqdm.auto import tqdm
 
-from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig, read_params, section
+from pipeline import stage
+from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig
 from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json, write_parquet
+from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
 from pipeline.schema import LABEL, ROW, WEIGHT, Schema
 
 SPLITS = ("train", "val", "test")
@@ -247,24 +247,12 @@ def preprocess(
     return Prepared(splits, report, counts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("--out", required=True, help="folder for train/val/test.parquet")
-    parser.add_argument("--noise-report", required=True)
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
-    try:
-        params = read_params(args.params)
-        cfg = section(params, "preprocess", PreprocessConfig)
-        data_cfg = section(params, "data", DataConfig)
-        schema = Schema.from_dict(load_json(args.schema))
-        result = preprocess(pd.read_parquet(args.data), schema, cfg, data_cfg.sensitive)
-    except MlcycleError as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    cfg = ctx.section("preprocess", PreprocessConfig)
+    sensitive = ctx.section("data", DataConfig).sensitive
+    schema = Schema.from_dict(load_json(args.schema))
+    result = preprocess(read_parquet(args.data), schema, cfg, sensitive)
     out = Path(args.out)
     paths = [out / f"{name}.parquet" for name in SPLITS]
     with atomic_outputs(*paths, args.noise_report, args.metrics) as tmps:
@@ -273,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         result.noise_report.to_csv(tmps[3], index=False)
         dump_json(result.metrics, tmps[4])
     print("preprocess: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
-    return 0
+
+
+FLAGS = ("--data", "--schema", "--out", "--noise-report", "--metrics")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("preprocess", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """The model registry: MLflow's registry plus the local champion directory the service reads.
 
-    python -m pipeline.registry status   --registry registry --tracking-db mlflow.db
-    python -m pipeline.registry rollback --registry registry --tracking-db mlflow.db
+    python -m pipeline.registry status     # the champion's version and directory
+    python -m pipeline.registry rollback   # back to the champion before the current one
 
-Every evaluated model becomes a version of the registered model (ONNX, torch twin, schema.json,
-metrics, model card). Promotion copies the version's files to ``registry/versions/<version>/``,
-then swaps the symlink ``registry/champion`` to it with one atomic rename, and moves the MLflow
-alias ``champion``. A reader of ``registry/champion/`` sees the old files or the new ones, never a
-mix. ``rollback`` moves both back to the champion before the current one.
+(both take ``--params params.yaml --registry registry --tracking-db mlflow.db``, the defaults)
+
+Every evaluated model becomes a version of the registered model ``gate.model_name`` (ONNX, torch
+twin, schema.json, metrics, model card). Promotion copies the version's files to
+``registry/versions/<version>/``, then swaps the symlink ``registry/champion`` to it with one
+atomic rename, and moves the MLflow alias ``champion``. A reader of ``registry/champion/`` sees the
+old files or the new ones, never a mix. ``rollback`` moves both back to the champion before the
+current one.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.config import GateConfig, read_params, section
 from pipeline.errors import MlcycleError
+from pipeline.tracking import CHAMPION, Tracker
 
-CHAMPION = "champion"
 PREVIOUS_TAG = "previous_champion"
 
 
@@ -57,72 +61,54 @@ def point_champion_at(registry: Path, target: Path) -> None:
     os.replace(tmp, registry / CHAMPION)
 
 
-def client(tracking_db: str | Path):  # -> mlflow.MlflowClient
-    import mlflow
-
-    from pipeline import tracking
-
-    return mlflow.MlflowClient(tracking_uri=tracking.configure(tracking_db))
-
-
-def champion_version(mlflow_client, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(mlflow_client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
 def promote(
-    mlflow_client, name: str, version: str, registry: Path, files: dict[str, Path]
+    tracker: Tracker, name: str, version: str, registry: Path, files: dict[str, Path]
 ) -> str | None:
     """Make ``version`` the champion; returns the version it replaced."""
-    previous = champion_version(mlflow_client, name)
+    previous = tracker.champion_version(name)
     target = stage_version_dir(registry, version, files)
     if previous is not None:
-        mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, previous)
+        tracker.tag_version(name, version, PREVIOUS_TAG, previous)
     point_champion_at(registry, target)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    tracker.set_champion(name, version)
     return previous
 
 
-def rollback(mlflow_client, name: str, registry: Path) -> tuple[str, str]:
+def rollback(tracker: Tracker, name: str, registry: Path) -> tuple[str, str]:
     """Move the champion back to the one before it; returns (from, to) versions."""
-    current = champion_version(mlflow_client, name)
+    current = tracker.champion_version(name)
     if current is None:
         raise MlcycleError(f"registered model {name!r} has no champion to roll back")
-    tags = mlflow_client.get_model_version(name, current).tags
-    previous = tags.get(PREVIOUS_TAG)
+    previous = tracker.version_tags(name, current).get(PREVIOUS_TAG)
     if not previous:
         raise MlcycleError(f"champion version {current} of {name!r} has no previous champion")
     target = registry / "versions" / previous
     if not target.is_dir():
         raise MlcycleError(f"the files of version {previous} are missing from {target}")
     point_champion_at(registry, target)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
-    mlflow_client.set_model_version_tag(name, current, "rolled_back", "true")
+    tracker.set_champion(name, previous)
+    tracker.tag_version(name, current, "rolled_back", "true")
     return current, previous
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["status", "rollback"])
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--registry", default="registry")
     parser.add_argument("--tracking-db", default="mlflow.db")
-    parser.add_argument("--name", default="mlcycle", help="registered model name (gate.model_name)")
     args = parser.parse_args(argv)
     registry = Path(args.registry)
-    mlflow_client = client(args.tracking_db)
     try:
+        name = section(read_params(args.params), "gate", GateConfig).model_name
+        tracker = Tracker(args.tracking_db)
         if args.command == "rollback":
-            old, new = rollback(mlflow_client, args.name, registry)
-            print(f"registry: champion of {args.name!r} rolled back from version {old} to {new}")
+            old, new = rollback(tracker, name, registry)
+            print(f"registry: champion of {name!r} rolled back from version {old} to {new}")
         else:
-            version = champion_version(mlflow_client, args.name)
+            version = tracker.champion_version(name)
             print(
-                f"registry: {args.name!r} champion = version {version}, "
-                f"files = {champion_dir(registry)}"
+                f"registry: {name!r} champion = version {version}, files = {champion_dir(registry)}"
             )
     except MlcycleError as exc:
         print(f"registry: error: {exc}", file=sys.stderr)

@@ -4,568 +4,163 @@
         --features models/features --data data/prepared --tuned params/tuned.json \
         --model models/model.pt --checkpoint models/checkpoints/train.pt \
         --metrics metrics/train.json --history plots/train_history.csv \
-        --confusion plots/confusion_matrix.png --tracking-db mlflow.db
+        --confusion plots/confusion_matrix.png --timing metrics/train_time.json \
+        --tracking-db mlflow.db
 
 Data-parallel on N processes (gloo on CPU, NCCL on GPUs); only rank 0 writes or logs:
 
     torchrun --nproc_per_node=2 -m pipeline.train <the same arguments>
 
-CUDA when present (bf16 autocast where supported, pinned memory, non-blocking copies), else CPU,
-with no code change. A checkpoint is written every epoch (weights, optimizer, scheduler, epoch,
-RNG state, early-stopping state); a killed run resumes from it and ends with the same weights as an
-uninterrupted one. The stage also fits scikit-learn baselines on the same features.
+The loop lives in :mod:`pipeline.training`. Outputs that later stages read (the model, the
+metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
+``--timing``, which no stage depends on. The stage also fits scikit-learn baselines on the same
+features.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import copy
 import dataclasses
 import hashlib
-import json
-import math
-import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
-from pipeline.config import read_params, require, section
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json
+from pipeline import stage
+from pipeline.config import TrainConfig
+from pipeline.io import atomic_outputs, dump_json, load_checkpoint, load_json, save_checkpoint
 from pipeline.metrics import classification_metrics
 from pipeline.model import Classifier, ModelConfig, build_net, transform_state_tensors
-from pipeline.schema import LABEL, WEIGHT, Schema
-from pipeline.transforms import FeatureTransform
+from pipeline.plots import plot_confusion, plot_curves
+from pipeline.training import (
+    FitResult,
+    Inputs,
+    apply_tuned,
+    evaluate_loss,
+    fit,
+    fit_baselines,
+    init_distributed,
+    load_inputs,
+    model_config,
+    run_fingerprint,
+)
 
-TUNABLE = (
-    "lr",
-    "hidden",
-    "depth",
-    "channels",
-    "dropout",
-    "weight_decay",
-    "batch_size",
-    "label_smoothing",
+FLAGS = (
+    "--schema",
+    "--features",  # prefix of the .npz / .json transform
+    "--data",  # folder with train/val/test.parquet
+    "--tuned",  # the tune stage's best params (JSON)
+    "--model",
+    "--checkpoint",
+    "--metrics",
+    "--history",
+    "--confusion",
+    "--timing",
+    "--tracking-db",
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """``train`` in params.yaml."""
-
-    seed: int
-    model: Literal["auto", "mlp", "cnn"]
-    hidden: int
-    depth: int
-    channels: int
-    dropout: float
-    optimizer: Literal["adamw", "sgd"]
-    lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    label_smoothing: float
-    schedule: Literal["onecycle", "cosine", "step", "none"]
-    step_size: int
-    gamma: float
-    epochs: int
-    batch_size: int
-    patience: int
-    augment_shift: int
-    tta_target: float
-    amp: bool
-    baselines: tuple[Literal["logreg", "svm"], ...]
-
-    def check(self, where: str) -> None:
-        for key in ("hidden", "depth", "channels", "epochs", "batch_size", "patience", "step_size"):
-            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
-        require(self.lr > 0, f"{where}.lr", self.lr, "> 0")
-        require(0 <= self.dropout < 1, f"{where}.dropout", self.dropout, "in [0, 1)")
-        require(
-            0 <= self.label_smoothing < 1,
-            f"{where}.label_smoothing",
-            self.label_smoothing,
-            "in [0, 1)",
-        )
-        require(self.augment_shift >= 0, f"{where}.augment_shift", self.augment_shift, ">= 0")
-
-
-@dataclasses.dataclass
-class Split:
-    X: torch.Tensor  # (rows, features) raw encoded values, NaN for missing
-    y: torch.Tensor  # (rows,) class index
-    w: torch.Tensor  # (rows,) sample weight
-
-
-@dataclasses.dataclass
-class FitResult:
-    history: list[dict[str, float]]
-    epochs_run: int
-    train_seconds: float
-    samples_seen: int
-    tta_seconds: float | None
-
-
-def load_split(path: Path, schema: Schema) -> Split:
-    df = pd.read_parquet(path)
-    return Split(
-        torch.tensor(df[schema.names].to_numpy(np.float32)),
-        torch.tensor(df[LABEL].to_numpy(np.int64)),
-        torch.tensor(df[WEIGHT].to_numpy(np.float32)),
+def quality(
+    model: Classifier, inputs: Inputs, cfg: TrainConfig, result: FitResult, device: str, world: int
+) -> dict[str, Any]:
+    """Test / val metrics and baselines: deterministic for the same inputs, no timings."""
+    model.cpu()
+    _, _, val_proba = evaluate_loss(model, inputs.val, torch.device("cpu"))
+    _, _, test_proba = evaluate_loss(model, inputs.test, torch.device("cpu"))
+    n_classes = inputs.schema.n_classes
+    tf = inputs.transform
+    baselines = fit_baselines(
+        cfg.baselines,
+        tf.transform(inputs.train.X.numpy()),
+        inputs.train.y.numpy(),
+        inputs.train.w.numpy(),
+        tf.transform(inputs.test.X.numpy()),
+        inputs.test.y.numpy(),
+        cfg.seed,
     )
-
-
-def apply_tuned(cfg: TrainConfig, tuned: dict[str, Any]) -> TrainConfig:
-    """Overlay the tune stage's best values on ``cfg`` (only the tunable keys)."""
-    unknown = sorted(set(tuned) - set(TUNABLE))
-    if unknown:
-        raise MlcycleError(f"tuned params: key {unknown[0]!r} is not tunable; expected {TUNABLE}")
-    return dataclasses.replace(cfg, **tuned)
-
-
-def model_config(
-    cfg: TrainConfig,
-    transform: FeatureTransform,
-    schema: Schema,
-    image_shape: tuple[int, int] | None,
-) -> ModelConfig:
-    arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "mlp")
-    if arch == "cnn" and image_shape is None:
-        raise MlcycleError(
-            "train.model = 'cnn' needs image-shaped features: an image source (such as digits) "
-            "and a transform that keeps the layout (no PCA, no one-hot); use train.model = 'mlp'"
-        )
-    return ModelConfig(
-        arch=arch,
-        n_in=transform.n_features_out_,
-        n_classes=schema.n_classes,
-        hidden=cfg.hidden,
-        depth=cfg.depth,
-        dropout=cfg.dropout,
-        channels=cfg.channels,
-        image_shape=image_shape,
-    )
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(
-    cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
-        )
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    return None
-
-
-def random_shift(
-    x: torch.Tensor, image_shape: tuple[int, int], max_shift: int, gen: torch.Generator
-) -> torch.Tensor:
-    """Translate each raw image by up to ``max_shift`` pixels, filling with zeros."""
-    h, w = image_shape
-    n = x.shape[0]
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen).to(x.device)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = 2.0 * shifts[:, 0] / w
-    theta[:, 1, 2] = 2.0 * shifts[:, 1] / h
-    img = x.reshape(n, 1, h, w)
-    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
-    return F.grid_sample(
-        img, grid, mode="nearest", padding_mode="zeros", align_corners=False
-    ).reshape(n, h * w)
-
-
-def weighted_loss(
-    logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0
-) -> torch.Tensor:
-    per_row = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
-    return (per_row * w).sum() / w.sum()
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module, split: Split, device: torch.device, batch: int = 1024
-) -> tuple[float, float, np.ndarray]:
-    """(weighted loss, accuracy, probabilities) of ``model`` on ``split``, in eval mode."""
-    model.eval()
-    logits = torch.cat(
-        [
-            model(split.X[i : i + batch].to(device)).float().cpu()
-            for i in range(0, len(split.y), batch)
-        ]
-    )
-    loss = weighted_loss(logits, split.y, split.w).item()
-    acc = (logits.argmax(1) == split.y).float().mean().item()
-    return loss, acc, torch.softmax(logits, 1).numpy()
-
-
-def fingerprint(*parts: Any) -> str:
-    """Identity of a training run: a checkpoint from another config or data is not resumed."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            digest.update(part.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
-
-def run_fingerprint(cfg: TrainConfig, world: int, train: Split, val: Split) -> str:
-    return fingerprint(dataclasses.asdict(cfg), world, train.X.nan_to_num(), train.y, val.y)
-
-
-def fit(
-    model: Classifier,
-    train: Split,
-    val: Split,
-    cfg: TrainConfig,
-    device: torch.device,
-    *,
-    image_shape: tuple[int, int] | None = None,
-    checkpoint: Path | None = None,
-    rank: int = 0,
-    world: int = 1,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    extra_state: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train ``model.net`` in place; on return it holds the best-validation-loss weights.
-
-    ``checkpoint``: written every epoch and resumed from when its fingerprint matches.
-    ``on_epoch(epoch, row)``: called after each epoch (MLflow logging, Optuna pruning).
-    ``extra_state``: small dict saved in the checkpoint and updated from it on resume.
-    """
-    torch.manual_seed(cfg.seed)
-    model.to(device)
-    net: torch.nn.Module = model.net
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    full = Classifier(model.transform, net)
-
-    per_rank_batch = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
-    dataset = TensorDataset(train.X, train.y, train.w)
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
-    )
-    # Whole batches are indexed at once (batch_size=None): no per-row collation.
-    batches = BatchSampler(sampler, batch_size=per_rank_batch, drop_last=False)
-    loader = DataLoader(dataset, sampler=batches, batch_size=None, pin_memory=device.type == "cuda")
-    opt = make_optimizer(cfg, net.parameters())
-    sched = make_scheduler(cfg, opt, len(loader))
-    use_amp = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    augment = cfg.augment_shift > 0 and image_shape is not None
-
-    ident = run_fingerprint(cfg, world, train, val)
-    start, history, best = 0, [], {"loss": math.inf, "state": None, "bad": 0}
-    elapsed, samples, tta = 0.0, 0, None
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == ident:
-            model.net.load_state_dict(saved["net"])
-            opt.load_state_dict(saved["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng"])
-            start, history, best = saved["epoch"] + 1, saved["history"], saved["best"]
-            elapsed, samples, tta = saved["elapsed"], saved["samples"], saved["tta"]
-            if extra_state is not None:
-                extra_state.update(saved.get("extra", {}))
-            if rank == 0:
-                print(f"train: resuming from {checkpoint} after epoch {start}")
-        elif rank == 0:
-            print(f"train: ignoring {checkpoint}: it belongs to another config or data")
-
-    bar = tqdm(
-        range(start, cfg.epochs),
-        desc="train: epochs",
-        disable=rank != 0 or not progress,
-        initial=start,
-        total=cfg.epochs,
-    )
-    for epoch in bar:
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
-        full.train()
-        total, count = 0.0, 0
-        for xb, yb, wb in loader:
-            xb = xb.to(device, non_blocking=True)
-            yb, wb = yb.to(device, non_blocking=True), wb.to(device, non_blocking=True)
-            if augment:
-                xb = random_shift(xb, image_shape, cfg.augment_shift, aug_gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = full(xb)
-            loss = weighted_loss(logits, yb, wb, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cfg.schedule == "onecycle":
-                sched.step()
-            total += loss.item() * len(yb)
-            count += len(yb)
-        if sched is not None and cfg.schedule != "onecycle":
-            sched.step()
-        samples += count * world
-        val_loss, val_acc, _ = evaluate_loss(model, val, device)
-        elapsed += time.perf_counter() - t0
-        if tta is None and val_acc >= cfg.tta_target:
-            tta = elapsed
-        row = {
-            "epoch": epoch,
-            "train_loss": total / max(count, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": opt.param_groups[0]["lr"],
-        }
-        history.append(row)
-        if val_loss < best["loss"] - 1e-4:
-            best = {"loss": val_loss, "state": copy.deepcopy(model.net.state_dict()), "bad": 0}
-        else:
-            best["bad"] += 1
-        stop = torch.tensor(float(best["bad"] >= cfg.patience))
-        if world > 1:  # every rank must agree, or the others wait forever in all-reduce
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if on_epoch is not None:  # before the checkpoint: a kill can repeat a step, not skip one
-            on_epoch(epoch, row)
-        if checkpoint is not None and rank == 0:
-            state = {
-                "fingerprint": ident,
-                "epoch": epoch,
-                "net": model.net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else {},
-                "rng": torch.get_rng_state(),
-                "history": history,
-                "best": best,
-                "elapsed": elapsed,
-                "samples": samples,
-                "tta": tta,
-                "extra": extra_state or {},
-            }
-            with atomic_outputs(checkpoint) as (tmp,):
-                torch.save(state, tmp)
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
-        if stop.item():
-            break
-    if best["state"] is not None:
-        model.net.load_state_dict(best["state"])
-    return FitResult(history, len(history), elapsed, samples, tta)
-
-
-def fit_baselines(
-    kinds: tuple[str, ...],
-    Z_train: np.ndarray,
-    y_train: np.ndarray,
-    w_train: np.ndarray,
-    Z_test: np.ndarray,
-    y_test: np.ndarray,
-    seed: int,
-) -> dict[str, dict[str, float]]:
-    """scikit-learn baselines on the same transformed features: test accuracy and macro-F1."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-    from sklearn.svm import SVC
-
-    models = {
-        "logreg": LogisticRegression(max_iter=5000),
-        "svm": SVC(C=10.0, gamma="scale", random_state=seed),
+    test = classification_metrics(inputs.test.y.numpy(), test_proba, n_classes)
+    best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
+    return {
+        "test": test,
+        "val": classification_metrics(inputs.val.y.numpy(), val_proba, n_classes),
+        "baselines": baselines,
+        "best_baseline": best[0] if best else None,
+        "beat_baseline": bool(best is None or test["accuracy"] > best[1]["test_accuracy"]),
+        "epochs_run": result.epochs_run,
+        "device": device,
+        "world_size": world,
+        "_test_proba": test_proba,
     }
-    out = {}
-    for kind in kinds:
-        pred = models[kind].fit(Z_train, y_train, sample_weight=w_train).predict(Z_test)
-        out[kind] = {
-            "test_accuracy": float((pred == y_test).mean()),
-            "test_macro_f1": float(f1_score(y_test, pred, average="macro")),
-        }
-    return out
 
 
-def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: tuple[Any, ...], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ConfusionMatrixDisplay.from_predictions(
-        y,
-        pred,
-        labels=list(range(len(classes))),
-        display_labels=[str(c) for c in classes],
-        ax=ax,
-        colorbar=False,
-    )
-    ax.set_title("test split")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+def timing(result: FitResult, wall: float, cfg: TrainConfig, run_id: str) -> dict[str, Any]:
+    return {
+        "wall_seconds": wall,
+        "train_seconds": result.train_seconds,
+        "train_samples_per_second": result.samples_seen / max(result.train_seconds, 1e-9),
+        "tta_target": cfg.tta_target,
+        "time_to_accuracy_seconds": result.tta_seconds,
+        "mlflow_run_id": run_id,
+    }
 
 
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = pd.DataFrame(history)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(h.epoch, h.train_loss, label="train")
-    a.plot(h.epoch, h.val_loss, label="val")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    a.legend()
-    b.plot(h.epoch, h.val_accuracy)
-    b.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-
-
-@dataclasses.dataclass
-class Inputs:
-    schema: Schema
-    transform: FeatureTransform
-    image_shape: tuple[int, int] | None
-    train: Split
-    val: Split
-    test: Split
-
-
-def load_inputs(schema_path: str, features_prefix: str, data_dir: str) -> Inputs:
-    schema = Schema.from_dict(load_json(schema_path))
-    prefix = Path(features_prefix)
-    transform = FeatureTransform.load(prefix.with_suffix(".npz"), prefix.with_suffix(".json"))
-    spec = load_json(prefix.with_suffix(".json"))
-    shape = tuple(spec["image_shape"]) if spec.get("image_shape") else None
-    data = Path(data_dir)
-    return Inputs(
-        schema,
-        transform,
-        shape,
-        *(load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test")),
-    )
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-    return (dist.get_rank() if world > 1 else 0), world
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("--features", required=True, help="prefix of the .npz / .json transform")
-    parser.add_argument("--data", required=True, help="folder with train/val/test.parquet")
-    parser.add_argument("--tuned", required=True, help="tune stage's best params (JSON)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--history", required=True)
-    parser.add_argument("--confusion", required=True)
-    parser.add_argument("--tracking-db", required=True)
-    args = parser.parse_args(argv)
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
     rank, world = init_distributed()
     try:
-        cfg = section(read_params(args.params), "train", TrainConfig)
-        cfg = apply_tuned(cfg, load_json(args.tuned))
+        cfg = apply_tuned(ctx.section("train", TrainConfig), load_json(args.tuned))
         inputs = load_inputs(args.schema, args.features, args.data)
         mcfg = model_config(cfg, inputs.transform, inputs.schema, inputs.image_shape)
-    except MlcycleError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run(args, cfg, mcfg, inputs, rank, world)
+        train(ctx, cfg, mcfg, inputs, rank, world)
     finally:
         if world > 1:
             dist.destroy_process_group()
-    return 0
 
 
-def run(
-    args: argparse.Namespace,
+def train(
+    ctx: stage.Context,
     cfg: TrainConfig,
     mcfg: ModelConfig,
     inputs: Inputs,
     rank: int,
     world: int,
 ) -> None:
-    device = pick_device()
+    args = ctx.args
+    device = ctx.device()
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
     model = Classifier(inputs.transform.module(), build_net(mcfg))
-    extra: dict[str, Any] = {}
-    mlflow_run = contextlib.nullcontext()
-    log_epoch = None
-    if rank == 0:
-        import mlflow
+    checkpoint = Path(args.checkpoint)
+    if rank != 0:
+        fit(
+            model,
+            inputs.train,
+            inputs.val,
+            cfg,
+            device,
+            image_shape=inputs.image_shape,
+            checkpoint=checkpoint,
+            rank=rank,
+            world=world,
+        )
+        return
 
-        from pipeline import tracking
+    from pipeline.tracking import Tracker
 
-        tracking.configure(args.tracking_db)
-        exp = tracking.experiment_id("mlcycle", args.tracking_db)
-        resume_id = None
-        checkpoint = Path(args.checkpoint)
-        if checkpoint.is_file():  # continue its MLflow run only if fit() will resume it
-            saved = torch.load(checkpoint, weights_only=True)
-            if saved.get("fingerprint") == run_fingerprint(cfg, world, inputs.train, inputs.val):
-                resume_id = saved.get("extra", {}).get("run_id")
-        mlflow_run = mlflow.start_run(experiment_id=exp, run_id=resume_id, run_name="train")
-        extra["run_id"] = mlflow_run.info.run_id
+    tracker = Tracker(args.tracking_db)
+    resume_id = None
+    if checkpoint.is_file():  # continue its MLflow run only if fit() will resume it
+        saved = load_checkpoint(checkpoint)
+        if saved.get("fingerprint") == run_fingerprint(cfg, world, inputs.train, inputs.val):
+            resume_id = saved.get("extra", {}).get("run_id")
+    with tracker.run("train", resume=resume_id) as run:
+        extra: dict[str, Any] = {"run_id": run.id}
         if resume_id is None:  # a resumed run already holds its params
-            mlflow.log_params(
-                {
-                    **dataclasses.asdict(cfg),
-                    "device": device.type,
-                    "world_size": world,
-                    "n_features_out": mcfg.n_in,
-                }
-            )
-
-        def log_epoch(epoch: int, row: dict[str, float]) -> None:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-
-    with mlflow_run:
+            run.log_params({**dataclasses.asdict(cfg), "device": device.type, "world_size": world})
         start = time.perf_counter()
         result = fit(
             model,
@@ -574,93 +169,57 @@ def run(
             cfg,
             device,
             image_shape=inputs.image_shape,
-            checkpoint=Path(args.checkpoint),
-            rank=rank,
+            checkpoint=checkpoint,
             world=world,
-            on_epoch=log_epoch,
+            on_epoch=lambda epoch, row: run.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=epoch
+            ),
             extra_state=extra,
         )
-        if rank != 0:
-            return
         wall = time.perf_counter() - start
-        model.cpu()
-        _, _, val_proba = evaluate_loss(model, inputs.val, torch.device("cpu"))
-        _, _, test_proba = evaluate_loss(model, inputs.test, torch.device("cpu"))
-        n_classes = inputs.schema.n_classes
-        test = classification_metrics(inputs.test.y.numpy(), test_proba, n_classes)
-        val = classification_metrics(inputs.val.y.numpy(), val_proba, n_classes)
-        tf = inputs.transform
-        baselines = fit_baselines(
-            cfg.baselines,
-            tf.transform(inputs.train.X.numpy()),
-            inputs.train.y.numpy(),
-            inputs.train.w.numpy(),
-            tf.transform(inputs.test.X.numpy()),
-            inputs.test.y.numpy(),
-            cfg.seed,
-        )
-        best_base = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
-        metrics = {
-            "test": test,
-            "val": val,
-            "baselines": baselines,
-            "best_baseline": best_base[0] if best_base else None,
-            "beat_baseline": bool(
-                best_base is None or test["accuracy"] > best_base[1]["test_accuracy"]
-            ),
-            "system": {
-                "device": device.type,
-                "world_size": world,
-                "epochs_run": result.epochs_run,
-                "wall_seconds": wall,
-                "train_seconds": result.train_seconds,
-                "train_samples_per_second": result.samples_seen / max(result.train_seconds, 1e-9),
-                "tta_target": cfg.tta_target,
-                "time_to_accuracy_seconds": result.tta_seconds,
-            },
-        }
-        checkpoint = {
+        metrics = quality(model, inputs, cfg, result, device.type, world)
+        test_proba = metrics.pop("_test_proba")
+        saved = {
             "model_config": dataclasses.asdict(mcfg),
             "net": model.net.state_dict(),
-            "transform_state": transform_state_tensors(tf.state()),
+            "transform_state": transform_state_tensors(inputs.transform.state()),
             "feature_names": inputs.schema.names,
             "classes": list(inputs.schema.classes),
             "train_config": dataclasses.asdict(cfg),
-            "mlflow_run_id": extra["run_id"],
         }
-        with atomic_outputs(args.model, args.metrics, args.history, args.confusion) as tmps:
-            torch.save(checkpoint, tmps[0])
+        times = timing(result, wall, cfg, run.id)
+        outputs = (args.model, args.metrics, args.history, args.confusion, args.timing)
+        with atomic_outputs(*outputs) as tmps:
+            save_checkpoint(saved, tmps[0])
             dump_json(metrics, tmps[1])
             pd.DataFrame(result.history).to_csv(tmps[2], index=False)
             plot_confusion(
                 inputs.test.y.numpy(), test_proba.argmax(1), inputs.schema.classes, tmps[3]
             )
-        import mlflow
+            dump_json(times, tmps[4])
+        digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
+        run.set_tag("model_sha256", digest)  # harden finds this run by its input's hash
+        flat = {f"test_{k}": v for k, v in metrics["test"].items()}
+        for name, base in metrics["baselines"].items():
+            flat[f"baseline_{name}_test_accuracy"] = base["test_accuracy"]
+        run.log_metrics({**flat, **times, "epochs_run": result.epochs_run})
+        run.log_artifact(args.confusion)
+        run.log_artifact(args.metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_curves(result.history, Path(tmp) / "history.png")
+            run.log_artifact(Path(tmp) / "history.png")
+    checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    base = metrics["best_baseline"]
+    base_text = f"{base} {metrics['baselines'][base]['test_accuracy']:.4f}" if base else "none"
+    print(
+        f"train: test accuracy {metrics['test']['accuracy']:.4f} (baseline {base_text}), "
+        f"{result.epochs_run} epochs, {times['train_samples_per_second']:.0f} samples/s "
+        f"on {device.type} x{world}"
+    )
 
-        flat = {f"test_{k}": v for k, v in test.items() if not isinstance(v, dict)}
-        flat.update(
-            {f"baseline_{k}_test_accuracy": v["test_accuracy"] for k, v in baselines.items()}
-        )
-        flat.update(
-            {
-                k: v
-                for k, v in metrics["system"].items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-        )
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact(args.confusion)
-        mlflow.log_artifact(args.metrics)
-        curves = Path(args.history).with_suffix(".png")
-        plot_curves(result.history, curves)
-        mlflow.log_artifact(str(curves))
-        Path(args.checkpoint).unlink(missing_ok=True)  # finished: nothing left to resume
-        base = f"{best_base[0]} {best_base[1]['test_accuracy']:.4f}" if best_base else "none"
-        print(
-            f"train: test accuracy {test['accuracy']:.4f} (baseline {base}), "
-            f"{result.epochs_run} epochs, {metrics['system']['train_samples_per_second']:.0f} "
-            f"samples/s on {device.type} x{world}"
-        )
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("train", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

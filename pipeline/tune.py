@@ -13,7 +13,6 @@ its name carries a hash of the search space, the train section and the data.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -21,57 +20,11 @@ from typing import Any
 
 import torch
 
-from pipeline.config import read_params, require, section
-from pipeline.errors import MlcycleError
+from pipeline import stage
+from pipeline.config import TrainConfig, TuneConfig
 from pipeline.io import atomic_outputs, dump_json
 from pipeline.model import Classifier, build_net
-from pipeline.train import (
-    TUNABLE,
-    Inputs,
-    TrainConfig,
-    fingerprint,
-    fit,
-    load_inputs,
-    model_config,
-    pick_device,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class TuneConfig:
-    """``tune`` in params.yaml."""
-
-    n_trials: int
-    seed: int
-    max_epochs: int
-    min_epochs: int
-    storage: str
-    study: str
-    space: dict[str, Any]
-
-    def check(self, where: str) -> None:
-        require(self.n_trials >= 0, f"{where}.n_trials", self.n_trials, ">= 0")
-        require(
-            1 <= self.min_epochs <= self.max_epochs,
-            f"{where}.min_epochs",
-            self.min_epochs,
-            f"in [1, max_epochs = {self.max_epochs}]",
-        )
-        for key, spec in self.space.items():
-            require(key in TUNABLE, f"{where}.space.{key}", key, f"one of {list(TUNABLE)}")
-            ok = isinstance(spec, dict) and (
-                (set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"])
-                or (
-                    set(spec) in ({"low", "high"}, {"low", "high", "log"})
-                    and spec["low"] < spec["high"]
-                )
-            )
-            require(
-                bool(ok),
-                f"{where}.space.{key}",
-                spec,
-                "{low, high[, log]} with low < high, or {choices: [...]}",
-            )
+from pipeline.training import Inputs, fingerprint, fit, load_inputs, model_config
 
 
 def suggest(trial: Any, space: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
@@ -96,11 +49,12 @@ def storage_url(storage: str) -> str:
     return storage if "://" in storage else f"sqlite:///{Path(storage).resolve()}"
 
 
-def tune(cfg: TuneConfig, base: TrainConfig, inputs: Inputs) -> tuple[dict[str, Any], dict]:
+def tune(
+    cfg: TuneConfig, base: TrainConfig, inputs: Inputs, device: torch.device
+) -> tuple[dict[str, Any], dict]:
     """Run (or join) the study; returns the best params and a summary."""
     import optuna
 
-    device = pick_device()
     name = f"{cfg.study}-" + fingerprint(
         cfg.space,
         dataclasses.asdict(base),
@@ -156,32 +110,27 @@ def tune(cfg: TuneConfig, base: TrainConfig, inputs: Inputs) -> tuple[dict[str, 
     return study.best_params, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("--features", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
-    try:
-        params = read_params(args.params)
-        cfg = section(params, "tune", TuneConfig)
-        base = section(params, "train", TrainConfig)
-        best, summary = {}, {"n_trials": 0}
-        if cfg.n_trials > 0:
-            inputs = load_inputs(args.schema, args.features, args.data)
-            model_config(base, inputs.transform, inputs.schema, inputs.image_shape)
-            best, summary = tune(cfg, base, inputs)
-    except MlcycleError as exc:
-        print(f"tune: error: {exc}", file=sys.stderr)
-        return 2
+FLAGS = ("--schema", "--features", "--data", "--out", "--metrics")
+
+
+def body(ctx: stage.Context) -> None:
+    args = ctx.args
+    cfg = ctx.section("tune", TuneConfig)
+    base = ctx.section("train", TrainConfig)
+    best: dict[str, Any] = {}
+    summary: dict[str, Any] = {"n_trials": 0}
+    if cfg.n_trials > 0:
+        inputs = load_inputs(args.schema, args.features, args.data)
+        model_config(base, inputs.transform, inputs.schema, inputs.image_shape)
+        best, summary = tune(cfg, base, inputs, ctx.device())
     with atomic_outputs(args.out, args.metrics) as (out_tmp, metrics_tmp):
         dump_json(best, out_tmp)
         dump_json(summary, metrics_tmp)
     print(f"tune: {summary}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage.run("tune", __doc__, argv, FLAGS, body)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,38 @@ def _no_user_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def repo_params() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+# Tests force the CPU (the GPU tier sets compute.device itself), so the default run behaves the
+# same on a machine with CUDA.
+CPU = {"compute.device": "cpu"}
+
+# Mechanics tests (records, resume, parity, gate rules, registry, tune) run on this profile: a
+# few epochs, one transform candidate, short attacks. What they assert does not depend on how
+# well the model learns; the quality floors use the repo's params in the slow tier.
+TINY = {
+    **CPU,
+    "features.candidates": ["standardize"],
+    # An MLP: the CNN's batch-norm statistics need more than three epochs to settle (its val
+    # accuracy stays at chance); it is trained with the repo's params in the slow tier.
+    "train.model": "mlp",
+    "train.epochs": 3,
+    "train.hidden": 64,
+    "train.lr": 0.01,
+    "train.schedule": "none",
+    "train.baselines": ["logreg"],
+    "harden.epochs": 2,
+    "harden.steps": 2,
+    "harden.eval_eps": [0.1],
+    "harden.eval_steps": 3,
+    "harden.eval_restarts": 1,
+    "harden.art_check": False,
+    "gate.robust_steps": 3,
+}
+
+
+def repo_params(profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The repo's params.yaml with ``profile`` applied (CPU only by default)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return with_overrides(params, CPU if profile is None else profile)
 
 
 def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -41,11 +71,15 @@ def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 @pytest.fixture
 def write_params(tmp_path: Path) -> Callable[..., Path]:
-    """Write the repo's params.yaml with overrides to a temp file and return its path."""
+    """Write the tiny-profile params with overrides to a temp file and return its path."""
 
-    def write(overrides: dict[str, Any] | None = None, name: str = "params.yaml") -> Path:
+    def write(
+        overrides: dict[str, Any] | None = None,
+        name: str = "params.yaml",
+        profile: dict[str, Any] = TINY,
+    ) -> Path:
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(with_overrides(repo_params(), overrides or {})))
+        path.write_text(yaml.safe_dump(with_overrides(repo_params(profile), overrides or {})))
         return path
 
     return write
@@ -58,74 +92,51 @@ def digits() -> tuple[pd.DataFrame, Schema]:
     return infer_schema(df, "target", None, 0.3, 50, shape)
 
 
-@pytest.fixture(scope="session")
-def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ingest -> preprocess -> features on digits with the repo's params, run once per session.
+def prepare_inputs(root: Path, params: dict[str, Any]) -> Path:
+    """ingest -> preprocess -> features on digits into ``root``.
 
-    The folder holds params.yaml, data/, models/features.* and an empty params/tuned.json.
+    The folder then holds params.yaml, data/, models/features.* and an empty params/tuned.json.
     """
     from pipeline import features, ingest, preprocess
 
-    root = tmp_path_factory.mktemp("stages")
-    params = root / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text())
-    p = str(params)
-    assert (
-        ingest.main(
-            [
-                "--params",
-                p,
-                "--data",
-                f"{root}/data/raw.parquet",
-                "--schema",
-                f"{root}/data/schema.json",
-            ]
-        )
-        == 0
-    )
-    assert (
-        preprocess.main(
-            [
-                "--params",
-                p,
-                "--data",
-                f"{root}/data/raw.parquet",
-                "--schema",
-                f"{root}/data/schema.json",
-                "--out",
-                f"{root}/data/prepared",
-                "--noise-report",
-                f"{root}/reports/noise.csv",
-                "--metrics",
-                f"{root}/metrics/preprocess.json",
-            ]
-        )
-        == 0
-    )
-    assert (
-        features.main(
-            [
-                "--params",
-                p,
-                "--schema",
-                f"{root}/data/schema.json",
-                "--train",
-                f"{root}/data/prepared/train.parquet",
-                "--out-arrays",
-                f"{root}/models/features.npz",
-                "--out-spec",
-                f"{root}/models/features.json",
-                "--metrics",
-                f"{root}/metrics/features.json",
-                "--plot",
-                f"{root}/plots/features.csv",
-            ]
-        )
-        == 0
-    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    p = str(root / "params.yaml")
+    data = ["--data", f"{root}/data/raw.parquet", "--schema", f"{root}/data/schema.json"]
+    assert ingest.main(["--params", p, *data]) == 0
+    prep = ["--out", f"{root}/data/prepared", "--noise-report", f"{root}/reports/noise.csv"]
+    assert preprocess.main(["--params", p, *data, *prep, "--metrics", f"{root}/m/prep.json"]) == 0
+    feats = [
+        "--params",
+        p,
+        "--schema",
+        f"{root}/data/schema.json",
+        "--train",
+        f"{root}/data/prepared/train.parquet",
+        "--out-arrays",
+        f"{root}/models/features.npz",
+        "--out-spec",
+        f"{root}/models/features.json",
+        "--metrics",
+        f"{root}/metrics/features.json",
+        "--plot",
+        f"{root}/plots/features.csv",
+    ]
+    assert features.main(feats) == 0
     (root / "params").mkdir()
     (root / "params/tuned.json").write_text("{}\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first three stages on digits with the tiny profile, once per session."""
+    return prepare_inputs(tmp_path_factory.mktemp("stages"), repo_params(TINY))
+
+
+@pytest.fixture(scope="session")
+def stage_inputs_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first three stages with the repo's params (slow tier)."""
+    return prepare_inputs(tmp_path_factory.mktemp("stages_full"), repo_params())
 
 
 def train_args(
@@ -153,55 +164,75 @@ def train_args(
         f"{out}/history.csv",
         "--confusion",
         f"{out}/confusion.png",
+        "--timing",
+        f"{out}/train_time.json",
         "--tracking-db",
         f"{out}/mlflow.db",
     ]
 
 
-@pytest.fixture(scope="session")
-def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The train stage with the repo's params on digits (auto: a CNN)."""
+def run_train(inputs: Path, out: Path) -> Path:
     from pipeline import train
 
-    out = tmp_path_factory.mktemp("train")
-    assert train.main(train_args(stage_inputs, out)) == 0
+    assert train.main(train_args(inputs, out)) == 0
     return out
+
+
+def run_harden(inputs: Path, trained: Path, out: Path) -> Path:
+    from pipeline import harden
+
+    args = [
+        "--params",
+        str(inputs / "params.yaml"),
+        "--schema",
+        f"{inputs}/data/schema.json",
+        "--data",
+        f"{inputs}/data/prepared",
+        "--model",
+        f"{trained}/model.pt",
+        "--train-metrics",
+        f"{trained}/train.json",
+        "--out",
+        f"{out}/hardened.pt",
+        "--metrics",
+        f"{out}/robustness.json",
+        "--plot",
+        f"{out}/robustness.csv",
+        "--figure",
+        f"{out}/robustness.png",
+        "--timing",
+        f"{out}/harden_time.json",
+        "--tracking-db",
+        f"{out}/mlflow.db",
+    ]
+    assert harden.main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(stage_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train stage, tiny profile (an MLP, three epochs)."""
+    return run_train(stage_inputs, tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="session")
 def hardened(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The harden stage with the repo's params on the trained model."""
-    from pipeline import harden
+    """The harden stage, tiny profile, on the tiny trained model."""
+    return run_harden(stage_inputs, trained, tmp_path_factory.mktemp("harden"))
 
-    out = tmp_path_factory.mktemp("harden")
-    assert (
-        harden.main(
-            [
-                "--params",
-                str(stage_inputs / "params.yaml"),
-                "--schema",
-                f"{stage_inputs}/data/schema.json",
-                "--data",
-                f"{stage_inputs}/data/prepared",
-                "--model",
-                f"{trained}/model.pt",
-                "--train-metrics",
-                f"{trained}/train.json",
-                "--out",
-                f"{out}/hardened.pt",
-                "--metrics",
-                f"{out}/robustness.json",
-                "--plot",
-                f"{out}/robustness.csv",
-                "--figure",
-                f"{out}/robustness.png",
-                "--tracking-db",
-                f"{out}/mlflow.db",
-            ]
-        )
-        == 0
-    )
-    return out
+
+@pytest.fixture(scope="session")
+def trained_full(stage_inputs_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train stage with the repo's params (slow tier)."""
+    return run_train(stage_inputs_full, tmp_path_factory.mktemp("train_full"))
+
+
+@pytest.fixture(scope="session")
+def hardened_full(
+    stage_inputs_full: Path, trained_full: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The harden stage with the repo's params (slow tier)."""
+    return run_harden(stage_inputs_full, trained_full, tmp_path_factory.mktemp("harden_full"))
 
 
 def export_args(inputs: Path, model: Path, out: Path) -> list[str]:
@@ -220,6 +251,8 @@ def export_args(inputs: Path, model: Path, out: Path) -> list[str]:
         f"{out}/model.int8.onnx",
         "--metrics",
         f"{out}/export.json",
+        "--timing",
+        f"{out}/export_time.json",
     ]
 
 

@@ -18,7 +18,7 @@ from pipeline.io import dump_json
 from pipeline.preprocess import preprocess
 from pipeline.schema import Schema
 from pipeline.transforms import FeatureTransform
-from tests.conftest import repo_params
+from tests.conftest import CPU, repo_params
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def run_features(root: Path, params: Path, out: Path) -> FeatureTransform:
     return FeatureTransform.load(out / "f.npz", out / "f.json")
 
 
-@pytest.mark.parametrize("candidates", [None, ["quantile"], ["pca"]])
+@pytest.mark.parametrize("candidates", [["log_standardize"], ["quantile"], ["pca"]])
 def test_fitted_statistics_come_from_train_only(
     prepared: tuple[Path, dict[str, pd.DataFrame], Schema],
     candidates: list[str] | None,
@@ -70,8 +70,7 @@ def test_fitted_statistics_come_from_train_only(
     tmp_path: Path,
 ) -> None:
     root, splits, schema = prepared
-    overrides = {"features.candidates": candidates} if candidates else {}
-    tf = run_features(root, write_params(overrides), tmp_path)
+    tf = run_features(root, write_params({"features.candidates": candidates}), tmp_path)
 
     train = splits["train"][schema.names].to_numpy()
     everything = pd.concat(splits.values())[schema.names].to_numpy()
@@ -101,7 +100,8 @@ def test_search_table_and_choice(
     tmp_path: Path,
 ) -> None:
     root, _, schema = prepared
-    tf = run_features(root, write_params({"features.tie_tolerance": 0.0}), tmp_path)
+    params = write_params({"features.tie_tolerance": 0.0}, profile=CPU)  # every candidate
+    tf = run_features(root, params, tmp_path)
     metrics = json.loads((tmp_path / "m.json").read_text())
     names = [row["name"] for row in metrics["search"]]
     assert names == ["standardize", "quantile", "log_standardize", "pca16", "pca32"]

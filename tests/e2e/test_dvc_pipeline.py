@@ -1,5 +1,6 @@
 """A real `dvc repro` in a copy of the project: runs, is a no-op the second time, re-runs only
-what a params change touches, and takes a user's CSV with categorical columns."""
+what a params change touches, gives the same bytes in a second fresh copy, and takes a user's CSV
+with categorical columns. Slow tier: each test runs the whole pipeline."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import yaml
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 ALL = {"ingest", "preprocess", "features", "tune", "train", "harden", "export", "evaluate"}
 AFTER_TRAIN = {"harden", "export", "evaluate"}
 
@@ -29,6 +32,7 @@ def copy_project(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     dvc(dest, "init", "--no-scm", "-q")
     # The stages' behaviour is what is tested here; the model tests hold the quality floors.
+    edit_params(dest, "compute", "device", "cpu")
     for key, value in {
         "epochs": 4,
         "eval_eps": [0.1],
@@ -70,13 +74,32 @@ def edit_params(project: Path, section: str, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(params))
 
 
+def lock_hashes(project: Path) -> dict[str, str]:
+    """path -> md5 of every dep and out that dvc.lock records."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        entry["path"]: entry["md5"]
+        for stage in lock["stages"].values()
+        for key in ("deps", "outs")
+        for entry in stage.get(key, [])
+    }
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("project"))
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, str]]:
+    """A fresh copy after its first `dvc repro`: (project, dvc's output, the lock's hashes)."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    output = dvc(project, "repro")
+    return project, output, lock_hashes(project)
 
 
-def test_repro_runs_every_stage_then_is_a_no_op(project: Path) -> None:
-    assert ran(dvc(project, "repro")) == ALL
+@pytest.fixture(scope="module")
+def project(first_run: tuple[Path, str, dict[str, str]]) -> Path:
+    return first_run[0]
+
+
+def test_repro_runs_every_stage_then_is_a_no_op(first_run: tuple, project: Path) -> None:
+    assert ran(first_run[1]) == ALL
     second = dvc(project, "repro")
     assert ran(second) == set()
     for stage in ALL:
@@ -110,6 +133,7 @@ def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
 
 def test_failed_stage_keeps_previous_outputs(project: Path) -> None:
     before = (project / "data/raw.parquet").read_bytes()
+    metrics_before = (project / "metrics/preprocess.json").read_bytes()
     edit_params(project, "data", "source", "missing.csv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
@@ -124,6 +148,30 @@ def test_failed_stage_keeps_previous_outputs(project: Path) -> None:
     assert proc.returncode != 0
     assert "data.source: file 'missing.csv' not found" in proc.stdout + proc.stderr
     assert (project / "data/raw.parquet").read_bytes() == before
+    # preprocess ran before the failure and failed too: its metrics are persisted, not deleted.
+    edit_params(project, "preprocess", "test_size", 0.9)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "preprocess"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    edit_params(project, "preprocess", "test_size", 0.2)
+    assert proc.returncode != 0 and "preprocess.test_size" in proc.stdout + proc.stderr
+    assert (project / "metrics/preprocess.json").read_bytes() == metrics_before
+
+
+def test_two_fresh_runs_give_the_same_bytes(first_run: tuple, tmp_path: Path) -> None:
+    again = copy_project(tmp_path)
+    assert ran(dvc(again, "repro")) == ALL
+    first, second = first_run[2], lock_hashes(again)
+    assert first.keys() == second.keys()
+    differ = {p for p in first if first[p] != second[p]}
+    assert differ == set(), f"outputs that changed between two fresh runs: {sorted(differ)}"
+    # The tracked outputs include the model, the graph and every metrics / plot file.
+    assert {"models/model.pt", "models/hardened.pt", "models/model.onnx"} <= first.keys()
 
 
 def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> None:

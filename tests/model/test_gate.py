@@ -1,4 +1,10 @@
-"""The evaluate gate and the registry: reject a bad candidate, promote a good one, roll back."""
+"""The evaluate gate and the registry: reject a bad candidate, promote a good one, roll back.
+
+Mechanics only: the tiny profile's models, and gate params chosen so every decision follows from
+the rule under test, not from how a run happened to land: the floor (25 %) sits far from both
+the shuffled-label model (chance, 10 %) and the tiny MLP (about 65 %), and the margins against
+the champion are wide open where a step tests promotion.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ import pytest
 import torch
 
 from pipeline import evaluate, export, registry
-from pipeline.config import section
-from pipeline.model import ModelConfig, build_net
-from pipeline.train import TrainConfig, fit, load_inputs
-from tests.conftest import export_args, repo_params
+from pipeline.config import GateConfig, TrainConfig, section
+from pipeline.model import Classifier, ModelConfig, build_net
+from pipeline.tracking import Tracker
+from pipeline.training import fit, load_inputs
+from tests.conftest import TINY, export_args, repo_params
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +35,9 @@ def shuffled(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPat
         f"{stage_inputs}/data/prepared",
     )
     ckpt = torch.load(trained / "model.pt", weights_only=True)
-    cfg = dataclasses.replace(section(repo_params(), "train", TrainConfig), epochs=3)
+    cfg = dataclasses.replace(section(repo_params(TINY), "train", TrainConfig), epochs=3)
     torch.manual_seed(0)
     model = build_net(ModelConfig(**ckpt["model_config"]))
-    from pipeline.model import Classifier
-
     clf = Classifier(inputs.transform.module(), model)
     inputs.train.y = inputs.train.y[torch.randperm(len(inputs.train.y))]
     fit(clf, inputs.train, inputs.val, cfg, torch.device("cpu"), progress=False)
@@ -95,10 +100,16 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     write_params: Callable[..., Path],
     capsys: pytest.CaptureFixture,
 ) -> None:
-    # The unhardened model may be the first champion: no robustness floor, and its ECE (0.058,
-    # label smoothing) is above the default ceiling.
     params = write_params(
-        {"gate.min_robust_accuracy": 0.0, "gate.max_ece": 0.1, "gate.robust_steps": 10}
+        {
+            "gate.variant": "fp32",
+            "gate.min_accuracy": 0.25,
+            "gate.min_robust_accuracy": 0.0,
+            "gate.max_ece": 1.0,
+            "gate.max_p99_latency_ms": 1000.0,
+            "gate.max_accuracy_drop": 1.0,
+            "gate.max_robust_drop": 1.0,
+        }
     )
     first = tmp_path / "first"
     assert export.main(export_args(stage_inputs, trained / "model.pt", first)) == 0
@@ -107,7 +118,7 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
         return run_evaluate(stage_inputs, candidate, model_pt, exported, trained, params, tmp_path)
 
     link = tmp_path / "registry/champion"
-    client = registry.client(tmp_path / "mlflow.db")
+    tracker = Tracker(tmp_path / "mlflow.db")
 
     d1 = run(first, trained / "model.pt")
     assert d1["promoted"] and d1["champion"] is None and d1["version"] == "1"
@@ -116,30 +127,39 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
 
     d2 = run(shuffled, shuffled / "model.pt")
     assert not d2["promoted"] and d2["version"] == "2"
-    failed = {r["rule"] for r in d2["rules"] if not r["passed"]}
-    assert {"min_accuracy", "vs_champion_accuracy"} <= failed
+    assert [r["rule"] for r in d2["rules"] if not r["passed"]] == ["min_accuracy"]
     assert any(reason.startswith("min_accuracy: 0.") for reason in d2["reasons"])
-    assert d2["candidate"]["accuracy"] < 0.3
     assert link.resolve() == (tmp_path / "registry/versions/1").resolve()
     assert digest(link) == before  # the service's directory is untouched
-    assert registry.champion_version(client, "mlcycle") == "1"
-    assert client.get_model_version("mlcycle", "2").tags["gate"] == "failed"
+    assert tracker.champion_version("mlcycle") == "1"
+    assert tracker.version_tags("mlcycle", "2")["gate"] == "failed"
     assert not (tmp_path / "registry/versions/2").exists()
 
     d3 = run(exported, exported / "hardened.pt")
     assert d3["promoted"] and d3["version"] == "3"
-    assert d3["champion"]["accuracy"] == pytest.approx(d1["candidate"]["accuracy"])
-    assert d3["candidate"]["robust_accuracy"] > d3["champion"]["robust_accuracy"] + 0.5
+
+    # The champion is measured as it was as a candidate: same rows, seeded attack, same figures.
+    def measured(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k != "p99_latency_ms"}
+
+    assert measured(d3["champion"]) == measured(d1["candidate"])
     assert link.resolve() == (tmp_path / "registry/versions/3").resolve()
-    assert registry.champion_version(client, "mlcycle") == "3"
+    assert tracker.champion_version("mlcycle") == "3"
     card = (link / "model_card.md").read_text()
     assert "## Gate: PROMOTED" in card and "| robust_accuracy |" in card
 
-    reg = ["--registry", f"{tmp_path}/registry", "--tracking-db", f"{tmp_path}/mlflow.db"]
+    reg = [
+        "--params",
+        str(params),
+        "--registry",
+        f"{tmp_path}/registry",
+        "--tracking-db",
+        f"{tmp_path}/mlflow.db",
+    ]
     assert registry.main(["rollback", *reg]) == 0
     assert link.resolve() == (tmp_path / "registry/versions/1").resolve()
     assert digest(link) == before
-    assert registry.champion_version(client, "mlcycle") == "1"
+    assert tracker.champion_version("mlcycle") == "1"
     assert registry.main(["rollback", *reg]) == 2  # version 1 had no champion before it
     assert "has no previous champion" in capsys.readouterr().err
 
@@ -187,18 +207,19 @@ def test_bad_gate_params_are_named(
 
 
 def test_variant_choice() -> None:
-    cfg = section(repo_params(), "gate", evaluate.GateConfig)
-    slower = {"int8": {"accuracy_delta": 0.0, "latency_ratio": 1.5}}
-    faster = {"int8": {"accuracy_delta": -0.002, "latency_ratio": 0.5}}
-    worse = {"int8": {"accuracy_delta": -0.05, "latency_ratio": 0.5}}
-    assert evaluate.choose_variant(cfg, slower) == "fp32"
-    assert evaluate.choose_variant(cfg, faster) == "int8"
-    assert evaluate.choose_variant(cfg, worse) == "fp32"
-    assert evaluate.choose_variant(dataclasses.replace(cfg, variant="int8"), slower) == "int8"
+    cfg = section(repo_params(), "gate", GateConfig)
+    same = {"int8": {"accuracy_delta": 0.0}}
+    small_loss = {"int8": {"accuracy_delta": -0.002}}
+    large_loss = {"int8": {"accuracy_delta": -0.05}}
+    assert evaluate.choose_variant(cfg, same, 1.5) == "fp32"  # slower
+    assert evaluate.choose_variant(cfg, small_loss, 0.5) == "int8"
+    assert evaluate.choose_variant(cfg, large_loss, 0.5) == "fp32"
+    assert evaluate.choose_variant(cfg, {}, None) == "fp32"  # no int8 graph
+    assert evaluate.choose_variant(dataclasses.replace(cfg, variant="int8"), same, 1.5) == "int8"
 
 
 def test_rules_compare_in_the_right_direction() -> None:
-    cfg = section(repo_params(), "gate", evaluate.GateConfig)
+    cfg = section(repo_params(), "gate", GateConfig)
     good = {"accuracy": 0.99, "robust_accuracy": 0.8, "ece": 0.02, "p99_latency_ms": 1.0}
     assert all(r["passed"] for r in evaluate.gate(cfg, good, None, True))
     slow_and_miscalibrated = {**good, "ece": 0.2, "p99_latency_ms": 1e3}

@@ -1,4 +1,4 @@
-"""Harden stage: robust accuracy floor, clean accuracy kept, ART agrees, cost reported."""
+"""Harden stage: the mechanics on the tiny profile; robustness floors and ART in the slow tier."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 
-def test_hardened_model_is_robust_and_keeps_clean_accuracy(hardened: Path) -> None:
+@pytest.mark.slow
+def test_hardened_model_is_robust_and_keeps_clean_accuracy(hardened_full: Path) -> None:
     # Measured on digits, eps = 0.1 of each pixel's range, PGD-50 x 3 restarts on the test split:
-    # trained 98.9% clean / 0.3% robust; hardened (pgd) 98.6% clean / 82.5% robust, ART 82.2%.
-    m = json.loads((hardened / "robustness.json").read_text())
+    # trained 98.9% clean / 0.3% robust; hardened (pgd) 98.6% clean / 82.5% robust, ART 82.2%;
+    # over four runs the hardened model's robust accuracy was 81.9-83.1%.
+    m = json.loads((hardened_full / "robustness.json").read_text())
     assert m["eps"] == 0.1 and m["method"] == "pgd"
     hard, base = m["hardened"], m["trained"]
     assert hard["robust_accuracy"] >= 0.80
@@ -21,12 +24,24 @@ def test_hardened_model_is_robust_and_keeps_clean_accuracy(hardened: Path) -> No
     assert abs(base["art_robust_accuracy"] - base["robust_accuracy"]) <= 0.02
     sweep = list(hard["by_eps"].values())
     assert sweep == sorted(sweep, reverse=True)  # larger eps never helps the model
-    assert m["harden_to_train_time"] > 0 and m["epochs_run"] >= 1
-    print(f"harden/train time ratio {m['harden_to_train_time']:.1f}x")
+
+
+def test_metrics_record_the_sweep_and_the_cost(hardened: Path) -> None:
+    m = json.loads((hardened / "robustness.json").read_text())
+    assert m["method"] == "pgd" and m["epochs_run"] == 2
+    for model in ("trained", "hardened"):
+        by_eps = m[model]["by_eps"]
+        assert set(by_eps) == {"0", "0.1"}
+        assert by_eps["0.1"] <= by_eps["0"] == m[model]["clean_accuracy"]
+    # pgd with 2 steps: 3 gradient passes a row, 2 epochs against train's 3 epochs.
+    assert m["harden_to_train_passes"] == pytest.approx(3 * 2 / 3)
+    timing = json.loads((hardened / "harden_time.json").read_text())
+    assert timing["harden_seconds"] > 0 and "seconds" not in json.dumps(m)
 
 
 def test_robustness_plot_and_table(hardened: Path) -> None:
     table = pd.read_csv(hardened / "robustness.csv")
     assert list(table.columns) == ["eps", "trained", "hardened"]
-    assert (table.hardened >= table.trained - 0.02).all()
+    m = json.loads((hardened / "robustness.json").read_text())
+    assert table.hardened.tolist() == list(m["hardened"]["by_eps"].values())
     assert (hardened / "robustness.png").read_bytes()[:4] == b"\x89PNG"

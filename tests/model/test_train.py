@@ -19,27 +19,39 @@ import torch
 from pipeline import train
 from pipeline.model import build
 from pipeline.schema import LABEL, Schema
-from tests.conftest import train_args
+from tests.conftest import CPU, train_args
 
 
-def test_network_beats_floor_and_reports_baselines(trained: Path) -> None:
-    metrics = json.loads((trained / "train.json").read_text())
-    # Measured on digits with the repo's params: CNN 0.989-0.994, RBF SVM 0.981, logreg 0.97.
-    assert metrics["test"]["accuracy"] >= 0.985
+@pytest.mark.slow
+def test_network_beats_floor_and_reports_baselines(trained_full: Path) -> None:
+    metrics = json.loads((trained_full / "train.json").read_text())
+    # Measured on digits with the repo's params, seeds 0 / 1 / 2 / 42: CNN 0.9889 / 0.9944 /
+    # 0.9861 / 0.9889, RBF SVM 0.981, logreg 0.967. The floor sits two test rows below the worst.
+    assert metrics["test"]["accuracy"] >= 0.98
     assert set(metrics["baselines"]) == {"logreg", "svm"}
     assert metrics["baselines"]["svm"]["test_accuracy"] > 0.95
     best = max(b["test_accuracy"] for b in metrics["baselines"].values())
     assert metrics["beat_baseline"] == (metrics["test"]["accuracy"] > best)
     assert 0 <= metrics["test"]["ece"] < 0.1
     assert len(metrics["test"]["per_class_recall"]) == 10
-    system = metrics["system"]
-    assert system["device"] == "cpu" and system["train_samples_per_second"] > 0
-    assert system["time_to_accuracy_seconds"] is None or (
-        0 < system["time_to_accuracy_seconds"] <= system["train_seconds"]
-    )
-    history = pd.read_csv(trained / "history.csv")
-    assert len(history) == system["epochs_run"]
+    history = pd.read_csv(trained_full / "history.csv")
+    assert len(history) == metrics["epochs_run"]
     assert history.val_loss.min() < history.val_loss.iloc[0]
+
+
+def test_metrics_timing_and_history_are_written(trained: Path) -> None:
+    metrics = json.loads((trained / "train.json").read_text())
+    assert metrics["device"] == "cpu" and metrics["world_size"] == 1
+    assert set(metrics["baselines"]) == {"logreg"}
+    history = pd.read_csv(trained / "history.csv")
+    assert list(history.epoch) == list(range(metrics["epochs_run"]))
+    # Wall-clock figures live in the timing side file only: train.json is a function of inputs.
+    timing = json.loads((trained / "train_time.json").read_text())
+    assert timing["train_seconds"] > 0 and timing["train_samples_per_second"] > 0
+    assert timing["time_to_accuracy_seconds"] is None or (
+        0 < timing["time_to_accuracy_seconds"] <= timing["train_seconds"]
+    )
+    assert "seconds" not in json.dumps(metrics)
     assert not (trained / "checkpoints/train.pt").exists()  # removed once finished
 
 
@@ -47,7 +59,7 @@ def test_checkpoint_rebuilds_the_model_without_training_code(
     trained: Path, stage_inputs: Path
 ) -> None:
     ckpt = torch.load(trained / "model.pt", weights_only=True)
-    assert ckpt["model_config"]["arch"] == "cnn"
+    assert ckpt["model_config"]["arch"] == "mlp"
     model = build(ckpt)
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -64,12 +76,16 @@ def test_mlflow_holds_params_metrics_and_confusion_matrix(trained: Path) -> None
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mlcycle")
     (run,) = client.search_runs([exp.experiment_id])
-    assert run.data.params["model"] == "auto"
-    assert float(run.data.params["lr"]) == pytest.approx(0.003)
+    # Artifacts sit beside the tracking database, not in ./mlruns of the working directory.
+    assert run.info.artifact_uri.startswith((trained / "mlartifacts").as_uri())
+    timing = json.loads((trained / "train_time.json").read_text())
+    assert timing["mlflow_run_id"] == run.info.run_id
+    assert run.data.params["model"] == "mlp"
+    assert float(run.data.params["lr"]) == pytest.approx(0.01)
     metrics = json.loads((trained / "train.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     steps = client.get_metric_history(run.info.run_id, "val_loss")
-    assert len(steps) == metrics["system"]["epochs_run"]
+    assert len(steps) == metrics["epochs_run"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion.png", "train.json", "history.png"} <= artifacts
     local = Path(client.download_artifacts(run.info.run_id, "confusion.png"))
@@ -84,18 +100,13 @@ def short_params(stage_inputs: Path, tmp: Path, write: Callable[..., Path], **tr
 def test_killed_run_resumes_to_the_same_result(
     stage_inputs: Path, tmp_path: Path, write_params: Callable[..., Path]
 ) -> None:
-    params = short_params(stage_inputs, tmp_path, write_params, epochs=10, patience=100)
+    # 30 short epochs: the kill lands early in the run, however fast or loaded the machine is.
+    params = short_params(stage_inputs, tmp_path, write_params, epochs=30, patience=100)
     cmd = [sys.executable, "-m", "pipeline.train"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     straight = tmp_path / "straight"
-    subprocess.run(
-        cmd + train_args(stage_inputs, straight, params),
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=600,
-    )
+    assert train.main(train_args(stage_inputs, straight, params)) == 0
 
     resumed = tmp_path / "resumed"
     ckpt = resumed / "checkpoints/train.pt"
@@ -107,13 +118,13 @@ def test_killed_run_resumes_to_the_same_result(
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] >= 3:
+        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "training finished before it was killed"
     killed_at = torch.load(ckpt, weights_only=True)["epoch"]
-    assert 3 <= killed_at < 9 and not (resumed / "model.pt").exists()
+    assert 2 <= killed_at < 29 and not (resumed / "model.pt").exists()
 
     done = subprocess.run(
         cmd + train_args(stage_inputs, resumed, params),
@@ -137,7 +148,7 @@ def test_killed_run_resumes_to_the_same_result(
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{resumed / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mlcycle").experiment_id])
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
-    assert steps == set(range(10))  # one MLflow run, continued across the kill
+    assert steps == set(range(30))  # one MLflow run, continued across the kill
     history_a, history_b = (pd.read_csv(d / "history.csv") for d in (straight, resumed))
     pd.testing.assert_frame_equal(
         history_a[["train_loss", "val_loss"]], history_b[["train_loss", "val_loss"]]
@@ -146,7 +157,7 @@ def test_killed_run_resumes_to_the_same_result(
 
 @pytest.mark.slow
 def test_torchrun_two_processes_matches_single_process(
-    trained: Path, stage_inputs: Path, tmp_path: Path
+    trained_full: Path, stage_inputs_full: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ddp"
     proc = subprocess.run(
@@ -158,7 +169,7 @@ def test_torchrun_two_processes_matches_single_process(
             "--nproc_per_node=2",
             "-m",
             "pipeline.train",
-            *train_args(stage_inputs, out),
+            *train_args(stage_inputs_full, out),
         ],
         capture_output=True,
         text=True,
@@ -167,12 +178,12 @@ def test_torchrun_two_processes_matches_single_process(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((out / "train.json").read_text())
-    single = json.loads((trained / "train.json").read_text())
+    single = json.loads((trained_full / "train.json").read_text())
     print(
         f"torchrun x2 accuracy {ddp['test']['accuracy']:.4f} "
         f"vs single {single['test']['accuracy']:.4f}"
     )
-    assert ddp["system"]["world_size"] == 2
+    assert ddp["world_size"] == 2
     assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.01
 
 
@@ -181,8 +192,10 @@ def test_torchrun_two_processes_matches_single_process(
 def test_trains_on_gpu_with_bf16(
     stage_inputs: Path, tmp_path: Path, write_params: Callable[..., Path]
 ) -> None:
-    params = write_params({"train.epochs": 15}, name="gpu.yaml")
+    params = write_params(
+        {"train.epochs": 15, "compute.device": "cuda"}, name="gpu.yaml", profile=CPU
+    )
     assert train.main(train_args(stage_inputs, tmp_path, params)) == 0
     metrics = json.loads((tmp_path / "train.json").read_text())
-    assert metrics["system"]["device"] == "cuda"
+    assert metrics["device"] == "cuda"
     assert metrics["test"]["accuracy"] >= 0.97

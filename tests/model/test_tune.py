@@ -15,8 +15,8 @@ from pipeline.errors import MlcycleError
 from tests.conftest import train_args
 
 TUNE = {
-    "tune.n_trials": 12,
-    "tune.max_epochs": 9,
+    "tune.n_trials": 8,
+    "tune.max_epochs": 6,
     "tune.min_epochs": 1,
     "train.model": "mlp",
     "train.patience": 100,
@@ -50,7 +50,7 @@ def test_hyperband_prunes_and_train_uses_the_best_params(
     params = write_params({**TUNE, "tune.storage": str(tmp_path / "optuna.db")})
     summary = run_tune(stage_inputs, params, tmp_path)
     print(f"tune: {summary['complete']} complete, {summary['pruned']} pruned")
-    assert summary["n_trials"] == 12
+    assert summary["n_trials"] == 8
     assert summary["pruned"] >= 1
     assert summary["complete"] >= 1
     tuned = json.loads((tmp_path / "tuned.json").read_text())
@@ -64,7 +64,7 @@ def test_hyperband_prunes_and_train_uses_the_best_params(
 
     # A second worker with the same params joins the same study rather than starting over.
     again = run_tune(stage_inputs, params, tmp_path)
-    assert again["study"] == summary["study"] and again["n_trials"] == 24
+    assert again["study"] == summary["study"] and again["n_trials"] == 16
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     assert tuned == again["best_params"]
 

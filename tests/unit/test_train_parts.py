@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import section
+from pipeline.config import TrainConfig, section
 from pipeline.errors import MlcycleError
 from pipeline.metrics import classification_metrics, expected_calibration_error
 from pipeline.model import CNN, MLP, ModelConfig
-from pipeline.train import TrainConfig, apply_tuned, random_shift
+from pipeline.training import apply_tuned, random_shift
 from tests.conftest import repo_params
 
 

@@ -1,0 +1,65 @@
+"""The one runner behind every stage's ``main``: arguments, params, compute set-up, exit codes.
+
+A stage module declares its flags and a body; :func:`run` parses ``argv``, reads params.yaml,
+applies the ``compute`` section (thread caps) and calls the body. Every :class:`MlcycleError`
+(bad params, bad data, a missing or unreadable input file) becomes one line on stderr and exit
+status 2, with no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pipeline.compute import apply_threads
+from pipeline.compute import device as compute_device
+from pipeline.config import ComputeConfig, read_params, section
+from pipeline.errors import MlcycleError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Context:
+    """What a stage body gets: its parsed arguments and the whole params file."""
+
+    name: str
+    args: argparse.Namespace
+    params: dict[str, Any]
+
+    def section(self, key: str, cls: type[T]) -> T:
+        return section(self.params, key, cls)
+
+    def device(self):  # -> torch.device
+        return compute_device(self.section("compute", ComputeConfig))
+
+
+def run(
+    name: str,
+    doc: str | None,
+    argv: Sequence[str] | None,
+    flags: Sequence[str],
+    body: Callable[[Context], None],
+    *,
+    compute: bool = True,
+) -> int:
+    """Run stage ``name``: ``flags`` are its required options (``--params`` is always there)."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline.{name}", description=(doc or name).splitlines()[0]
+    )
+    parser.add_argument("--params", default="params.yaml")
+    for flag in flags:
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    try:
+        ctx = Context(name, args, read_params(args.params))
+        if compute:
+            apply_threads(ctx.section("compute", ComputeConfig).threads)
+        body(ctx)
+    except MlcycleError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
