@@ -1,22 +1,26 @@
 # The README's commands. Each target creates .venv and installs the project into it if missing.
 #   make repro      run the pipeline (dvc repro) on the configured data
-#   make test       the default test suite (fast: no slow or GPU tests)
-#   make test-all   every test but the GPU ones, slow end-to-end runs included (what CI runs)
+#   make test       the default test suite (fast: mechanics on tiny settings, no slow or GPU tests)
+#   make test-all   ruff, then every test but the GPU ones (quality floors, dvc repro): what CI runs
+#   make test-gpu   the GPU tests (skip without CUDA)
 #   make lint       ruff check + format check
+#   make lock       re-resolve requirements.lock from pyproject.toml (pip-tools)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-all lint
+.PHONY: setup repro test test-all test-gpu lint lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions in requirements.lock, then the project itself without re-resolving.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 repro: $(STAMP)
@@ -29,5 +33,18 @@ test-all: $(STAMP)
 	ruff check . && ruff format --check .
 	pytest -m "not gpu"
 
+test-gpu: $(STAMP)
+	pytest -m gpu
+
 lint: $(STAMP)
 	ruff check . && ruff format --check .
+
+# torch's local version label (+cpu on a CPU-only machine) is dropped, so a GPU machine resolves
+# the same release to its CUDA build.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet pip-tools
+	pip-compile --quiet --extra dev --strip-extras --no-emit-find-links --no-emit-index-url \
+		--no-header -o requirements.lock pyproject.toml
+	sed -i -E 's/^(torch==[0-9.]+)\+[a-z0-9]+$$/\1/' requirements.lock
+	sed -i '1i # The resolved dependency versions `make setup` installs (`make lock` writes this file).' \
+		requirements.lock

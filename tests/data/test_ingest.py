@@ -95,6 +95,14 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], dict], str]] = {
         lambda d: {"data.source": _dup_parquet(d / "dup.parquet"), "data.target": "y"},
         "duplicate column name 'x'",
     ),
+    "too many categories": (
+        lambda d: {
+            "data.source": _csv(_table(d).assign(colour=[f"c{i}" for i in range(40)]), d / "t.csv"),
+            "data.target": "y",
+            "data.max_categories": 30,
+        },
+        "column 'colour' is categorical with 40 distinct values; at most data.max_categories = 30",
+    ),
     "unknown params key": (lambda d: {"data.sauce": "digits"}, "unknown key 'data.sauce'"),
     "unsupported file type": (
         lambda d: {"data.source": _write(d / "t.xlsx", "x")},
