@@ -64,7 +64,22 @@ def export_onnx(model: Classifier, n_features: int, path: Path, opset: int) -> N
         verbose=False,
     )
     program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    strip_debug_metadata(model.graph)
+    onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def strip_debug_metadata(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node debug notes (stack traces with absolute source paths, FX
+    names): the same model then gives the same bytes from any checkout."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.g.node:
+                strip_debug_metadata(attr.g)
+            for sub in attr.graphs:
+                strip_debug_metadata(sub)
 
 
 def torch_predict(model: Classifier, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from pipeline.export import torch_predict
 from pipeline.model import build
 from pipeline.runtime import predict, session
 from pipeline.schema import LABEL, Schema
+from tests.conftest import ROOT
 
 
 def test_graph_is_checked_self_contained_and_named(exported: Path) -> None:
@@ -24,6 +25,11 @@ def test_graph_is_checked_self_contained_and_named(exported: Path) -> None:
     assert [o.name for o in model.graph.output] == ["probabilities", "label"]
     assert not list(exported.glob("*.data"))  # no external-data sidecar
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    # No exporter debug notes: they hold absolute source paths, so the bytes would depend on
+    # where the checkout lives and a fresh clone's `dvc repro` would change dvc.lock.
+    for graph in (path, exported / "model.int8.onnx"):
+        assert str(ROOT).encode() not in graph.read_bytes()
+    assert not any(node.metadata_props for node in model.graph.node)
 
 
 def test_parity_with_pytorch_on_the_whole_test_split(exported: Path, stage_inputs: Path) -> None:
