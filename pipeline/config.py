@@ -372,3 +372,35 @@ class GateConfig:
         for key in ("min_accuracy", "min_robust_accuracy", "max_ece"):
             require(0 <= getattr(self, key) <= 1, f"{where}.{key}", getattr(self, key), "in [0, 1]")
         require(self.robust_steps >= 1, f"{where}.robust_steps", self.robust_steps, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    """``serving``: the REST service over the champion, and its production log.
+
+    Read by ``serving/`` (no DVC stage); ``MLCYCLE_REGISTRY`` and ``MLCYCLE_LOG_URL`` override the
+    two locations, so replicas can share one PostgreSQL log.
+    """
+
+    registry: str
+    log_url: str
+    commit_interval_ms: float
+    max_queue: int
+    max_batch: int
+    max_body_bytes: int
+    max_in_flight: int
+    reload_interval_s: float
+    feedback_token_env: str
+
+    def check(self, where: str) -> None:
+        require(
+            0 < self.commit_interval_ms <= 1000,
+            f"{where}.commit_interval_ms",
+            self.commit_interval_ms,
+            "in (0, 1000]",
+        )
+        for key in ("max_queue", "max_batch", "max_body_bytes", "max_in_flight"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
+        require(
+            self.reload_interval_s > 0, f"{where}.reload_interval_s", self.reload_interval_s, "> 0"
+        )

@@ -291,13 +291,15 @@ def body(ctx: stage.Context) -> None:
     }
     card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
     with tempfile.TemporaryDirectory() as tmp:
-        card_path = Path(tmp) / "model_card.md"
+        card_path, decision_path = Path(tmp) / "model_card.md", Path(tmp) / "evaluate.json"
         card_path.write_text(card)
+        dump_json(decision, decision_path)  # the figures GET /model shows
         files = {
             "model.onnx": onnx_path,
             "model.pt": Path(args.model),
             "schema.json": Path(args.schema),
             "export.json": Path(args.export_metrics),
+            "evaluate.json": decision_path,
             "model_card.md": card_path,  # registered with the version, shipped if promoted
         }
         version = register(tracker, decision, files, card, cfg)

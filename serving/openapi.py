@@ -1,0 +1,140 @@
+"""The service's OpenAPI 3 description, built from schema.json (``GET /openapi.json``).
+
+The request body of ``/predict`` lists every feature with its type (number, or one of the
+categories seen in training; ``null`` for a missing value), so a client generator or a fuzzer
+(schemathesis, in the tests) knows exactly what the service accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import ServingConfig
+from pipeline.schema import Schema
+
+
+def _feature(f: Any) -> dict[str, Any]:
+    if f.kind == "categorical":
+        return {"type": "string", "enum": list(f.categories or ()), "nullable": True}
+    return {"type": "number", "nullable": True}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                }
+            }
+        },
+    }
+
+
+def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
+    record = {
+        "type": "object",
+        "properties": {f.name: _feature(f) for f in schema.features},
+        "required": schema.names,
+        "additionalProperties": False,
+    }
+    class_type = (
+        {"type": "integer"}
+        if all(isinstance(c, int) for c in schema.classes)
+        else {"type": "string"}
+    )
+    errors = {
+        "400": _error("malformed JSON"),
+        "413": _error("body or batch too large"),
+        "415": _error("not application/json"),
+        "422": _error("a field is missing, unknown or of the wrong type or value"),
+        "503": _error("overloaded; retry after the Retry-After header's seconds"),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mlcycle", "version": "1"},
+        "paths": {
+            "/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "records": {
+                                            "type": "array",
+                                            "items": record,
+                                            "minItems": 1,
+                                            "maxItems": cfg.max_batch,
+                                        }
+                                    },
+                                    "required": ["records"],
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "a label and class probabilities per record",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **errors,
+                    },
+                }
+            },
+            "/feedback": {
+                "post": {
+                    "operationId": "feedback",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "feedback": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "request_id": {"type": "string"},
+                                                    "index": {"type": "integer", "minimum": 0},
+                                                    "label": {
+                                                        **class_type,
+                                                        "enum": list(schema.classes),
+                                                    },
+                                                },
+                                                "required": ["request_id", "label"],
+                                                "additionalProperties": False,
+                                            },
+                                        }
+                                    },
+                                    "required": ["feedback"],
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "stored and duplicate counts"},
+                        "401": _error("missing or wrong bearer token"),
+                        "403": _error("feedback is not enabled on this service"),
+                        "404": _error("unknown prediction"),
+                        "409": _error("the prediction already has another label"),
+                        **errors,
+                    },
+                }
+            },
+            "/model": {"get": {"responses": {"200": {"description": "the served model"}}}},
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,223 @@
+"""Request bodies checked against schema.json: what a client sent, turned into model input.
+
+``POST /predict``  ``{"records": [{feature: value, ...}, ...]}``: every feature of schema.json,
+no other; numbers for numeric features (``null`` for a missing value, which the graph imputes as
+in training); for categorical features one of the categories seen in training. Numbers outside
+the training range are served but flagged. ``POST /feedback`` ``{"feedback": [{"request_id": ...,
+"index": 0, "label": <one of the schema's classes>}, ...]}``.
+
+Every problem raises :class:`RequestError` with the HTTP status and a message naming the field
+(``records[3].pixel_0_0``), the value seen and what was expected. The common case is checked in
+bulk (dictionary keys, then one pass over the values); only a failing request walks field by
+field to name the culprit. No torch, no training code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pipeline.schema import Schema
+
+_NUMBER = (int, float)
+
+
+class RequestError(Exception):
+    """A client error: ``status`` (4xx) and a message naming the field and the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class RecordEncoder:
+    """Turns validated records into the ONNX input, from one schema."""
+
+    def __init__(self, schema: Schema, max_batch: int) -> None:
+        self.schema = schema
+        self.max_batch = max_batch
+        self.names = schema.names
+        self.keys = frozenset(self.names)
+        self.categorical = {
+            j: {c: float(i) for i, c in enumerate(f.categories or ())}
+            for j, f in enumerate(schema.features)
+            if f.kind == "categorical"
+        }
+        self.numeric = np.array([f.kind == "numeric" for f in schema.features])
+        low, high = schema.bounds
+        self.low, self.high = low.astype(np.float32), high.astype(np.float32)
+
+    def records(self, payload: Any) -> list[Any]:
+        if not isinstance(payload, dict):
+            raise RequestError(
+                422, f'body: expected an object {{"records": [...]}}, got {_kind(payload)}'
+            )
+        extra = sorted(set(payload) - {"records"})
+        if extra:
+            raise RequestError(422, f"body: unknown field {extra[0]!r}; expected only 'records'")
+        if "records" not in payload:
+            raise RequestError(422, "body: missing field 'records'")
+        records = payload["records"]
+        if not isinstance(records, list):
+            raise RequestError(422, f"records: expected a list, got {_kind(records)}")
+        if not records:
+            raise RequestError(422, "records: empty list; send at least one record")
+        if len(records) > self.max_batch:
+            raise RequestError(
+                413,
+                f"records: {len(records)} records; at most serving.max_batch = {self.max_batch}",
+            )
+        return records
+
+    def encode(self, payload: Any) -> tuple[np.ndarray, list[str]]:
+        """(X (records, features) float32, per record the comma-joined out-of-range names)."""
+        records = self.records(payload)
+        keys = self.keys
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict) or rec.keys() != keys:
+                self._explain_record(i, rec)
+        names = self.names
+        values = [rec[n] for rec in records for n in names]
+        if self.categorical:
+            values = self._encode_categories(records, values)
+        elif not all(type(v) in _NUMBER for v in values):  # bool, str, None, list ...
+            values = self._numbers_or_explain(records, values)
+        with np.errstate(over="ignore"):
+            X32 = np.array(values, dtype=np.float64).astype(np.float32)
+        X32 = X32.reshape(len(records), len(names))
+        if np.isinf(X32).any():  # beyond float32's range
+            self._explain_values(records)
+        below, above = np.less(X32, self.low), np.greater(X32, self.high)  # NaN: False
+        outside = self.numeric & (below | above)
+        flags = [
+            ",".join(names[j] for j in np.flatnonzero(row)) if row.any() else "" for row in outside
+        ]
+        return X32, flags
+
+    def _numbers_or_explain(self, records: list[Any], values: list[Any]) -> list[Any]:
+        if all(type(v) in _NUMBER or v is None for v in values):
+            return [math.nan if v is None else v for v in values]
+        self._explain_values(records)
+        raise AssertionError("unreachable: _explain_values raises")
+
+    def _encode_categories(self, records: list[Any], values: list[Any]) -> list[Any]:
+        width = len(self.names)
+        out = list(values)
+        for k, v in enumerate(values):
+            j = k % width
+            lookup = self.categorical.get(j)
+            if lookup is None:
+                if type(v) in _NUMBER:
+                    continue
+                if v is None:
+                    out[k] = math.nan
+                    continue
+            elif v is None:
+                out[k] = math.nan
+                continue
+            elif type(v) in (str, int) and str(v) in lookup:
+                out[k] = lookup[str(v)]
+                continue
+            self._explain_values(records)
+        return out
+
+    def _explain_record(self, i: int, rec: Any) -> None:
+        where = f"records[{i}]"
+        if not isinstance(rec, dict):
+            raise RequestError(422, f"{where}: expected an object of features, got {_kind(rec)}")
+        unknown = sorted(set(rec) - self.keys)
+        if unknown:
+            raise RequestError(
+                422, f"{where}: unknown field {unknown[0]!r}; not a feature of schema.json"
+            )
+        missing = [n for n in self.names if n not in rec]
+        raise RequestError(
+            422,
+            f"{where}: missing field {missing[0]!r} ({len(missing)} missing); every feature of "
+            "schema.json is required (null for a missing value)",
+        )
+
+    def _explain_values(self, records: list[Any]) -> None:
+        for i, rec in enumerate(records):
+            for j, name in enumerate(self.names):
+                v = rec[name]
+                where = f"records[{i}].{name}"
+                if v is None:
+                    continue
+                if j in self.categorical:
+                    cats = self.categorical[j]
+                    if type(v) not in (str, int):
+                        raise RequestError(
+                            422, f"{where}: expected a category (string), got {_kind(v)} {_show(v)}"
+                        )
+                    if str(v) not in cats:
+                        shown = list(cats)[:20]
+                        raise RequestError(
+                            422,
+                            f"{where}: category {_show(v)} was never seen in training; expected "
+                            f"one of {shown}{' ...' if len(cats) > 20 else ''}",
+                        )
+                elif type(v) not in _NUMBER:
+                    raise RequestError(
+                        422, f"{where}: expected a number, got {_kind(v)} {_show(v)}"
+                    )
+                elif not math.isfinite(v) or abs(v) > 3.4e38:
+                    raise RequestError(422, f"{where}: {_show(v)} is not a finite float32 number")
+        raise RequestError(422, "records: a value is not a finite number")
+
+
+def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[str, int, int]]:
+    """[(request id, index, true class index)] from a feedback body."""
+    if not isinstance(payload, dict) or set(payload) != {"feedback"}:
+        raise RequestError(422, 'body: expected an object {"feedback": [...]} and nothing else')
+    items = payload["feedback"]
+    if not isinstance(items, list) or not items:
+        raise RequestError(422, "feedback: expected a non-empty list")
+    if len(items) > max_items:
+        raise RequestError(413, f"feedback: {len(items)} items; at most {max_items}")
+    lookup = {c: i for i, c in enumerate(schema.classes)}
+    out = []
+    for k, item in enumerate(items):
+        where = f"feedback[{k}]"
+        if not isinstance(item, dict):
+            raise RequestError(422, f"{where}: expected an object, got {_kind(item)}")
+        unknown = sorted(set(item) - {"request_id", "index", "label"})
+        if unknown:
+            raise RequestError(422, f"{where}: unknown field {unknown[0]!r}")
+        rid, idx = item.get("request_id"), item.get("index", 0)
+        if not isinstance(rid, str) or not 0 < len(rid) <= 64:
+            raise RequestError(422, f"{where}.request_id: expected the id /predict returned")
+        if type(idx) is not int or idx < 0:
+            raise RequestError(422, f"{where}.index: expected an integer >= 0, got {_show(idx)}")
+        if "label" not in item:
+            raise RequestError(422, f"{where}: missing field 'label'")
+        label = item["label"]
+        # type(True) is bool, not int: True must not pass for class 1.
+        if type(label) not in (str, int, float) or label not in lookup:
+            raise RequestError(
+                422,
+                f"{where}.label: {_show(label)} is not one of the schema's classes "
+                f"{list(schema.classes)[:20]}",
+            )
+        out.append((rid, idx, lookup[label]))
+    return out

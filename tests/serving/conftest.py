@@ -1,0 +1,173 @@
+"""Serving fixtures: a promoted champion from the tiny pipeline, and a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from pipeline import evaluate, export
+from tests.conftest import ROOT, TINY, export_args, repo_params, with_overrides
+
+# A gate every tiny model passes: these tests are about serving, not about model quality.
+LENIENT = {
+    **TINY,
+    "gate.variant": "fp32",
+    "gate.min_accuracy": 0.0,
+    "gate.min_robust_accuracy": 0.0,
+    "gate.max_ece": 1.0,
+    "gate.max_p99_latency_ms": 1000.0,
+    "gate.max_accuracy_drop": 1.0,
+    "gate.max_robust_drop": 1.0,
+}
+
+
+def promote(inputs: Path, candidate: Path, model_pt: Path, trained: Path, state: Path) -> dict:
+    """Run the evaluate stage on ``candidate`` against the registry under ``state``."""
+    params = state / "params.yaml"
+    if not params.exists():
+        params.write_text(yaml.safe_dump(with_overrides(repo_params(LENIENT), {})))
+    code = evaluate.main(
+        [
+            "--params",
+            str(params),
+            "--schema",
+            f"{inputs}/data/schema.json",
+            "--test",
+            f"{inputs}/data/prepared/test.parquet",
+            "--model",
+            str(model_pt),
+            "--onnx",
+            f"{candidate}/model.onnx",
+            "--onnx-int8",
+            f"{candidate}/model.int8.onnx",
+            "--export-metrics",
+            f"{candidate}/export.json",
+            "--robustness",
+            f"{candidate}/robustness.json",
+            "--train-metrics",
+            f"{trained}/train.json",
+            "--registry",
+            f"{state}/registry",
+            "--tracking-db",
+            f"{state}/mlflow.db",
+            "--metrics",
+            f"{state}/evaluate.json",
+        ]
+    )
+    assert code == 0
+    import json
+
+    return json.loads((state / "evaluate.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def second_candidate(
+    stage_inputs: Path, trained: Path, hardened: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The trained (unhardened) model exported: a second, different champion for reloads."""
+    out = tmp_path_factory.mktemp("second")
+    assert export.main(export_args(stage_inputs, trained / "model.pt", out)) == 0
+    (out / "robustness.json").write_bytes((hardened / "robustness.json").read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_state(
+    stage_inputs: Path, trained: Path, exported: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A folder with params.yaml and registry/ whose champion is the tiny hardened model."""
+    state = tmp_path_factory.mktemp("served")
+    decision = promote(stage_inputs, exported, exported / "hardened.pt", trained, state)
+    assert decision["promoted"] and decision["version"] == "1"
+    return state
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m serving` (so `bentoml serve`) as a subprocess on loopback."""
+
+    def __init__(self, state: Path, log_url: str, env: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = state / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "MLCYCLE_PARAMS": str(state / "params.yaml"),
+            "MLCYCLE_REGISTRY": str(state / "registry"),
+            "MLCYCLE_LOG_URL": log_url,
+            "PYTHONUNBUFFERED": "1",
+            "BENTOML_HOME": str(state / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # signals reach bentoml's whole process group
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready in {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text()[-5000:] if self.log_path.exists() else ""
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.send(sig)
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            return self.proc.wait(10)
+
+
+def post(url: str, body: Any, **kw: Any) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=30, **kw)
+
+
+@pytest.fixture(scope="session")
+def server(served_state: Path) -> Iterator[Server]:
+    """One service for the read-mostly tests, with feedback enabled."""
+    srv = Server(
+        served_state,
+        str(served_state / "production.db"),
+        env={"MLCYCLE_FEEDBACK_TOKEN": "s3cret"},
+    ).start()
+    yield srv
+    srv.stop()
