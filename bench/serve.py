@@ -38,15 +38,24 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its descendants (the server's process group)."""
-    total = 0.0
+    """User + system CPU of ``pid`` and all its descendants (BentoML's workers included)."""
     tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pid or int(stat.parent.name) == pid:  # pgrp == server's pid
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    family, total = {pid}, 0
+    changed = True
+    while changed:
+        changed = False
+        for child, (parent, _) in stats.items():
+            if parent in family and child not in family:
+                family.add(child)
+                changed = True
+    for member in family:
+        total += stats.get(member, (0, 0))[1]
+    return total / tick
 
 
 def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
@@ -111,28 +120,20 @@ def wrk(url: str, body: str, conns: int, seconds: int, tmp: Path) -> dict[str, f
     }
 
 
-def measure(
-    name: str, proc: subprocess.Popen, url: str, bodies: dict[int, str], seconds: int, tmp: Path
-) -> dict[str, dict[str, float]]:
-    results = {}
-    for label, rows, conns in CASES:
-        wrk(url, bodies[rows], conns, 2, tmp)  # warm up
-        cpu0 = cpu_seconds(proc.pid)
-        r = wrk(url, bodies[rows], conns, seconds, tmp)
-        r["cpu_ms_per_request"] = (cpu_seconds(proc.pid) - cpu0) * 1e3 / max(r["requests"], 1)
-        r["rows_per_s"] = r["rps"] * rows
-        results[label] = r
-        print(
-            f"{name:8} {label:22} {r['rps']:9.0f} req/s {r['rows_per_s']:10.0f} rows/s "
-            f"p50 {r['p50_ms']:6.2f} ms p99 {r['p99_ms']:6.2f} ms "
-            f"cpu {r['cpu_ms_per_request']:.3f} ms/req errors {r['errors']}"
-        )
-    return results
+def run_case(
+    proc: subprocess.Popen, url: str, body: str, rows: int, conns: int, seconds: int, tmp: Path
+) -> dict[str, float]:
+    cpu0 = cpu_seconds(proc.pid)
+    r = wrk(url, body, conns, seconds, tmp)
+    r["cpu_ms_per_request"] = (cpu_seconds(proc.pid) - cpu0) * 1e3 / max(r["requests"], 1)
+    r["rows_per_s"] = r["rps"] * rows
+    return r
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; best is kept")
     parser.add_argument("--registry", default="registry")
     args = parser.parse_args()
     champion = (ROOT / args.registry / "champion").resolve()
@@ -141,65 +142,76 @@ def main() -> int:
     schema = json.loads((champion / "schema.json").read_text())
     record = {}
     for f in schema["features"]:
-        low, high = f.get("min", 0.0), f.get("max", 1.0)
-        record[f["name"]] = (
-            f["categories"][0] if f["kind"] == "categorical" else round((low + high) / 2, 3)
-        )
+        if f["kind"] == "categorical":
+            record[f["name"]] = f["categories"][0]
+        else:  # inside the training range: the common case, nothing flagged
+            record[f["name"]] = round((f.get("min", 0.0) + f.get("max", 1.0)) / 2, 3)
     bodies = {n: json.dumps({"records": [record] * n}) for n in (1, 256)}
-    results = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         env = {**os.environ, "MLCYCLE_BARE_DIR": str(champion), "OMP_NUM_THREADS": "1"}
-        port = free_port()
-        bare = start(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                "bench",
-                "bare_app:app",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env,
-            f"http://127.0.0.1:{port}/",
-        )
-        try:
-            results["bare"] = measure(
-                "bare", bare, f"http://127.0.0.1:{port}/predict", bodies, args.seconds, tmp
-            )
-        finally:
-            os.killpg(bare.pid, signal.SIGTERM)
-            bare.wait(30)
-        port = free_port()
-        env = {
-            **env,
-            "MLCYCLE_REGISTRY": str(ROOT / args.registry),
-            "MLCYCLE_LOG_URL": str(tmp / "bench.db"),
-            "BENTOML_DO_NOT_TRACK": "true",
+        bare_port, service_port = free_port(), free_port()
+        servers = {
+            "bare": start(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    "bench",
+                    "bare_app:app",
+                    "--port",
+                    str(bare_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env,
+                f"http://127.0.0.1:{bare_port}/",
+            ),
+            "service": start(
+                [sys.executable, "-m", "serving", "--port", str(service_port)],
+                {
+                    **env,
+                    "MLCYCLE_REGISTRY": str(ROOT / args.registry),
+                    "MLCYCLE_LOG_URL": str(tmp / "bench.db"),
+                    "BENTOML_DO_NOT_TRACK": "true",
+                },
+                f"http://127.0.0.1:{service_port}/readyz",
+            ),
         }
-        service = start(
-            [sys.executable, "-m", "serving", "--port", str(port)],
-            env,
-            f"http://127.0.0.1:{port}/readyz",
-        )
+        urls = {
+            "bare": f"http://127.0.0.1:{bare_port}/predict",
+            "service": f"http://127.0.0.1:{service_port}/predict",
+        }
+        best: dict[str, dict[str, dict[str, float]]] = {"bare": {}, "service": {}}
         try:
-            results["service"] = measure(
-                "service", service, f"http://127.0.0.1:{port}/predict", bodies, args.seconds, tmp
-            )
+            for label, rows, conns in CASES:
+                for name in servers:  # warm up
+                    wrk(urls[name], bodies[rows], conns, 2, tmp)
+                for _ in range(args.rounds):
+                    for name, proc in servers.items():
+                        r = run_case(proc, urls[name], bodies[rows], rows, conns, args.seconds, tmp)
+                        if label not in best[name] or r["rps"] > best[name][label]["rps"]:
+                            best[name][label] = r
+                for name in servers:
+                    r = best[name][label]
+                    print(
+                        f"{name:8} {label:22} {r['rps']:8.0f} req/s {r['rows_per_s']:8.0f} rows/s"
+                        f"  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
+                        f"  cpu {r['cpu_ms_per_request']:.3f} ms/req  non-2xx {r['errors']}",
+                        flush=True,
+                    )
         finally:
-            os.killpg(service.pid, signal.SIGTERM)
-            service.wait(60)
-    print("\nservice / bare:")
-    for label, _rows, _ in CASES:
-        s, b = results["service"][label], results["bare"][label]
+            for proc in servers.values():
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+    print(f"\nservice / bare (best of {args.rounds} alternating {args.seconds} s runs):")
+    for label, _, _ in CASES:
+        s, b = best["service"][label], best["bare"][label]
         print(
-            f"  {label:22} throughput {s['rps'] / b['rps']:.2f}x, "
-            f"p99 {s['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms, "
+            f"  {label:22} throughput {s['rps'] / b['rps']:.2f}x, p50 {s['p50_ms']:.2f} vs "
+            f"{b['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms, "
             f"cpu/request {s['cpu_ms_per_request']:.3f} vs {b['cpu_ms_per_request']:.3f} ms"
         )
     return 0

@@ -13,7 +13,7 @@ Tables:
   seconds), model version, the raw features as float32 bytes in schema order (categoricals as
   their index in schema.json: what the ONNX graph consumed), the predicted class index, the
   probabilities as float32 bytes, latency, and the names of features outside the training range.
-  Indexed by time and by (model version, time) for the monitor's window queries.
+  Indexed by (time, model version) for the monitor's window queries.
 - ``feedback``: (request id, index) -> true class index and time; one label per prediction.
 - ``decisions``: what the monitor decided for a window, with its figures and reasons (JSON).
 
@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,12 @@ predictions = Table(
     Column("probabilities", LargeBinary, nullable=False),  # float32 (classes,)
     Column("latency_ms", Float, nullable=False),
     Column("out_of_range", Text, nullable=False),  # comma-separated feature names, or ""
-    Index("ix_predictions_ts", "ts"),
-    Index("ix_predictions_version_ts", "model_version", "ts"),
+    # One index serves windows by time and by time and version; a second (version, ts) index
+    # cost 1.5 us more per logged row, a third of the insert.
+    Index("ix_predictions_ts_version", "ts", "model_version"),
 )
+
+PREDICTION_COLUMNS = tuple(c.name for c in predictions.columns)
 
 feedback = Table(
     "feedback",
@@ -138,15 +142,39 @@ class ProductionLog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        mark = {"qmark": "?", "numeric": ":1", "named": ":p"}.get(
+            self.engine.dialect.paramstyle, "%s"
+        )
+        self._insert_sql = self._values_sql(1, mark)
+        self._multirow = self._values_sql(100) if mark == "?" else None
+
+    @staticmethod
+    def _values_sql(rows: int, mark: str = "?") -> str:
+        one = f"({', '.join([mark] * len(PREDICTION_COLUMNS))})"
+        return f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) VALUES " + ", ".join(
+            [one] * rows
+        )
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def write_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert prediction rows (the ``predictions`` columns) in one transaction."""
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(insert(predictions), list(rows))
+    def write_predictions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert prediction rows (tuples in :data:`PREDICTION_COLUMNS` order), one transaction.
+
+        Straight to the driver's ``executemany``: SQLAlchemy's per-row parameter processing cost
+        more CPU than the inference it logs.
+        """
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            if self._multirow is None:
+                conn.exec_driver_sql(self._insert_sql, list(rows))
+                return
+            # SQLite: one statement per 100 rows (a third cheaper than executemany per row).
+            for k in range(0, len(rows), 100):
+                chunk = rows[k : k + 100]
+                sql = self._multirow if len(chunk) == 100 else self._values_sql(len(chunk))
+                conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
     def count(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -318,14 +346,21 @@ class GroupCommitWriter:
     only a hard kill can lose rows, and at most one interval's worth plus the batch in flight.
     """
 
-    def __init__(self, log: ProductionLog, interval_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        log: ProductionLog,
+        interval_s: float,
+        max_queue: int,
+        on_commit: Callable[[GroupCommitWriter], None] | None = None,
+    ) -> None:
         self.log = log
+        self.on_commit = on_commit
         self.interval_s = interval_s
         self.max_queue = max_queue
         self.queued = 0  # rows ever accepted
         self.written = 0  # rows ever committed (commits keep queue order)
         self.errors = 0
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="prodlog-writer", daemon=True)
@@ -336,7 +371,7 @@ class GroupCommitWriter:
         """Rows accepted but not yet committed."""
         return self.queued - self.written
 
-    def put(self, rows: list[dict[str, Any]]) -> bool:
+    def put(self, rows: list[tuple[Any, ...]]) -> bool:
         """Queue rows for the next commit; False (nothing queued) if the queue is full."""
         with self._cond:
             if self.queued - self.written + len(rows) > self.max_queue:
@@ -382,6 +417,8 @@ class GroupCommitWriter:
                     self.written += len(batch)
                     self._cond.notify_all()
                 batch = []
+                if self.on_commit is not None:
+                    self.on_commit(self)
             if stop:
                 with self._cond:
                     if not self._pending:

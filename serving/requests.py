@@ -23,6 +23,8 @@ import orjson
 from pipeline.schema import Schema
 
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(_NUMBER)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RequestError(Exception):
@@ -64,8 +66,7 @@ class RecordEncoder:
             if f.kind == "categorical"
         }
         self.numeric = np.array([f.kind == "numeric" for f in schema.features])
-        low, high = schema.bounds
-        self.low, self.high = low.astype(np.float32), high.astype(np.float32)
+        self.low, self.high = schema.bounds  # float64, schema order
 
     def records(self, payload: Any) -> list[Any]:
         if not isinstance(payload, dict):
@@ -92,27 +93,30 @@ class RecordEncoder:
     def encode(self, payload: Any) -> tuple[np.ndarray, list[str]]:
         """(X (records, features) float32, per record the comma-joined out-of-range names)."""
         records = self.records(payload)
-        keys = self.keys
-        for i, rec in enumerate(records):
-            if not isinstance(rec, dict) or rec.keys() != keys:
-                self._explain_record(i, rec)
         names = self.names
-        values = [rec[n] for rec in records for n in names]
+        try:  # every record holds every feature (a missing one, or a non-object, raises) ...
+            values = [rec[n] for rec in records for n in names]
+        except (KeyError, TypeError, IndexError):
+            values = None
+        # ... and nothing else: with every feature present, equal key counts mean equal keys.
+        if values is None or sum(map(len, records)) != len(records) * len(names):
+            self._explain_records(records)
         if self.categorical:
             values = self._encode_categories(records, values)
-        elif not all(type(v) in _NUMBER for v in values):  # bool, str, None, list ...
+        elif not set(map(type, values)) <= _NUMBER_TYPES:  # bool, str, None, list ...
             values = self._numbers_or_explain(records, values)
-        with np.errstate(over="ignore"):
-            X32 = np.array(values, dtype=np.float64).astype(np.float32)
-        X32 = X32.reshape(len(records), len(names))
-        if np.isinf(X32).any():  # beyond float32's range
+        X = np.array(values, dtype=np.float64).reshape(len(records), len(names))
+        # One pass flags values outside the training range (NaN compares False: a missing value
+        # is not out of range). Categoricals are valid indices by now, so only numbers trip it.
+        outside = np.less(X, self.low) | np.greater(X, self.high)
+        if not outside.any():
+            return X.astype(np.float32), [""] * len(records)
+        if (np.abs(X[outside]) > _FLOAT32_MAX).any():  # the graph computes in float32
             self._explain_values(records)
-        below, above = np.less(X32, self.low), np.greater(X32, self.high)  # NaN: False
-        outside = self.numeric & (below | above)
-        flags = [
-            ",".join(names[j] for j in np.flatnonzero(row)) if row.any() else "" for row in outside
-        ]
-        return X32, flags
+        flags = [""] * len(records)
+        for i in np.flatnonzero(outside.any(axis=1)).tolist():
+            flags[i] = ",".join(names[j] for j in np.flatnonzero(outside[i]).tolist())
+        return X.astype(np.float32), flags
 
     def _numbers_or_explain(self, records: list[Any], values: list[Any]) -> list[Any]:
         if all(type(v) in _NUMBER or v is None for v in values):
@@ -140,6 +144,12 @@ class RecordEncoder:
                 continue
             self._explain_values(records)
         return out
+
+    def _explain_records(self, records: list[Any]) -> None:
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict) or rec.keys() != self.keys:
+                self._explain_record(i, rec)
+        raise AssertionError("unreachable: a record failed the bulk check")
 
     def _explain_record(self, i: int, rec: Any) -> None:
         where = f"records[{i}]"
@@ -181,7 +191,7 @@ class RecordEncoder:
                     raise RequestError(
                         422, f"{where}: expected a number, got {_kind(v)} {_show(v)}"
                     )
-                elif not math.isfinite(v) or abs(v) > 3.4e38:
+                elif not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
                     raise RequestError(422, f"{where}: {_show(v)} is not a finite float32 number")
         raise RequestError(422, "records: a value is not a finite number")
 

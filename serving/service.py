@@ -23,24 +23,36 @@ and no training module.
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import hmac
+import itertools
 import logging
 import os
+import secrets
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import bentoml
-import numpy as np
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from pipeline.config import ServingConfig, read_params, section
 from pipeline.errors import MlcycleError
+from serving import asgi
+from serving.asgi import (
+    BodyTooLargeError,
+    DisconnectedError,
+    Receive,
+    Send,
+    headers,
+    read_body,
+    respond,
+)
 from serving.model import ChampionWatcher, LoadedModel
 from serving.openapi import openapi_spec
 from serving.prodlog import (
@@ -111,6 +123,11 @@ class State:
         self.cfg = cfg
         self.metrics = Metrics()
         self.encoders: dict[str, RecordEncoder] = {}
+        self.class_counters: dict[str, list[Any]] = {}  # version -> counter child per class
+        # Request ids: a random prefix per process and a counter (unique across workers and
+        # restarts, and cheaper than a uuid4 per request).
+        self._prefix = secrets.token_hex(6)
+        self._ids = itertools.count()
         self.watcher = ChampionWatcher(Path(cfg.registry), cfg.reload_interval_s, self._swapped)
         self.watcher.check()
         if self.watcher.current is None:
@@ -118,15 +135,28 @@ class State:
             why = self.watcher.refused.get(target, "no champion has been promoted yet")
             raise MlcycleError(f"cannot serve {target}: {why}; run `make repro` to promote one")
         self.log = ProductionLog(cfg.log_url)
-        self.writer = GroupCommitWriter(self.log, cfg.commit_interval_ms / 1000, cfg.max_queue)
+        self.writer = GroupCommitWriter(
+            self.log, cfg.commit_interval_ms / 1000, cfg.max_queue, on_commit=self._committed
+        )
+        self.predict_latency = self.metrics.latency.labels(endpoint="predict")
         self.in_flight = 0
         self.token = os.environ.get(cfg.feedback_token_env) or None
         self.watcher.start()
 
+    def next_id(self) -> str:
+        return self._prefix + str(next(self._ids))
+
     def _swapped(self, model: LoadedModel) -> None:
         self.encoders[model.version] = RecordEncoder(model.schema, self.cfg.max_batch)
+        self.class_counters[model.version] = [
+            self.metrics.predictions.labels(label=str(c)) for c in model.schema.classes
+        ]
         for version in list(self.encoders):
             self.metrics.model.labels(version=version).set(int(version == model.version))
+
+    def _committed(self, writer: GroupCommitWriter) -> None:
+        self.metrics.queue.set(writer.depth)
+        self.metrics.written.set(writer.written)
 
     def close(self) -> None:
         self.watcher.stop()
@@ -153,6 +183,12 @@ class Mlcycle:
         except MlcycleError as exc:
             log.error("serving: %s", exc)
             raise SystemExit(2) from None
+        _current[:] = [self.state]  # the routes' handle on it (bentoml's lookup costs 7 us)
+        # Everything loaded so far lives as long as the process: keep the garbage collector from
+        # walking it again. Full collections over BentoML's import graph paused requests for
+        # about 100 ms (p99 went from 0.4 ms to 80+ ms at one connection).
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.state.watcher.current is not None
@@ -162,148 +198,147 @@ class Mlcycle:
         self.state.close()
 
 
+_current: list[State] = []  # this worker's state, set once by Mlcycle.__init__
+
+
 def _state() -> State:
-    return bentoml.get_current_service().state
+    return _current[0]
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
-def _refuse(st: State, status: int, reason: str, message: str, **headers: str) -> Response:
+RETRY = [(b"retry-after", b"1")]
+
+
+async def _refuse(
+    send: Send,
+    st: State,
+    status: int,
+    reason: str,
+    message: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     st.metrics.rejected.labels(reason=reason).inc()
-    return _answer(status, {"error": message}, headers or None)
+    await respond(send, status, orjson.dumps({"error": message}), extra)
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it passes ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise RequestError(413, f"body: {length} bytes; at most serving.max_body_bytes = {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body: over serving.max_body_bytes = {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _json_body(scope: dict[str, Any], receive: Receive, limit: int) -> Any:
+    """The parsed JSON body, or :class:`RequestError` (415, 413, 400) naming the problem."""
+    return parse_json(await _body(scope, receive, limit))
 
 
-def _check_json(request: Request) -> None:
-    kind = request.headers.get("content-type", "")
-    if kind.split(";")[0].strip().lower() != JSON:
-        raise RequestError(415, f"content-type: {kind or 'none'!r}; expected {JSON}")
+async def _body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
+    """The raw JSON body, or :class:`RequestError` (415, 413) naming the problem."""
+    kind, length = headers(scope, b"content-type", b"content-length")
+    if kind is None or kind.split(b";")[0].strip().lower() != asgi.JSON:
+        shown = kind.decode("latin-1") if kind else "none"
+        raise RequestError(415, f"content-type: {shown!r}; expected application/json")
+    try:
+        return await read_body(receive, length, limit)
+    except BodyTooLargeError as exc:
+        size = f"{exc.size} bytes" if exc.size is not None else "over the limit"
+        raise RequestError(413, f"body: {size}; at most serving.max_body_bytes = {limit}") from None
 
 
-async def predict(request: Request) -> Response:
+async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """POST /predict: records -> labels and probabilities, each row logged."""
     start = time.perf_counter()
-    st = _state()
+    st = _current[0]
     cfg = st.cfg
     # Refusals before the body is read: they cost a counter and a small response.
     if st.in_flight >= cfg.max_in_flight:
-        return _refuse(
-            st, 503, "overloaded", "overloaded: too many requests in flight", **{"Retry-After": "1"}
-        )
+        return await _refuse(send, st, 503, "overloaded", "overloaded: too many requests", RETRY)
     if st.writer.depth >= cfg.max_queue:
-        return _refuse(
-            st,
-            503,
-            "log_backlog",
-            "overloaded: the production log is behind",
-            **{"Retry-After": "1"},
+        return await _refuse(
+            send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
         )
     st.in_flight += 1
     try:
-        _check_json(request)
-        body = await _body(request, cfg.max_body_bytes)
+        payload = await _json_body(scope, receive, cfg.max_body_bytes)
         model = st.watcher.current  # one model for the whole request, even if a swap happens
-        X, flags = st.encoders[model.version].encode(parse_json(body))
+        X, flags = st.encoders[model.version].encode(payload)
         probs, labels = model.predict(X)
     except RequestError as exc:
-        return _refuse(st, exc.status, f"http_{exc.status}", exc.message)
-    except ClientDisconnect:
-        return _refuse(st, 400, "disconnect", "client disconnected")
+        return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
+    except DisconnectedError:
+        st.metrics.rejected.labels(reason="disconnect").inc()
+        return None
     finally:
         st.in_flight -= 1
-    rid = uuid.uuid4().hex
+    rid = st.next_id()
     now = time.time()
     latency_ms = (time.perf_counter() - start) * 1e3
-    rows = [
-        {
-            "request_id": rid,
-            "idx": i,
-            "ts": now,
-            "model_version": model.version,
-            "features": X[i].tobytes(),
-            "label": int(labels[i]),
-            "probabilities": probs[i].tobytes(),
-            "latency_ms": latency_ms,
-            "out_of_range": flags[i],
-        }
-        for i in range(len(X))
+    version = model.version
+    label_list = labels.tolist()
+    rows = [  # prodlog.PREDICTION_COLUMNS order
+        (rid, i, now, version, X[i].tobytes(), lab, probs[i].tobytes(), latency_ms, flags[i])
+        for i, lab in enumerate(label_list)
     ]
     if not st.writer.put(rows):  # no answer goes out that the log would not hold
-        return _refuse(
-            st,
-            503,
-            "log_backlog",
-            "overloaded: the production log is behind",
-            **{"Retry-After": "1"},
+        return await _refuse(
+            send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
         )
     classes = model.schema.classes
     out = [
         {"index": i, "label": classes[lab], "probabilities": p}
-        for i, (lab, p) in enumerate(zip(labels.tolist(), probs.tolist(), strict=True))
+        for i, (lab, p) in enumerate(zip(label_list, probs.tolist(), strict=True))
     ]
     flagged = [i for i, f in enumerate(flags) if f]
     for i in flagged:
         out[i]["out_of_range"] = flags[i].split(",")
-    m = st.metrics
-    m.latency.labels(endpoint="predict").observe(time.perf_counter() - start)
-    for lab, count in zip(*np.unique(labels, return_counts=True), strict=True):
-        m.predictions.labels(label=str(classes[lab])).inc(int(count))
+    counters = st.class_counters[version]
+    for lab, count in collections.Counter(label_list).items():
+        counters[lab].inc(count)
     if flagged:
-        m.out_of_range.inc(len(flagged))
-    m.queue.set(st.writer.depth)
-    m.written.set(st.writer.written)
-    return _answer(
-        200,
-        {"request_id": rid, "model_version": model.version, "classes": classes, "predictions": out},
+        st.metrics.out_of_range.inc(len(flagged))
+    body = orjson.dumps(
+        {"request_id": rid, "model_version": version, "classes": classes, "predictions": out}
     )
+    st.predict_latency.observe(time.perf_counter() - start)
+    await respond(send, 200, body)
+    return None
 
 
-async def feedback(request: Request) -> Response:
-    st = _state()
+async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """POST /feedback: true labels for served predictions (bearer token)."""
+    st = _current[0]
     if st.token is None:
-        return _refuse(
+        return await _refuse(
+            send,
             st,
             403,
             "feedback_disabled",
             f"feedback is disabled: set {st.cfg.feedback_token_env} in the service's environment "
             "to a secret token, restart, and send 'Authorization: Bearer <token>'",
         )
-    given = request.headers.get("authorization", "")
-    if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:], st.token)):
-        return _refuse(
+    (given,) = headers(scope, b"authorization")
+    token = given[7:].decode("latin-1") if given and given.startswith(b"Bearer ") else ""
+    if not hmac.compare_digest(token.encode(), st.token.encode()):
+        return await _refuse(
+            send,
             st,
             401,
             "unauthorized",
             "feedback needs 'Authorization: Bearer <token>'",
-            **{"WWW-Authenticate": "Bearer"},
+            [(b"www-authenticate", b"Bearer")],
         )
     try:
-        _check_json(request)
-        body = await _body(request, st.cfg.max_body_bytes)
+        payload = await _json_body(scope, receive, st.cfg.max_body_bytes)
         model = st.watcher.current
-        items = parse_feedback(parse_json(body), model.schema, st.cfg.max_batch)
+        items = parse_feedback(payload, model.schema, st.cfg.max_batch)
         # Predictions answered a moment ago may still be queued: commit them first.
         await asyncio.to_thread(st.writer.flush)
         result = await asyncio.to_thread(st.log.add_feedback, items, time.time())
     except RequestError as exc:
-        return _refuse(st, exc.status, f"http_{exc.status}", exc.message)
+        return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
+    except DisconnectedError:
+        return None
     except UnknownPredictionsError as exc:
         rid, idx = exc.keys[0]
-        return _refuse(
+        return await _refuse(
+            send,
             st,
             404,
             "unknown_prediction",
@@ -311,8 +346,9 @@ async def feedback(request: Request) -> Response:
             f"({len(exc.keys)} unknown); use the request_id and index /predict returned",
         )
     except FeedbackConflictError as exc:
-        return _refuse(st, 409, "conflict", f"feedback: {exc}")
-    return _answer(200, result)
+        return await _refuse(send, st, 409, "conflict", f"feedback: {exc}")
+    await respond(send, 200, orjson.dumps(result))
+    return None
 
 
 async def model_info(_: Request) -> Response:
@@ -338,10 +374,43 @@ async def openapi(_: Request) -> Response:
 
 app = Starlette(
     routes=[
-        Route("/predict", predict, methods=["POST"]),
-        Route("/feedback", feedback, methods=["POST"]),
         Route("/model", model_info, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 )
 Mlcycle = bentoml.asgi_app(app)(Mlcycle)
+
+
+class FastPath:
+    """ASGI in front of BentoML's app: ``POST /predict`` and ``/feedback`` go straight to their
+    handlers; everything else (health, metrics, /model, lifespan) to BentoML.
+
+    BentoML wraps every request in its tracing, traffic-metrics, timeout and context middlewares
+    (a timeout is an asyncio task per request): about 0.1 ms of CPU, as much as the bare app's
+    whole request. The hot routes keep their own Prometheus series and overload guard instead.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.routes = {"/predict": predict, "/feedback": feedback}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                try:
+                    return await handler(scope, receive, send)
+                except Exception:  # a bug, not the client's fault: one 500, one traceback
+                    log.exception("%s failed", scope["path"])
+                    return await respond(send, 500, b'{"error": "internal error"}')
+        return await self.inner(scope, receive, send)
+
+
+class _Service(type(Mlcycle)):  # BentoML's Service, serving its app behind FastPath
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return FastPath(super().to_asgi(is_main))
+
+
+Mlcycle.__class__ = _Service
