@@ -1,0 +1,130 @@
+"""The production log: rows, windows, feedback rules and the group-commit writer's guarantees.
+
+Each test runs against embedded SQLite and, in the slow tier, a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.prodlog import (
+    FeedbackConflictError,
+    GroupCommitWriter,
+    ProductionLog,
+    UnknownPredictionsError,
+)
+from tests import postgres
+
+
+@pytest.fixture(scope="module")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with postgres.postgres_server(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProductionLog]:
+    if request.param == "sqlite":
+        url = str(tmp_path / "log.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+    plog = ProductionLog(url)
+    if request.param == "postgresql":  # one server for the module: start each test empty
+        with plog.engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE predictions, feedback, decisions")
+    yield plog
+    plog.close()
+
+
+def rows(request_id: str, n: int, ts: float, version: str = "1", features: int = 3) -> list:
+    X = np.arange(n * features, dtype=np.float32).reshape(n, features)
+    P = np.full((n, 2), 0.5, np.float32)
+    return [
+        (request_id, i, ts, version, X[i].tobytes(), i % 2, P[i].tobytes(), 0.2, "")
+        for i in range(n)
+    ]
+
+
+def test_windows_return_rows_oldest_first_with_their_feedback(log: ProductionLog) -> None:
+    log.write_predictions(rows("a", 3, 100.0) + rows("b", 2, 200.0, "2"))
+    log.add_feedback([("a", 1, 0), ("b", 0, 1)], now=300.0)
+    w = log.window(last=4)
+    assert w.request_id == ["a", "a", "b", "b"] and list(w.idx) == [1, 2, 0, 1]
+    assert w.X.shape == (4, 3) and w.X[0].tolist() == [3.0, 4.0, 5.0]
+    assert list(w.true_label) == [0, -1, 1, -1]
+    assert w.probabilities.shape == (4, 2)
+    assert len(log.window(since=150.0)) == 2 and len(log.window(until=150.0)) == 3
+    assert log.window(model_version="2").request_id == ["b", "b"]
+    assert log.window(labelled_only=True).request_id == ["a", "b"]
+    assert log.count() == {"predictions": 5, "feedback": 2, "decisions": 0}
+
+
+def test_feedback_is_idempotent_and_all_or_nothing(log: ProductionLog) -> None:
+    log.write_predictions(rows("a", 2, 1.0))
+    assert log.add_feedback([("a", 0, 1)], now=2.0) == {"stored": 1, "duplicates": 0}
+    assert log.add_feedback([("a", 0, 1), ("a", 1, 0)], now=3.0) == {"stored": 1, "duplicates": 1}
+    with pytest.raises(UnknownPredictionsError) as info:
+        log.add_feedback([("a", 1, 0), ("zzz", 0, 1)], now=4.0)
+    assert info.value.keys == [("zzz", 0)]
+    with pytest.raises(FeedbackConflictError, match="already has another label"):
+        log.add_feedback([("a", 0, 0)], now=5.0)
+    assert log.count()["feedback"] == 2  # nothing from the refused calls
+
+
+def test_decisions_round_trip(log: ProductionLog) -> None:
+    log.record_decision(
+        window_start=1.0, window_end=2.0, rows=50, decision="retrain",
+        figures={"drift_share": 0.3}, reasons=["drift in 3 windows"], now=3.0,
+    )  # fmt: skip
+    (d,) = log.decisions()
+    assert d["decision"] == "retrain" and d["figures"] == {"drift_share": 0.3}
+    assert d["reasons"] == ["drift in 3 windows"] and d["rows"] == 50
+
+
+def test_writer_commits_in_groups_and_close_loses_nothing(log: ProductionLog) -> None:
+    writer = GroupCommitWriter(log, interval_s=0.05, max_queue=10_000)
+    for k in range(200):
+        assert writer.put(rows(f"r{k}", 3, time.time()))
+    writer.flush()
+    assert log.count()["predictions"] == 600 and writer.depth == 0
+    for k in range(200, 300):
+        writer.put(rows(f"r{k}", 1, time.time()))
+    writer.close()  # SIGTERM's path: everything accepted is committed
+    assert log.count()["predictions"] == 700 and writer.written == 700
+
+
+def test_a_full_queue_refuses_instead_of_dropping(tmp_path: Path) -> None:
+    log = ProductionLog(str(tmp_path / "log.db"))
+    writer = GroupCommitWriter(log, interval_s=10.0, max_queue=5)  # never wakes on its own
+    assert writer.put(rows("a", 4, 1.0))
+    assert not writer.put(rows("b", 2, 1.0))  # would pass the cap: refused whole
+    assert writer.depth == 4
+    writer.close()
+    assert log.count()["predictions"] == 4
+
+
+class FlakyLog:
+    """Fails its first two writes, as a database that is briefly down."""
+
+    def __init__(self, inner: ProductionLog) -> None:
+        self.inner, self.failures = inner, 2
+
+    def write_predictions(self, batch: list) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database is locked")
+        self.inner.write_predictions(batch)
+
+
+def test_a_failed_write_is_retried_not_dropped(tmp_path: Path) -> None:
+    log = ProductionLog(str(tmp_path / "log.db"))
+    writer = GroupCommitWriter(FlakyLog(log), interval_s=0.01, max_queue=100)  # type: ignore[arg-type]
+    writer.put(rows("a", 5, 1.0))
+    writer.flush(timeout=10)
+    writer.close()
+    assert writer.errors == 2 and log.count()["predictions"] == 5

@@ -1,0 +1,211 @@
+"""The service over HTTP: a real `python -m serving` (bentoml serve) on loopback.
+
+Answers equal the ONNX graph's on the whole test split, every bad request is a 4xx naming the
+problem, every answered record is in the production log, feedback is authenticated and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.runtime import predict as graph_predict
+from pipeline.runtime import session
+from pipeline.schema import LABEL, Schema
+from serving.prodlog import ProductionLog
+from tests.conftest import ROOT
+from tests.serving.conftest import Server, post
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+
+
+def split(stage_inputs: Path) -> tuple[list[dict[str, float]], np.ndarray, Schema]:
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    X = test[schema.names].to_numpy(np.float32)
+    records = [dict(zip(schema.names, row, strict=True)) for row in X.tolist()]
+    return records, X, schema
+
+
+def wait_logged(server: Server, n: int, timeout: float = 10) -> ProductionLog:
+    log = ProductionLog(str(server.state / "production.db"))
+    deadline = time.monotonic() + timeout
+    while log.count()["predictions"] < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
+
+
+def test_answers_equal_the_graph_on_the_whole_test_split(
+    server: Server, stage_inputs: Path, served_state: Path
+) -> None:
+    records, X, schema = split(stage_inputs)
+    probs, labels = graph_predict(session(served_state / "registry/champion/model.onnx"), X)
+    r = post(f"{server.url}/predict", {"records": records})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "1" and body["classes"] == list(schema.classes)
+    got = [p["label"] for p in body["predictions"]]
+    assert got == [schema.classes[k] for k in labels.tolist()] and len(got) == 360
+    np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probs, atol=1e-6)
+    for i in range(5):  # one record at a time, too
+        one = post(f"{server.url}/predict", {"records": [records[i]]}).json()
+        assert one["predictions"][0]["label"] == got[i]
+
+    log = wait_logged(server, 365)
+    window = log.window(model_version="1")
+    mine = [k for k, rid in enumerate(window.request_id) if rid == body["request_id"]]
+    assert len(mine) == 360  # one row per answered record
+    np.testing.assert_array_equal(window.X[mine], X)
+    np.testing.assert_array_equal(window.label[mine], labels)
+    assert (window.latency_ms[mine] > 0).all()
+    truth = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")[LABEL].to_numpy()
+    assert (np.array(got) == np.array([schema.classes[k] for k in truth])).mean() > 0.3
+
+
+def record(schema_names: list[str], value: Any = 1.0) -> dict[str, Any]:
+    return dict.fromkeys(schema_names, value)
+
+
+BAD = {
+    "unknown field": (lambda n: {"records": [{**record(n), "extra": 1}]}, 422, "unknown field"),
+    "missing field": (lambda n: {"records": [record(n[1:])]}, 422, "missing field 'pixel_0_0'"),
+    "wrong type": (
+        lambda n: {"records": [{**record(n), "pixel_3_3": "x"}]},
+        422,
+        "records[0].pixel_3_3: expected a number, got str 'x'",
+    ),
+    "bool": (lambda n: {"records": [{**record(n), "pixel_1_1": True}]}, 422, "got bool"),
+    "empty list": (lambda n: {"records": []}, 422, "records: empty list"),
+    "too many records": (lambda n: {"records": [record(n)] * 1025}, 413, "max_batch = 1024"),
+    "not an object": (lambda n: [record(n)], 422, "expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_records_are_4xx_naming_the_problem(
+    server: Server, stage_inputs: Path, case: str
+) -> None:
+    _, _, schema = split(stage_inputs)
+    make, status, message = BAD[case]
+    r = post(f"{server.url}/predict", make(schema.names))
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "message"),
+    [
+        (b'{"records": [', {"content-type": "application/json"}, 400, "malformed JSON"),
+        (b'{"records": [{"a": NaN}]}', {"content-type": "application/json"}, 400, "malformed"),
+        (b'{"records": [{"a": 1e999}]}', {"content-type": "application/json"}, 400, "malformed"),
+        (b"records=1", {"content-type": "application/x-www-form-urlencoded"}, 415, "expected"),
+        (b"{}", {}, 415, "content-type"),
+        (b" " * (4 * 2**20 + 1), {"content-type": "application/json"}, 413, "4194305 bytes"),
+    ],
+)
+def test_bad_bodies_are_4xx(
+    server: Server, content: bytes, headers: dict, status: int, message: str
+) -> None:
+    r = httpx.post(f"{server.url}/predict", content=content, headers=headers, timeout=30)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_a_streamed_body_over_the_limit_is_cut_off(server: Server) -> None:
+    def chunks():  # no Content-Length: the service counts as it reads
+        for _ in range(5):
+            yield b" " * 2**20
+
+    r = httpx.post(
+        f"{server.url}/predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413 and "over the limit" in r.json()["error"]
+
+
+def test_out_of_range_values_are_served_and_flagged(server: Server, stage_inputs: Path) -> None:
+    records, _, _ = split(stage_inputs)
+    rec = {**records[0], "pixel_0_0": 99.0}  # pixel_0_0 is 0 in every digit
+    body = post(f"{server.url}/predict", {"records": [rec]}).json()
+    assert body["predictions"][0]["out_of_range"] == ["pixel_0_0"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "mlcycle_out_of_range_records_total" in metrics
+
+
+def test_feedback_needs_the_token_and_stores_only_valid_labels(server: Server) -> None:
+    names = [f"pixel_{i}_{j}" for i in range(8) for j in range(8)]
+    answer = post(f"{server.url}/predict", {"records": [record(names, 2.0)] * 2})
+    rid = answer.json()["request_id"]
+    good = {"feedback": [{"request_id": rid, "index": 1, "label": 3}]}
+    assert post(f"{server.url}/feedback", good).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    r = post(f"{server.url}/feedback", good, headers=wrong)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+    log = ProductionLog(str(server.state / "production.db"))
+    before = log.count()["feedback"]
+    unknown = {"feedback": [{"request_id": rid, "label": 3}, {"request_id": "nope", "label": 3}]}
+    r = post(f"{server.url}/feedback", unknown, headers=TOKEN)
+    assert r.status_code == 404 and "'nope' index 0 is not in the production log" in r.text
+    bad_label = {"feedback": [{"request_id": rid, "label": 10}]}
+    r = post(f"{server.url}/feedback", bad_label, headers=TOKEN)
+    assert r.status_code == 422 and "feedback[0].label: 10 is not one of" in r.text
+    assert log.count()["feedback"] == before  # nothing stored from the refused requests
+
+    # Right after /predict: the rows may still be queued; feedback commits them first.
+    assert post(f"{server.url}/feedback", good, headers=TOKEN).json() == {
+        "stored": 1,
+        "duplicates": 0,
+    }
+    again = post(f"{server.url}/feedback", good, headers=TOKEN)
+    assert again.json() == {"stored": 0, "duplicates": 1}  # idempotent
+    conflict = {"feedback": [{"request_id": rid, "index": 1, "label": 4}]}
+    assert post(f"{server.url}/feedback", conflict, headers=TOKEN).status_code == 409
+    assert log.count()["feedback"] == before + 1
+
+
+def test_model_health_metrics_and_openapi(server: Server) -> None:
+    model = httpx.get(f"{server.url}/model").json()
+    assert model["version"] == "1" and len(model["schema"]["features"]) == 64
+    assert model["metrics"]["promoted"] and "## Gate: PROMOTED" in model["model_card"]
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for series in (
+        "mlcycle_request_seconds_bucket",
+        "mlcycle_predictions_total",
+        "mlcycle_rejected_requests_total",
+        'mlcycle_model_version{version="1"} 1.0',
+        "mlcycle_log_queue_rows",
+        "mlcycle_log_rows_written",
+    ):
+        assert series in metrics, series
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    record_schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["properties"]["records"]["items"]
+    assert len(record_schema["required"]) == 64 and not record_schema["additionalProperties"]
+
+
+def test_without_a_champion_serving_exits_with_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving"],
+        cwd=ROOT,
+        env={"MLCYCLE_PARAMS": str(tmp_path / "params.yaml"),
+             "MLCYCLE_REGISTRY": str(tmp_path / "registry"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "no champion to serve" in proc.stderr and "make repro" in proc.stderr
