@@ -1,5 +1,6 @@
 # The README's commands. Each target creates .venv and installs the project into it if missing.
 #   make repro      run the pipeline (dvc repro) on the configured data
+#   make serve      the REST service over the champion on 127.0.0.1:3000 (python -m serving)
 #   make test       the default test suite (fast: mechanics on tiny settings, no slow or GPU tests)
 #   make test-all   ruff, then every test but the GPU ones (quality floors, dvc repro): what CI runs
 #   make test-gpu   the GPU tests (skip without CUDA)
@@ -11,7 +12,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-all test-gpu lint lock
+.PHONY: setup repro serve test test-all test-gpu lint lock
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: $(STAMP)
 	dvc repro
+
+serve: $(STAMP)
+	python -m serving --host 127.0.0.1 --port 3000
 
 test: $(STAMP)
 	pytest

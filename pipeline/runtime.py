@@ -8,14 +8,19 @@ from pathlib import Path
 import numpy as np
 
 
-def session(path: str | Path, threads: int = 1):  # -> onnxruntime.InferenceSession
-    """A CPU inference session; one intra-op thread keeps single-row latency steady."""
+def session(
+    path: str | Path, threads: int = 1, providers: list[str] | None = None
+):  # -> onnxruntime.InferenceSession
+    """An inference session, on the CPU unless ``providers`` says otherwise; one intra-op
+    thread keeps single-row latency steady."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+    )
 
 
 def predict(sess, X: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,13 @@ class LoadedModel:
         return probs, labels
 
 
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
 def load(directory: Path, threads: int = 1) -> LoadedModel:
     """Load and self-check the champion files in ``directory``."""
     directory = Path(directory).resolve()
@@ -57,7 +64,8 @@ def load(directory: Path, threads: int = 1) -> LoadedModel:
         schema = Schema.from_dict(json.loads((directory / "schema.json").read_text()))
         export = json.loads((directory / "export.json").read_text())
         card = (directory / "model_card.md").read_text()
-        sess = session(directory / "model.onnx", threads=threads)
+        # CUDA when the image has onnxruntime-gpu and a GPU (the Dockerfile's build argument).
+        sess = session(directory / "model.onnx", threads, _providers())
     except Exception as exc:  # a missing, truncated or foreign file: refuse the directory
         raise ModelLoadError(f"{directory}: {type(exc).__name__}: {exc}") from None
     model = LoadedModel(directory.name, directory, schema, sess, card, export)

