@@ -1,13 +1,15 @@
 """The service against a bare Starlette + onnxruntime app on the same graph, side by side.
 
-    python bench/serve.py [--seconds 10] [--registry registry]   (after `make repro`)
+    python bench/serve.py [--seconds 8] [--rounds 3] [--registry registry]   (after make repro)
 
-Each server runs pinned to CPU 0 and wrk (Debian's `wrk`) to CPU 1, so the load generator is
-not the bottleneck; both are bounded in time and send only to 127.0.0.1. Cases: 1-record
-requests at 8 connections (throughput), 1 record at 1 connection (latency), 256-record requests
-at 8 connections (rows/s). The service runs with validation and the production log on (a
-throwaway SQLite file). Prints requests/s, rows/s, p50 / p99 latency and server CPU per request,
-and the service / bare ratios.
+Three servers on the same graph: the bare app (bench/bare_app.py), the service (validation and
+the production log on, a throwaway SQLite file) and BentoML's adaptive batching
+(bench/batched_app.py: a typed batchable API, logging too). Each runs pinned to CPU 0 and wrk
+(Debian's `wrk`) to CPU 1, so the load generator is not the bottleneck; every run is bounded in
+time and sends only to 127.0.0.1. Cases: 1-record requests at 8 connections (throughput), 1
+record at 1 connection (latency), 256-record requests at 8 connections (rows/s); the servers'
+runs alternate and the best of ``--rounds`` is kept. Prints requests/s, rows/s, p50 / p99
+latency, server CPU per request and the ratio to the bare app, as a Markdown table.
 """
 
 from __future__ import annotations
@@ -146,11 +148,14 @@ def main() -> int:
             record[f["name"]] = f["categories"][0]
         else:  # inside the training range: the common case, nothing flagged
             record[f["name"]] = round((f.get("min", 0.0) + f.get("max", 1.0)) / 2, 3)
-    bodies = {n: json.dumps({"records": [record] * n}) for n in (1, 256)}
+    records = {n: json.dumps({"records": [record] * n}) for n in (1, 256)}
+    row = [float(v) if not isinstance(v, str) else 0.0 for v in record.values()]
+    arrays = {n: json.dumps({"features": [row] * n}) for n in (1, 256)}
+    bodies = {"bare": records, "service": records, "batched": arrays}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         env = {**os.environ, "MLCYCLE_BARE_DIR": str(champion), "OMP_NUM_THREADS": "1"}
-        bare_port, service_port = free_port(), free_port()
+        bare_port, service_port, batched_port = free_port(), free_port(), free_port()
         servers = {
             "bare": start(
                 [
@@ -179,19 +184,39 @@ def main() -> int:
                 },
                 f"http://127.0.0.1:{service_port}/readyz",
             ),
+            "batched": start(
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    "--working-dir",
+                    str(ROOT),
+                    "bench.batched_app:Batched",
+                    "--port",
+                    str(batched_port),
+                ],
+                {**env, "MLCYCLE_LOG_URL": str(tmp / "batched.db"), "BENTOML_DO_NOT_TRACK": "true"},
+                f"http://127.0.0.1:{batched_port}/readyz",
+            ),
         }
         urls = {
-            "bare": f"http://127.0.0.1:{bare_port}/predict",
-            "service": f"http://127.0.0.1:{service_port}/predict",
+            name: f"http://127.0.0.1:{port}/predict"
+            for name, port in (
+                ("bare", bare_port),
+                ("service", service_port),
+                ("batched", batched_port),
+            )
         }
-        best: dict[str, dict[str, dict[str, float]]] = {"bare": {}, "service": {}}
+        best: dict[str, dict[str, dict[str, float]]] = {name: {} for name in servers}
         try:
             for label, rows, conns in CASES:
                 for name in servers:  # warm up
-                    wrk(urls[name], bodies[rows], conns, 2, tmp)
+                    wrk(urls[name], bodies[name][rows], conns, 2, tmp)
                 for _ in range(args.rounds):
                     for name, proc in servers.items():
-                        r = run_case(proc, urls[name], bodies[rows], rows, conns, args.seconds, tmp)
+                        body = bodies[name][rows]
+                        r = run_case(proc, urls[name], body, rows, conns, args.seconds, tmp)
                         if label not in best[name] or r["rps"] > best[name][label]["rps"]:
                             best[name][label] = r
                 for name in servers:
@@ -206,14 +231,18 @@ def main() -> int:
             for proc in servers.values():
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
-    print(f"\nservice / bare (best of {args.rounds} alternating {args.seconds} s runs):")
+    print(f"\nagainst bare (best of {args.rounds} alternating {args.seconds} s runs):")
+    print("| case | server | requests/s | rows/s | vs bare | p50 ms | p99 ms | CPU ms/request |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, _, _ in CASES:
-        s, b = best["service"][label], best["bare"][label]
-        print(
-            f"  {label:22} throughput {s['rps'] / b['rps']:.2f}x, p50 {s['p50_ms']:.2f} vs "
-            f"{b['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms, "
-            f"cpu/request {s['cpu_ms_per_request']:.3f} vs {b['cpu_ms_per_request']:.3f} ms"
-        )
+        b = best["bare"][label]
+        for name in servers:
+            r = best[name][label]
+            print(
+                f"| {label} | {name} | {r['rps']:.0f} | {r['rows_per_s']:.0f} | "
+                f"{r['rps'] / b['rps']:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['cpu_ms_per_request']:.3f} |"
+            )
     return 0
 
 

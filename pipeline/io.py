@@ -4,19 +4,17 @@ Every stage output goes through :func:`atomic_outputs`: all files are written to
 their final folders and renamed into place only once every one of them has been written, so a
 failed stage leaves the previous outputs untouched instead of half-written ones.
 
-Writers are byte-stable: the same object gives the same bytes (no timestamps in ``.npz`` members,
-no temporary file names inside torch archives), so DVC's hashes depend on content alone. Readers
+Writers are byte-stable: the same object gives the same bytes (no temporary file names inside
+torch archives), so DVC's hashes depend on content alone. Readers
 turn a missing or unreadable input into :class:`MlcycleError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,17 +96,6 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False, engine="pyarrow")
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` with a fixed member timestamp, so equal arrays give equal bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            zf.writestr(
-                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
-            )
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:

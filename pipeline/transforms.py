@@ -24,8 +24,6 @@ from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from torch import nn
 
-from pipeline.io import write_npz
-
 KINDS = ("standardize", "quantile", "log_standardize")
 _ARRAYS = (
     "fill_",
@@ -127,7 +125,8 @@ class FeatureTransform(TransformerMixin, BaseEstimator):
 
     def save(self, npz_path: str | Path, json_path: str | Path, extra: dict | None = None) -> None:
         """Write arrays to ``npz_path`` and parameters plus ``extra`` to ``json_path``."""
-        write_npz(Path(npz_path), self.state())
+        with open(npz_path, "wb") as fh:  # np.savez would append .npz to a temp name
+            np.savez(fh, **self.state())  # members carry a fixed 1980 timestamp: stable bytes
         meta = {
             "params": self.get_params(),
             "n_features_in": self.n_features_in_,
