@@ -263,3 +263,41 @@ def exported(stage_inputs: Path, hardened: Path) -> Path:
 
     assert export.main(export_args(stage_inputs, hardened / "hardened.pt", hardened)) == 0
     return hardened
+
+
+def evaluate_args(
+    inputs: Path,
+    candidate: Path,
+    model_pt: Path,
+    robustness: Path,
+    train_metrics: Path,
+    params: Path,
+    state: Path,
+) -> list[str]:
+    """Arguments of ``pipeline.evaluate`` for ``candidate``'s graphs and ``state``'s registry."""
+    return [
+        "--params",
+        str(params),
+        "--schema",
+        f"{inputs}/data/schema.json",
+        "--test",
+        f"{inputs}/data/prepared/test.parquet",
+        "--model",
+        str(model_pt),
+        "--onnx",
+        f"{candidate}/model.onnx",
+        "--onnx-int8",
+        f"{candidate}/model.int8.onnx",
+        "--export-metrics",
+        f"{candidate}/export.json",
+        "--robustness",
+        str(robustness),
+        "--train-metrics",
+        str(train_metrics),
+        "--registry",
+        f"{state}/registry",
+        "--tracking-db",
+        f"{state}/mlflow.db",
+        "--metrics",
+        f"{state}/evaluate.json",
+    ]

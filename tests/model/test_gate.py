@@ -22,7 +22,7 @@ from pipeline.config import GateConfig, TrainConfig, section
 from pipeline.model import Classifier, ModelConfig, build_net
 from pipeline.tracking import Tracker
 from pipeline.training import fit, load_inputs
-from tests.conftest import TINY, export_args, repo_params
+from tests.conftest import TINY, evaluate_args, export_args, repo_params
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +56,15 @@ def run_evaluate(
     state: Path,
 ) -> dict:
     code = evaluate.main(
-        [
-            "--params",
-            str(params),
-            "--schema",
-            f"{inputs}/data/schema.json",
-            "--test",
-            f"{inputs}/data/prepared/test.parquet",
-            "--model",
-            str(model_pt),
-            "--onnx",
-            f"{candidate}/model.onnx",
-            "--onnx-int8",
-            f"{candidate}/model.int8.onnx",
-            "--export-metrics",
-            f"{candidate}/export.json",
-            "--robustness",
-            f"{hardened}/robustness.json",
-            "--train-metrics",
-            f"{trained}/train.json",
-            "--registry",
-            f"{state}/registry",
-            "--tracking-db",
-            f"{state}/mlflow.db",
-            "--metrics",
-            f"{state}/evaluate.json",
-        ]
+        evaluate_args(
+            inputs,
+            candidate,
+            model_pt,
+            hardened / "robustness.json",
+            trained / "train.json",
+            params,
+            state,
+        )
     )
     assert code == 0
     return json.loads((state / "evaluate.json").read_text())
@@ -173,33 +156,17 @@ def test_bad_gate_params_are_named(
     capsys: pytest.CaptureFixture,
 ) -> None:
     params = write_params({"gate.min_acuracy": 0.9})
+    robustness, train_metrics = exported / "robustness.json", trained / "train.json"
     code = evaluate.main(
-        [
-            "--params",
-            str(params),
-            "--schema",
-            f"{stage_inputs}/data/schema.json",
-            "--test",
-            f"{stage_inputs}/data/prepared/test.parquet",
-            "--model",
-            f"{exported}/hardened.pt",
-            "--onnx",
-            f"{exported}/model.onnx",
-            "--onnx-int8",
-            f"{exported}/model.int8.onnx",
-            "--export-metrics",
-            f"{exported}/export.json",
-            "--robustness",
-            f"{exported}/robustness.json",
-            "--train-metrics",
-            f"{trained}/train.json",
-            "--registry",
-            f"{tmp_path}/registry",
-            "--tracking-db",
-            f"{tmp_path}/mlflow.db",
-            "--metrics",
-            f"{tmp_path}/evaluate.json",
-        ]
+        evaluate_args(
+            stage_inputs,
+            exported,
+            exported / "hardened.pt",
+            robustness,
+            train_metrics,
+            params,
+            tmp_path,
+        )
     )
     assert code == 2
     assert "unknown key 'gate.min_acuracy'" in capsys.readouterr().err

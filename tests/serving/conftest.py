@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline import evaluate, export
-from tests.conftest import ROOT, TINY, export_args, repo_params, with_overrides
+from tests.conftest import ROOT, TINY, evaluate_args, export_args, repo_params, with_overrides
 
 # A gate every tiny model passes: these tests are about serving, not about model quality.
 LENIENT = {
@@ -39,36 +40,17 @@ def promote(inputs: Path, candidate: Path, model_pt: Path, trained: Path, state:
     if not params.exists():
         params.write_text(yaml.safe_dump(with_overrides(repo_params(LENIENT), {})))
     code = evaluate.main(
-        [
-            "--params",
-            str(params),
-            "--schema",
-            f"{inputs}/data/schema.json",
-            "--test",
-            f"{inputs}/data/prepared/test.parquet",
-            "--model",
-            str(model_pt),
-            "--onnx",
-            f"{candidate}/model.onnx",
-            "--onnx-int8",
-            f"{candidate}/model.int8.onnx",
-            "--export-metrics",
-            f"{candidate}/export.json",
-            "--robustness",
-            f"{candidate}/robustness.json",
-            "--train-metrics",
-            f"{trained}/train.json",
-            "--registry",
-            f"{state}/registry",
-            "--tracking-db",
-            f"{state}/mlflow.db",
-            "--metrics",
-            f"{state}/evaluate.json",
-        ]
+        evaluate_args(
+            inputs,
+            candidate,
+            model_pt,
+            candidate / "robustness.json",
+            trained / "train.json",
+            params,
+            state,
+        )
     )
     assert code == 0
-    import json
-
     return json.loads((state / "evaluate.json").read_text())
 
 
