@@ -243,6 +243,7 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
             "--suppress-health-check", "all",
         ],
         capture_output=True, text=True, timeout=1500,
+        cwd=tmp_path,  # its crash cache and hypothesis database stay out of the checkout
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     cases = 0
