@@ -58,3 +58,15 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
     assert (src / "serving/service.py").is_file() and (src / "pipeline/schema.py").is_file()
     assert (src / "params.yaml").is_file()
     assert "torch" not in (bento / "env/python/requirements.txt").read_text()
+
+
+def test_serving_imports_no_torch_and_no_training_module() -> None:
+    # DESIGN.md's layers: serving runs ONNX; torch and the training stages stay out of it.
+    code = (
+        "import sys, serving.service, serving.__main__; "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
+        "('pipeline.train', 'pipeline.training', 'pipeline.tune', 'pipeline.harden', "
+        "'pipeline.export', 'pipeline.evaluate', 'mlflow')]; print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
