@@ -19,33 +19,45 @@ def _feature(f: Any) -> dict[str, Any]:
     return {"type": "number", "nullable": True}
 
 
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A JSON object with these properties and no others."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}},
-                    "required": ["error"],
-                }
-            }
-        },
+        "content": _json(
+            {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+        ),
     }
 
 
 def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
-    record = {
-        "type": "object",
-        "properties": {f.name: _feature(f) for f in schema.features},
-        "required": schema.names,
-        "additionalProperties": False,
-    }
+    record = _object({f.name: _feature(f) for f in schema.features}, schema.names)
     class_type = (
         {"type": "integer"}
         if all(isinstance(c, int) for c in schema.classes)
         else {"type": "string"}
     )
+    item = _object(
+        {
+            "request_id": {"type": "string"},
+            "index": {"type": "integer", "minimum": 0},
+            "label": {**class_type, "enum": list(schema.classes)},
+        },
+        ["request_id", "label"],
+    )
+    records = {"type": "array", "items": record, "minItems": 1, "maxItems": cfg.max_batch}
     errors = {
         "400": _error("malformed JSON"),
         "413": _error("body or batch too large"),
@@ -62,28 +74,12 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
                     "operationId": "predict",
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "records": {
-                                            "type": "array",
-                                            "items": record,
-                                            "minItems": 1,
-                                            "maxItems": cfg.max_batch,
-                                        }
-                                    },
-                                    "required": ["records"],
-                                    "additionalProperties": False,
-                                }
-                            }
-                        },
+                        "content": _json(_object({"records": records}, ["records"])),
                     },
                     "responses": {
                         "200": {
                             "description": "a label and class probabilities per record",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
+                            "content": _json({"type": "object"}),
                         },
                         **errors,
                     },
@@ -95,34 +91,12 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "feedback": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "request_id": {"type": "string"},
-                                                    "index": {"type": "integer", "minimum": 0},
-                                                    "label": {
-                                                        **class_type,
-                                                        "enum": list(schema.classes),
-                                                    },
-                                                },
-                                                "required": ["request_id", "label"],
-                                                "additionalProperties": False,
-                                            },
-                                        }
-                                    },
-                                    "required": ["feedback"],
-                                    "additionalProperties": False,
-                                }
-                            }
-                        },
+                        "content": _json(
+                            _object(
+                                {"feedback": {"type": "array", "minItems": 1, "items": item}},
+                                ["feedback"],
+                            )
+                        ),
                     },
                     "responses": {
                         "200": {"description": "stored and duplicate counts"},

@@ -56,7 +56,6 @@ class RecordEncoder:
     """Turns validated records into the ONNX input, from one schema."""
 
     def __init__(self, schema: Schema, max_batch: int) -> None:
-        self.schema = schema
         self.max_batch = max_batch
         self.names = schema.names
         self.keys = frozenset(self.names)
@@ -65,7 +64,6 @@ class RecordEncoder:
             for j, f in enumerate(schema.features)
             if f.kind == "categorical"
         }
-        self.numeric = np.array([f.kind == "numeric" for f in schema.features])
         self.low, self.high = schema.bounds  # float64, schema order
 
     def records(self, payload: Any) -> list[Any]:
@@ -128,21 +126,16 @@ class RecordEncoder:
         width = len(self.names)
         out = list(values)
         for k, v in enumerate(values):
-            j = k % width
-            lookup = self.categorical.get(j)
-            if lookup is None:
-                if type(v) in _NUMBER:
-                    continue
-                if v is None:
-                    out[k] = math.nan
-                    continue
-            elif v is None:
+            lookup = self.categorical.get(k % width)
+            if v is None:  # missing: the graph imputes it
                 out[k] = math.nan
-                continue
+            elif lookup is None:
+                if type(v) not in _NUMBER:
+                    self._explain_values(records)
             elif type(v) in (str, int) and str(v) in lookup:
                 out[k] = lookup[str(v)]
-                continue
-            self._explain_values(records)
+            else:
+                self._explain_values(records)
         return out
 
     def _explain_records(self, records: list[Any]) -> None:

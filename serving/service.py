@@ -7,13 +7,14 @@ Endpoints: ``POST /predict``, ``POST /feedback`` (bearer token), ``GET /model``,
 ``GET /openapi.json`` (built from schema.json), and BentoML's ``/healthz``, ``/livez``,
 ``/readyz`` (ready once a model is loaded) and ``/metrics`` (Prometheus).
 
-The hot path is a plain Starlette route mounted on the BentoML service: BentoML's typed APIs cost
-about 2 ms of pydantic and dispatch per request (measured: 0.17x a bare Starlette app's
-one-record requests/s), and its adaptive batcher slowed lone requests and answered 503 under
-load. The route reads the body once, checks it against schema.json in bulk, runs onnxruntime
-inline (a one-record CNN pass is about 0.1 ms), queues one log row per record for the
-background group-commit writer and answers. BentoML still gives the process model (workers),
-packaging (bentofile.yaml), health probes and the metrics endpoint.
+The hot routes (``/predict``, ``/feedback``) are raw ASGI handlers that :class:`FastPath` puts in
+front of BentoML's app: BentoML's typed APIs cost about 2 ms of pydantic and dispatch per request
+(0.17x a bare Starlette app's one-record requests/s), its per-request middlewares about 0.1 ms,
+and its adaptive batcher slowed lone requests and answered 503 under load. ``/predict`` reads the
+body once, checks it against schema.json in bulk, runs onnxruntime inline (a one-record CNN pass
+is about 0.05 ms), queues one log row per record for the background group-commit writer and
+answers. BentoML still gives the process model (workers), packaging (bentofile.yaml), health
+probes, the metrics endpoint and the other routes (mounted Starlette app).
 
 Settings come from the ``serving`` section of params.yaml (``MLCYCLE_PARAMS`` names another
 file; ``MLCYCLE_REGISTRY`` and ``MLCYCLE_LOG_URL`` override the two locations). Imports no torch
@@ -261,7 +262,7 @@ async def _body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
 async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """POST /predict: records -> labels and probabilities, each row logged."""
     start = time.perf_counter()
-    st = _current[0]
+    st = _state()
     cfg = st.cfg
     # Refusals before the body is read: they cost a counter and a small response.
     if st.in_flight >= cfg.max_in_flight:
@@ -319,7 +320,7 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 
 async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """POST /feedback: true labels for served predictions (bearer token)."""
-    st = _current[0]
+    st = _state()
     if st.token is None:
         return await _refuse(
             send,
