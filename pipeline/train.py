@@ -135,8 +135,10 @@ def train(
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
     model = Classifier(inputs.transform.module(), build_net(mcfg))
     checkpoint = Path(args.checkpoint)
-    if rank != 0:
-        fit(
+
+    def run_fit(**logging: Any) -> FitResult:
+        """Every rank trains alike; rank 0 adds the MLflow hooks."""
+        return fit(
             model,
             inputs.train,
             inputs.val,
@@ -146,7 +148,11 @@ def train(
             checkpoint=checkpoint,
             rank=rank,
             world=world,
+            **logging,
         )
+
+    if rank != 0:
+        run_fit()
         return
 
     from pipeline.tracking import Tracker
@@ -162,15 +168,7 @@ def train(
         if resume_id is None:  # a resumed run already holds its params
             run.log_params({**dataclasses.asdict(cfg), "device": device.type, "world_size": world})
         start = time.perf_counter()
-        result = fit(
-            model,
-            inputs.train,
-            inputs.val,
-            cfg,
-            device,
-            image_shape=inputs.image_shape,
-            checkpoint=checkpoint,
-            world=world,
+        result = run_fit(
             on_epoch=lambda epoch, row: run.log_metrics(
                 {k: v for k, v in row.items() if k != "epoch"}, step=epoch
             ),
