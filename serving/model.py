@@ -7,9 +7,11 @@ from the schema's bounds with finite probabilities over the schema's classes. A 
 fails any of this raises :class:`ModelLoadError` and is never served.
 
 :class:`ChampionWatcher` polls ``<registry>/champion`` (the symlink promotion swaps atomically).
-When it points somewhere new, the new model is loaded and checked beside the old one and only
-then swapped in with one reference assignment: requests that already hold the old model finish
-with it, and a broken directory leaves the old model serving. No torch, no training code.
+When it points somewhere new, the new model is loaded and checked beside the old one, the
+caller's ``prepare`` hook readies whatever it keeps per model (the service's encoder and
+counters), and only then is it swapped in with one reference assignment: a request that sees the
+new model finds everything it needs, requests that already hold the old model finish with it, and
+a broken directory leaves the old model serving. No torch, no training code.
 """
 
 from __future__ import annotations
@@ -107,11 +109,11 @@ class ChampionWatcher:
         self,
         registry: Path,
         interval_s: float,
-        on_swap: Callable[[LoadedModel], None] | None = None,
+        prepare: Callable[[LoadedModel], None] | None = None,
     ) -> None:
         self.link = Path(registry) / "champion"
         self.interval_s = interval_s
-        self.on_swap = on_swap
+        self.prepare = prepare  # runs before readers can see the model
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] = {}  # target -> why, so a broken one is not retried
         self._stop = threading.Event()
@@ -132,14 +134,14 @@ class ChampionWatcher:
             self.refused[target] = str(exc)
             log.error("refusing champion %s, still serving %s: %s", target, current, exc)
             return False
+        if self.prepare is not None:
+            self.prepare(model)
         previous, self.current = self.current, model  # one assignment: atomic for readers
         log.warning(
             "now serving version %s (was %s)",
             model.version,
             previous.version if previous else None,
         )
-        if self.on_swap is not None:
-            self.on_swap(model)
         return True
 
     def start(self) -> None:

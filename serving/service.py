@@ -145,7 +145,7 @@ class State:
         # restarts, and cheaper than a uuid4 per request).
         self._prefix = secrets.token_hex(6)
         self._ids = itertools.count()
-        self.watcher = ChampionWatcher(Path(cfg.registry), cfg.reload_interval_s, self._swapped)
+        self.watcher = ChampionWatcher(Path(cfg.registry), cfg.reload_interval_s, self._prepare)
         self.watcher.check()
         if self.watcher.current is None:
             target = self.watcher.target() or f"{cfg.registry}/champion (missing)"
@@ -163,7 +163,8 @@ class State:
     def next_id(self) -> str:
         return self._prefix + str(next(self._ids))
 
-    def _swapped(self, model: LoadedModel) -> None:
+    def _prepare(self, model: LoadedModel) -> None:
+        """The new model's encoder and counters, in place before any request can see it."""
         self.encoders[model.version] = RecordEncoder(model.schema, self.cfg.max_batch)
         self.class_counters[model.version] = [
             self.metrics.predictions.labels(label=str(c)) for c in model.schema.classes

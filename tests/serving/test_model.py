@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.registry import point_champion_at
-from serving.model import ChampionWatcher, ModelLoadError, load
+from serving.model import ChampionWatcher, LoadedModel, ModelLoadError, load
 
 
 @pytest.fixture
@@ -72,7 +72,13 @@ def test_the_watcher_swaps_to_a_good_champion_and_refuses_a_broken_one(
     v1 = Path(shutil.copytree(champion, registry / "versions/1"))
     point_champion_at(registry, v1)
     swaps = []
-    watcher = ChampionWatcher(registry, 0.05, on_swap=lambda m: swaps.append(m.version))
+
+    def prepare(model: LoadedModel) -> None:
+        # Readers must not see the new model before its per-model state exists.
+        assert watcher.current is None or watcher.current.version != model.version
+        swaps.append(model.version)
+
+    watcher = ChampionWatcher(registry, 0.05, prepare=prepare)
     assert watcher.check() and watcher.current.version == "1"
     assert not watcher.check()  # unchanged link: nothing to do
 
