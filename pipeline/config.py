@@ -159,8 +159,15 @@ class PreprocessConfig:
     missing: Literal["impute", "drop"]
     noise: NoiseConfig
     class_weights: Literal["balanced", "none"]
+    feedback_holdout: float
 
     def check(self, where: str) -> None:
+        require(
+            0.0 <= self.feedback_holdout < 1.0,
+            f"{where}.feedback_holdout",
+            self.feedback_holdout,
+            "a share in [0, 1)",
+        )
         for key in ("test_size", "val_size"):
             value = getattr(self, key)
             require(0.0 < value < 0.5, f"{where}.{key}", value, "a share in (0, 0.5)")
@@ -404,3 +411,80 @@ class ServingConfig:
         require(
             self.reload_interval_s > 0, f"{where}.reload_interval_s", self.reload_interval_s, "> 0"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """``monitor``: drift and accuracy checks on production windows, and the retrain trigger.
+
+    Read by ``monitoring/`` (no DVC stage).
+    """
+
+    window: int
+    alpha: float
+    min_labels: int
+    accuracy_drop: float
+    debounce: int
+    min_feedback: int
+    cooldown_s: float
+    dry_run: bool
+    interval_s: float
+    max_windows: int
+    reports: str
+    report_on_drift: bool
+    feedback_path: str
+    retrain_command: tuple[str, ...]
+    retrain_timeout_s: float
+    gate_metrics: str
+
+    def check(self, where: str) -> None:
+        require(self.window >= 10, f"{where}.window", self.window, ">= 10")
+        require(0 < self.alpha < 1, f"{where}.alpha", self.alpha, "in (0, 1)")
+        require(
+            0 < self.accuracy_drop < 1, f"{where}.accuracy_drop", self.accuracy_drop, "in (0, 1)"
+        )
+        for key in ("min_labels", "debounce", "max_windows"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
+        for key in ("min_feedback", "cooldown_s"):
+            require(getattr(self, key) >= 0, f"{where}.{key}", getattr(self, key), ">= 0")
+        for key in ("interval_s", "retrain_timeout_s"):
+            require(getattr(self, key) > 0, f"{where}.{key}", getattr(self, key), "> 0")
+        require(
+            len(self.retrain_command) > 0,
+            f"{where}.retrain_command",
+            self.retrain_command,
+            "a non-empty list (argv)",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    """``simulate``: production traffic replayed from held-out rows, optionally shifted."""
+
+    scenario: Literal["none", "intensity", "noise", "translate", "blur", "prior", "concept"]
+    rows_from: str
+    requests: int
+    records_per_request: int
+    max_seconds: float
+    seed: int
+    intensity: float
+    noise_sigma: float
+    translate: int
+    blur_sigma: float
+    prior_classes: tuple[int, ...]
+    concept_shift: int
+    feedback_rate: float
+    feedback_delay_s: float
+
+    def check(self, where: str) -> None:
+        for key in ("requests", "records_per_request"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
+        require(self.max_seconds > 0, f"{where}.max_seconds", self.max_seconds, "> 0")
+        require(
+            0 <= self.feedback_rate <= 1, f"{where}.feedback_rate", self.feedback_rate, "in [0, 1]"
+        )
+        require(
+            self.feedback_delay_s >= 0, f"{where}.feedback_delay_s", self.feedback_delay_s, ">= 0"
+        )
+        require(self.intensity > 0, f"{where}.intensity", self.intensity, "> 0")
+        require(len(self.prior_classes) >= 1, f"{where}.prior_classes", self.prior_classes, "1+")

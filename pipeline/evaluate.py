@@ -1,7 +1,8 @@
 """Evaluate stage: the candidate against the champion on the frozen test split, then the gate.
 
     python -m pipeline.evaluate --params params.yaml --schema data/schema.json \
-        --test data/prepared/test.parquet --model models/hardened.pt --onnx models/model.onnx \
+        --test data/prepared/test.parquet --holdout data/prepared/holdout.parquet \
+        --train data/prepared/train.parquet --model models/hardened.pt --onnx models/model.onnx \
         --onnx-int8 models/model.int8.onnx --export-metrics metrics/export.json \
         --robustness metrics/robustness.json --train-metrics metrics/train.json \
         --registry registry --tracking-db mlflow.db --metrics metrics/evaluate.json
@@ -12,6 +13,11 @@ calibration (ECE) and p99 single-row latency in onnxruntime, and robust accuracy
 candidate is registered in MLflow whatever the outcome; it is promoted (``champion`` alias, local
 champion directory swapped atomically) only if every rule in ``params.yaml: gate`` holds. With no
 champion yet, the absolute floors alone apply. The decision and every reason go to the metrics.
+
+When labelled production rows exist, both models are also measured on the production holdout
+(``holdout.parquet``), and the candidate may trail the champion there by at most
+``gate.max_accuracy_drop`` too. The champion directory also gets ``reference.parquet``, the train
+split's features, which the monitor compares production windows with.
 """
 
 from __future__ import annotations
@@ -96,6 +102,12 @@ def measure(
     }
 
 
+def holdout_accuracy(onnx_path: Path, X: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy on the production holdout (labelled production rows kept out of training)."""
+    proba, _ = predict(session(onnx_path), X)
+    return float((proba.argmax(axis=1) == y).mean())
+
+
 def gate(
     cfg: GateConfig, cand: dict[str, Any], champ: dict[str, Any] | None, parity_passed: bool
 ) -> list[dict[str, Any]]:
@@ -126,6 +138,17 @@ def gate(
             "p99 single-row latency <= budget",
         ),
     ]
+    if champ is not None and "holdout_accuracy" in cand:
+        rules.append(
+            (
+                "vs_champion_holdout_accuracy",
+                cand["holdout_accuracy"],
+                champ["holdout_accuracy"] - cfg.max_accuracy_drop,
+                True,
+                f"production holdout accuracy >= champion's {champ['holdout_accuracy']:.4f} - "
+                f"{cfg.max_accuracy_drop}",
+            )
+        )
     if champ is not None:
         rules += [
             (
@@ -187,7 +210,10 @@ def model_card(
         "| --- | --- | --- |",
     ]
     champ = decision.get("champion") or {}
-    for key in ("accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"):
+    keys = ["accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"]
+    if "holdout_accuracy" in c:
+        keys.append("holdout_accuracy")
+    for key in keys:
         lines.append(
             f"| {key} | {c[key]:.4f} | {champ[key]:.4f} |"
             if key in champ
@@ -232,6 +258,8 @@ def model_card(
 FLAGS = (
     "--schema",
     "--test",
+    "--holdout",
+    "--train",
     "--model",
     "--onnx",
     "--onnx-int8",
@@ -260,6 +288,11 @@ def body(ctx: stage.Context) -> None:
     ckpt = load_checkpoint(args.model)
     train_metrics, robustness = load_json(args.train_metrics), load_json(args.robustness)
     candidate = measure(onnx_path, build(ckpt), X, y, schema, eps, cfg)
+    holdout = read_parquet(args.holdout)
+    Xh, yh = holdout[schema.names].to_numpy(np.float32), holdout[LABEL].to_numpy()
+    if len(yh):
+        candidate["holdout_accuracy"] = holdout_accuracy(onnx_path, Xh, yh)
+        candidate["holdout_rows"] = len(yh)
 
     registry_dir = Path(args.registry)
     tracker = Tracker(args.tracking_db)
@@ -269,6 +302,8 @@ def body(ctx: stage.Context) -> None:
     if champ_version is not None and champ_dir is not None:
         twin = build(load_checkpoint(champ_dir / "model.pt"))
         champion = measure(champ_dir / "model.onnx", twin, X, y, schema, eps, cfg)
+        if len(yh):
+            champion["holdout_accuracy"] = holdout_accuracy(champ_dir / "model.onnx", Xh, yh)
 
     rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]))
     passed = all(r["passed"] for r in rules)
@@ -292,7 +327,10 @@ def body(ctx: stage.Context) -> None:
     card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
     with tempfile.TemporaryDirectory() as tmp:
         card_path, decision_path = Path(tmp) / "model_card.md", Path(tmp) / "evaluate.json"
+        reference_path = Path(tmp) / "reference.parquet"
         card_path.write_text(card)
+        reference = read_parquet(args.train)[schema.names].astype(np.float32)
+        reference.to_parquet(reference_path, index=False)
         dump_json(decision, decision_path)  # the figures GET /model shows
         files = {
             "model.onnx": onnx_path,
@@ -301,6 +339,7 @@ def body(ctx: stage.Context) -> None:
             "export.json": Path(args.export_metrics),
             "evaluate.json": decision_path,
             "model_card.md": card_path,  # registered with the version, shipped if promoted
+            "reference.parquet": reference_path,  # the monitor's reference for this version
         }
         version = register(tracker, decision, files, card, cfg)
         decision["version"] = version

@@ -6,6 +6,8 @@
 
 Order matters: the test split is cut from the de-duplicated source *before* noise removal, so it
 is frozen: label-noise settings and later retraining on production feedback never change it.
+Labelled production rows (ingest's ``_feedback`` rows) join the train/val pool before the noise
+filter, except a share that becomes ``holdout.parquet``, the production holdout the gate reports.
 Noise is found by confident learning (cleanlab) on out-of-fold probabilities of the train/val
 pool; de-biasing is a sample weight per class (balanced) times, with ``data.sensitive``, the
 Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split (the test split
@@ -15,6 +17,7 @@ is weighted 1: evaluation is unweighted).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,9 +40,9 @@ from pipeline import stage
 from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig
 from pipeline.errors import MlcycleError
 from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
-from pipeline.schema import LABEL, ROW, WEIGHT, Schema
+from pipeline.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "holdout")
 
 
 @dataclasses.dataclass
@@ -158,17 +161,34 @@ def bias_weights(
     return np.array([lookup.get((g, int(c)), scale) for g, c in keys]) / scale
 
 
+def holdout_mask(keys: pd.Series, share: float) -> np.ndarray:
+    """Production rows kept out of training, by a hash of their key: stable across retrains."""
+    digests = [hashlib.sha256(str(k).encode()).digest()[:8] for k in keys]
+    return np.array([int.from_bytes(d, "big") / 2**64 < share for d in digests], dtype=bool)
+
+
 def preprocess(
-    raw: pd.DataFrame, schema: Schema, cfg: PreprocessConfig, sensitive: str | None
+    raw: pd.DataFrame,
+    schema: Schema,
+    cfg: PreprocessConfig,
+    sensitive: str | None,
 ) -> Prepared:
-    """Turn validated raw rows into frozen train / val / test splits. Pure: no I/O."""
-    counts: dict[str, Any] = {"rows_in": len(raw)}
+    """Turn validated raw rows into frozen train / val / test splits (+ holdout). Pure: no I/O.
+
+    Source rows (``_feedback`` null) are cleaned and split exactly as without feedback, so the
+    test split never changes. Labelled production rows are de-duplicated against everything
+    before them; a share (by key) becomes the production holdout, the rest joins the train/val
+    pool before the label-noise filter, so it passes the same filter as the source.
+    """
+    keys = raw[FEEDBACK] if FEEDBACK in raw.columns else pd.Series(pd.NA, index=raw.index)
+    from_feedback = keys.notna().to_numpy()
+    counts: dict[str, Any] = {"rows_in": int((~from_feedback).sum())}
     labelled = raw[schema.target].notna().to_numpy()
-    counts["unlabelled_dropped"] = int((~labelled).sum())
-    raw = raw[labelled]
-    X = schema.encode(raw)
-    y = schema.encode_labels(raw[schema.target])
-    rows = np.flatnonzero(labelled)
+    counts["unlabelled_dropped"] = int((~labelled & ~from_feedback).sum())
+    rows = np.flatnonzero(labelled & ~from_feedback)  # positions in raw.parquet
+    fb_rows = np.flatnonzero(labelled & from_feedback)
+    X = schema.encode(raw.iloc[rows])
+    y = schema.encode_labels(raw[schema.target].iloc[rows])
 
     # Exact duplicates (same features and label) carry no information and would leak across splits.
     frame = pd.DataFrame(X).assign(_y=y)
@@ -194,6 +214,25 @@ def preprocess(
     pool, test = train_test_split(idx, test_size=cfg.test_size, stratify=y, random_state=cfg.seed)
     test = np.sort(test)
 
+    # Production rows: after the source, never in test; duplicates of any earlier row dropped.
+    holdout = np.empty(0, dtype=np.int64)
+    n_source = len(y)
+    counts["feedback_rows_in"] = int(from_feedback.sum())
+    if len(fb_rows):
+        Xf = schema.encode(raw.iloc[fb_rows])
+        yf = schema.encode_labels(raw[schema.target].iloc[fb_rows])
+        both = pd.DataFrame(np.vstack([X, Xf])).assign(_y=np.concatenate([y, yf]))
+        new = ~both.duplicated().to_numpy()[len(y) :]
+        if cfg.missing == "drop":
+            new &= ~np.isnan(Xf).any(axis=1)
+        counts["feedback_duplicates_dropped"] = int((~new).sum())
+        Xf, yf, fb_rows = Xf[new], yf[new], fb_rows[new]
+        X, y, rows = np.vstack([X, Xf]), np.concatenate([y, yf]), np.concatenate([rows, fb_rows])
+        in_holdout = holdout_mask(keys.iloc[fb_rows], cfg.feedback_holdout)
+        fb_idx = np.arange(n_source, len(y))
+        holdout = fb_idx[in_holdout]
+        pool = np.concatenate([pool, fb_idx[~in_holdout]])
+
     noisy = np.empty(0, dtype=np.int64)
     report = pd.DataFrame(columns=[ROW, "given", "suggested", "self_confidence"])
     if cfg.noise.enabled:
@@ -208,20 +247,19 @@ def preprocess(
             }
         )
     counts["noise_dropped"] = len(noisy)
+    if len(fb_rows):
+        counts["feedback_noise_dropped"] = int((noisy >= n_source).sum())
     pool = np.setdiff1d(pool, noisy)
 
     val_share = cfg.val_size / (1.0 - cfg.test_size)
     train, val = train_test_split(
         pool, test_size=val_share, stratify=y[pool], random_state=cfg.seed
     )
-    parts = {"train": np.sort(train), "val": np.sort(val), "test": test}
+    parts = {"train": np.sort(train), "val": np.sort(val), "test": test, "holdout": holdout}
 
     groups = None
     if sensitive is not None:
-        groups = raw[sensitive].to_numpy()[keep]
-        if cfg.missing == "drop":
-            groups = groups[~has_missing]
-        groups = np.array([str(g) for g in groups])
+        groups = np.array([str(g) for g in raw[sensitive].to_numpy()[rows]])
     g_train = groups[parts["train"]] if groups is not None else None
 
     splits = {}
@@ -232,7 +270,7 @@ def preprocess(
         # Evaluation is unweighted; a test file depending on train counts would not be frozen.
         df[WEIGHT] = (
             1.0
-            if name == "test"
+            if name in ("test", "holdout")
             else bias_weights(
                 y[parts["train"]],
                 g_train,
@@ -258,8 +296,8 @@ def body(ctx: stage.Context) -> None:
     with atomic_outputs(*paths, args.noise_report, args.metrics) as tmps:
         for name, tmp in zip(SPLITS, tmps, strict=False):
             write_parquet(result.splits[name], tmp)
-        result.noise_report.to_csv(tmps[3], index=False)
-        dump_json(result.metrics, tmps[4])
+        result.noise_report.to_csv(tmps[len(SPLITS)], index=False)
+        dump_json(result.metrics, tmps[len(SPLITS) + 1])
     print("preprocess: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
 
 

@@ -18,7 +18,8 @@ from pipeline.errors import MlcycleError
 LABEL = "_label"  # class index in prepared splits
 WEIGHT = "_weight"  # de-biasing sample weight in prepared splits
 ROW = "_row"  # row position in data/raw.parquet, kept for traceability
-RESERVED = (LABEL, WEIGHT, ROW)
+FEEDBACK = "_feedback"  # in raw.parquet: "request_id:index" of a production row, null for source
+RESERVED = (LABEL, WEIGHT, ROW, FEEDBACK)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,6 +85,10 @@ def write_params(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+REPO = Path(__file__).resolve().parents[1]
+EMPTY_FEEDBACK = REPO / "data/feedback.parquet"  # in git: no production rows yet
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[pd.DataFrame, Schema]:
     """The validated digits frame and its schema, as ingest produces them."""
@@ -102,7 +106,7 @@ def prepare_inputs(root: Path, params: dict[str, Any]) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     p = str(root / "params.yaml")
     data = ["--data", f"{root}/data/raw.parquet", "--schema", f"{root}/data/schema.json"]
-    assert ingest.main(["--params", p, *data]) == 0
+    assert ingest.main(["--params", p, "--feedback", str(EMPTY_FEEDBACK), *data]) == 0
     prep = ["--out", f"{root}/data/prepared", "--noise-report", f"{root}/reports/noise.csv"]
     assert preprocess.main(["--params", p, *data, *prep, "--metrics", f"{root}/m/prep.json"]) == 0
     feats = [
@@ -282,6 +286,10 @@ def evaluate_args(
         f"{inputs}/data/schema.json",
         "--test",
         f"{inputs}/data/prepared/test.parquet",
+        "--holdout",
+        f"{inputs}/data/prepared/holdout.parquet",
+        "--train",
+        f"{inputs}/data/prepared/train.parquet",
         "--model",
         str(model_pt),
         "--onnx",

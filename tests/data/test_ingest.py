@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline import ingest
+from tests.conftest import EMPTY_FEEDBACK
 
 
 def run_ingest(params: Path, out: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -18,6 +19,8 @@ def run_ingest(params: Path, out: Path, capsys: pytest.CaptureFixture) -> tuple[
         [
             "--params",
             str(params),
+            "--feedback",
+            str(EMPTY_FEEDBACK),
             "--data",
             str(out / "raw.parquet"),
             "--schema",

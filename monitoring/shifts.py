@@ -1,0 +1,80 @@
+"""Distribution shifts a production stream meets, applied to encoded rows (``simulate``, bench).
+
+    python -m monitoring simulate     # params.yaml: simulate.scenario picks one
+
+Covariate shifts change the inputs (stroke intensity, sensor noise, a one-pixel translation, blur:
+the image ones need schema.json's ``image_shape``); a prior shift changes the class mix; a concept
+shift keeps the inputs and remaps the true labels. Shifted values are rounded where the column is
+integer and clipped to the schema's bounds, so every shifted row is a valid request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import SimulateConfig
+from pipeline.errors import MlcycleError
+from pipeline.schema import Schema
+
+COVARIATE = ("intensity", "noise", "translate", "blur")
+
+
+def shift_inputs(
+    X: np.ndarray, schema: Schema, cfg: SimulateConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply ``cfg.scenario``'s covariate shift to encoded rows ``X`` (a copy; others: as is)."""
+    if cfg.scenario not in COVARIATE:
+        return X.copy()
+    numeric = np.array([f.kind == "numeric" for f in schema.features])
+    out = X.astype(np.float64).copy()
+    if cfg.scenario == "intensity":
+        out[:, numeric] *= cfg.intensity
+    elif cfg.scenario == "noise":
+        out[:, numeric] += rng.normal(0.0, cfg.noise_sigma, size=out[:, numeric].shape)
+    else:
+        if schema.image_shape is None:
+            raise MlcycleError(
+                f"simulate.scenario = {cfg.scenario!r} needs image data (schema.json has no "
+                "image_shape); use intensity, noise, prior or concept"
+            )
+        from scipy import ndimage
+
+        images = out.reshape(len(out), *schema.image_shape)
+        if cfg.scenario == "translate":
+            k = cfg.translate
+            images = ndimage.shift(images, (0, k, k), order=0, mode="constant", cval=0.0)
+        else:
+            images = ndimage.gaussian_filter(images, sigma=(0, cfg.blur_sigma, cfg.blur_sigma))
+        out = images.reshape(len(out), -1)
+    return clip_to_schema(out, schema)
+
+
+def clip_to_schema(X: np.ndarray, schema: Schema) -> np.ndarray:
+    """Round integer columns, clip every column to its observed bounds (NaN stays NaN)."""
+    low, high = schema.bounds
+    integer = np.array([f.dtype.startswith(("int", "uint")) for f in schema.features])
+    out = X.copy()
+    out[:, integer] = np.round(out[:, integer])
+    return np.clip(out, low, high)
+
+
+def draw_rows(
+    y: np.ndarray, n: int, cfg: SimulateConfig, n_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of ``n`` rows to replay: uniform, or from ``prior_classes`` only (prior shift)."""
+    pool = np.arange(len(y))
+    if cfg.scenario == "prior":
+        bad = [c for c in cfg.prior_classes if not 0 <= c < n_classes]
+        if bad:
+            raise MlcycleError(f"simulate.prior_classes: {bad[0]} is not a class index")
+        pool = pool[np.isin(y, cfg.prior_classes)]
+        if len(pool) == 0:
+            raise MlcycleError("simulate.prior_classes: no held-out rows of these classes")
+    return rng.choice(pool, size=n, replace=True)
+
+
+def true_labels(y: np.ndarray, cfg: SimulateConfig, n_classes: int) -> np.ndarray:
+    """The labels the world gives back: remapped under a concept shift."""
+    if cfg.scenario == "concept":
+        return (y + cfg.concept_shift) % n_classes
+    return y
