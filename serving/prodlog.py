@@ -132,6 +132,12 @@ class Window:
     def __len__(self) -> int:
         return len(self.ts)
 
+    def slice(self, start: int, stop: int) -> Window:
+        """Rows ``start:stop`` as a window of their own."""
+        return Window(
+            **{f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)}
+        )
+
 
 class ProductionLog:
     """Reads and writes the production log at ``url`` (tables created when missing)."""
@@ -262,6 +268,14 @@ class ProductionLog:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()[::-1]
         return _to_window(rows)
+
+    def feedback_count(self, since: float | None = None) -> int:
+        """Labelled rows whose label arrived at or after ``since`` (all of them without it)."""
+        query = select(func.count()).select_from(feedback)
+        if since is not None:
+            query = query.where(feedback.c.ts >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def record_decision(
         self,

@@ -85,8 +85,7 @@ def write_params(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-REPO = Path(__file__).resolve().parents[1]
-EMPTY_FEEDBACK = REPO / "data/feedback.parquet"  # in git: no production rows yet
+EMPTY_FEEDBACK = ROOT / "data/feedback.parquet"  # in git: no production rows yet
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ def copy_project(dest: Path) -> Path:
     shutil.copytree(
         ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "data/feedback.parquet"):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
     dvc(dest, "init", "--no-scm", "-q")
     # The stages' behaviour is what is tested here; the model tests hold the quality floors.

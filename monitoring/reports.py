@@ -1,0 +1,154 @@
+"""Drift reports for people: Evidently per window, and an index page over time.
+
+    python -m monitoring check --report     # writes reports/drift/<time>.html and .json
+
+:func:`drift_report` runs Evidently 0.7's ``DataDriftPreset`` (current window first, reference
+second) and saves its HTML and JSON under ``monitor.reports``. The decision itself is the
+project's detector (calibrated, 1 ms); Evidently's per-column tests and charts are what a person
+reads to see *how* the window moved. The reference is sampled to at most 5,000 rows there.
+
+:func:`write_index` writes ``index.html``: drift (Bonferroni p and share of drifted features),
+the predicted class mix, feedback and estimated accuracy and response-time p50 / p99 per window,
+as plots, then a table of every decision with its reasons and a link to its report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import atomic_outputs
+
+if TYPE_CHECKING:
+    from monitoring.monitor import Champion
+    from serving.prodlog import Window
+
+REFERENCE_ROWS = 5000
+
+
+def drift_report(window: Window, champ: Champion, out_dir: Path) -> str:
+    """Evidently's data-drift report of ``window`` against the champion's reference."""
+    import warnings
+
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    names = champ.schema.names
+    current = pd.DataFrame(window.X.astype(np.float64), columns=names)
+    reference = pd.read_parquet(champ.directory / "reference.parquet")[names].astype(np.float64)
+    if len(reference) > REFERENCE_ROWS:
+        reference = reference.sample(REFERENCE_ROWS, random_state=0)
+    stamp = dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: 0/0 in its stats
+        snapshot = Report([DataDriftPreset()]).run(current, reference)
+    html_path, json_path = out_dir / f"{stamp}.html", out_dir / f"{stamp}.json"
+    with atomic_outputs(html_path, json_path) as (tmp_html, tmp_json):
+        snapshot.save_html(str(tmp_html))
+        snapshot.save_json(str(tmp_json))
+    return html_path.name
+
+
+def _figure(decisions: list[dict[str, Any]]) -> str:
+    """The four panels as a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [dt.datetime.fromtimestamp(d["window_end"] or d["ts"]) for d in decisions]
+    f = [d["figures"] for d in decisions]
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    ax = axes[0]
+    ax.plot(
+        t, [x.get("drift_share", 0.0) for x in f], marker=".", label="share of features drifted"
+    )
+    ax.plot(t, [x.get("p_min", 1.0) for x in f], marker=".", label="min Bonferroni p")
+    alarms = [i for i, x in enumerate(f) if x.get("alarm")]
+    ax.scatter([t[i] for i in alarms], [1.02] * len(alarms), color="red", marker="v", label="alarm")
+    retrains = [i for i, d in enumerate(decisions) if d["decision"].startswith("retrain")]
+    for i in retrains:
+        for a in axes:
+            a.axvline(t[i], color="purple", linestyle="--", linewidth=1)
+    ax.set_ylim(-0.02, 1.08)
+    ax.set_title("Input drift per window (dashed: retrain)")
+    ax.legend(loc="center left", fontsize=8)
+    ax = axes[1]
+    mix = np.array([x.get("class_mix", []) for x in f if x.get("class_mix")])
+    if len(mix) == len(t) and mix.ndim == 2:
+        ax.stackplot(t, mix.T, labels=[str(k) for k in range(mix.shape[1])])
+        ax.legend(loc="center left", fontsize=7, ncol=2, title="class")
+    ax.set_ylim(0, 1)
+    ax.set_title("Predicted class mix")
+    ax = axes[2]
+    acc = [x.get("accuracy") for x in f]
+    ax.plot(t, [np.nan if a is None else a for a in acc], marker="o", label="feedback accuracy")
+    est = [x.get("estimated_accuracy") for x in f]
+    ax.plot(
+        t, [np.nan if a is None else a for a in est], marker=".", label="estimated (confidence)"
+    )
+    ref = [x.get("champion_test_accuracy") for x in f]
+    ax.plot(t, [np.nan if a is None else a for a in ref], linestyle=":", label="champion on test")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Accuracy")
+    ax.legend(loc="lower left", fontsize=8)
+    ax = axes[3]
+    for key in ("p50_ms", "p99_ms"):
+        ax.plot(t, [np.nan if x.get(key) is None else x[key] for x in f], marker=".", label=key)
+    ax.set_title("Response time (ms, in the service)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
+    """``index.html`` over every recorded decision (plots, then a table, newest first)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in reversed(decisions[-500:]):
+        f = d["figures"]
+        report = f.get("report")
+        link = f'<a href="{html.escape(report)}">report</a>' if report else ""
+        acc = "" if f.get("accuracy") is None else f"{f['accuracy']:.3f} ({f['labelled']})"
+        rows.append(
+            "<tr>"
+            f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['ts']))}</td>"
+            f"<td>{d['rows']}</td><td class='{html.escape(d['decision'])}'>"
+            f"{html.escape(d['decision'])}</td>"
+            f"<td>{f.get('p_min', 1.0):.3g}</td><td>{f.get('n_drifted_features', 0)}</td>"
+            f"<td>{acc}</td><td>{html.escape('; '.join(d['reasons']))}</td><td>{link}</td>"
+            "</tr>"
+        )
+    image = _figure(decisions) if decisions else ""
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mlcycle: production monitoring</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} .ok{{color:green}}
+.alarm,.waiting_for_labels,.cooldown{{color:#b60}} .retrain_promoted{{color:purple}}
+.retrain_rejected,.retrain_failed{{color:red}}</style></head><body>
+<h1>Production monitoring</h1>
+<p>{len(decisions)} windows checked; the drift test is per-feature KS with a Bonferroni
+correction (python -m monitoring). Newest first below.</p>
+{f'<img alt="monitoring over time" src="data:image/png;base64,{image}">' if image else ""}
+<table id="decisions"><tr><th>time</th><th>rows</th><th>decision</th><th>min p</th>
+<th>drifted features</th><th>feedback accuracy (labels)</th><th>reasons</th><th>report</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""
+    path = out_dir / "index.html"
+    with atomic_outputs(path) as (tmp,):
+        tmp.write_text(page)
+    return path

@@ -1,0 +1,151 @@
+"""Production traffic for the running service: held-out rows, optionally shifted, and feedback.
+
+    python -m monitoring simulate --url http://127.0.0.1:3000 [--scenario blur] [--requests N]
+
+Replays ``simulate.rows_from`` (the validation split by default: the frozen test split must
+never come back as training data) through ``POST /predict`` over one keep-alive connection, with
+``simulate.scenario``'s shift applied (:mod:`monitoring.shifts`), and posts the true labels of a
+``feedback_rate`` share of the answered rows to ``POST /feedback`` ``feedback_delay_s`` later
+(bearer token from ``serving.feedback_token_env``). Bounded by ``requests`` and ``max_seconds``.
+Prints, and returns, the accuracy of the answers per model version.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.shifts import draw_rows, shift_inputs, true_labels
+from pipeline.config import SimulateConfig
+from pipeline.errors import MlcycleError
+from pipeline.schema import LABEL, Schema
+
+
+def records(X: np.ndarray, schema: Schema) -> list[dict[str, Any]]:
+    """Encoded rows -> request records (categorical indices back to their categories)."""
+    out = []
+    for row in X.tolist():
+        rec: dict[str, Any] = {}
+        for feat, v in zip(schema.features, row, strict=True):
+            if v != v:  # NaN: a missing value
+                rec[feat.name] = None
+            elif feat.kind == "categorical":
+                rec[feat.name] = (feat.categories or ())[int(v)]
+            else:
+                rec[feat.name] = v
+        out.append(rec)
+    return out
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection to the service."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise MlcycleError(f"--url {url!r}: expected http://host:port")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.token = token
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def post(self, path: str, body: Any, auth: bool = False) -> tuple[int, Any]:
+        headers = {"content-type": "application/json"}
+        if auth and self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode()
+        for attempt in (0, 1):  # one reconnect: the server may close an idle connection
+            try:
+                self.conn.request("POST", path, data, headers)
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def simulate(
+    cfg: SimulateConfig, url: str, token: str | None, schema: Schema, rows_path: Path
+) -> dict[str, Any]:
+    """Send the traffic; returns what happened (statuses, accuracy per version, feedback)."""
+    if not rows_path.is_file():
+        raise MlcycleError(f"simulate.rows_from: {str(rows_path)!r} not found (run `make repro`)")
+    held = pd.read_parquet(rows_path)
+    X, y = held[schema.names].to_numpy(np.float64), held[LABEL].to_numpy()
+    rng = np.random.default_rng(cfg.seed)
+    client = Client(url, token)
+    statuses: collections.Counter[int] = collections.Counter()
+    per_version: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # correct, rows
+    pending: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
+    feedback = collections.Counter()
+    start = time.monotonic()
+    deadline = start + cfg.max_seconds
+    k = cfg.records_per_request
+
+    def flush(force: bool) -> None:
+        now = time.monotonic()
+        batch = []
+        while pending and (force or pending[0][0] <= now) and len(batch) < 1000:
+            batch.append(pending.popleft()[1])
+        if batch:
+            status, _ = client.post("/feedback", {"feedback": batch}, auth=True)
+            feedback[status] += len(batch)
+
+    sent = 0
+    try:
+        while sent < cfg.requests and time.monotonic() < deadline:
+            idx = draw_rows(y, k, cfg, schema.n_classes, rng)
+            truth = true_labels(y[idx], cfg, schema.n_classes)
+            status, body = client.post(
+                "/predict", {"records": records(shift_inputs(X[idx], schema, cfg, rng), schema)}
+            )
+            sent += 1
+            statuses[status] += 1
+            if status == 200:
+                tally = per_version[body["model_version"]]
+                lookup = {c: i for i, c in enumerate(schema.classes)}
+                for p, t in zip(body["predictions"], truth.tolist(), strict=True):
+                    tally[0] += int(lookup[p["label"]] == t)
+                    tally[1] += 1
+                    if rng.random() < cfg.feedback_rate:
+                        item = {
+                            "request_id": body["request_id"],
+                            "index": p["index"],
+                            "label": schema.classes[t],
+                        }
+                        pending.append((time.monotonic() + cfg.feedback_delay_s, item))
+            flush(force=False)
+        while pending and time.monotonic() < deadline + cfg.feedback_delay_s:
+            flush(force=False)
+            time.sleep(0.01)
+        flush(force=True)
+    finally:
+        client.close()
+    by_version = {
+        v: {"rows": n, "accuracy": c / n if n else None} for v, (c, n) in per_version.items()
+    }
+    total = sum(n for _, n in per_version.values())
+    return {
+        "scenario": cfg.scenario,
+        "requests": sent,
+        "statuses": dict(statuses),
+        "rows": total,
+        "accuracy": sum(c for c, _ in per_version.values()) / total if total else None,
+        "by_version": by_version,
+        "feedback": dict(feedback),
+        "seconds": round(time.monotonic() - start, 2),
+    }

@@ -1,0 +1,173 @@
+"""The trigger policy on a real SQLite production log: each rule decides, and says why.
+
+The retrain command is a stand-in that records its calls and writes the gate's side file as the
+evaluate stage does, so these are tests of the policy's mechanics, not of a training run (the
+slow loop test in test_loop.py runs the real `dvc repro`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.monitor import Monitor, export_feedback
+from monitoring.shifts import shift_inputs
+from pipeline.schema import FEEDBACK
+from tests.monitoring.conftest import (
+    Digits,
+    Traffic,
+    fake_retrain,
+    make_champion,
+    monitor_config,
+    simulate_config,
+)
+
+
+def monitor(tmp_path: Path, traffic: Traffic, **cfg: object) -> Monitor:
+    make_champion(tmp_path / "registry", traffic.d)
+    defaults = {"debounce": 2, "min_feedback": 100, "cooldown_s": 3600.0, "window": 50}
+    return Monitor(
+        monitor_config(**{**defaults, **cfg}), traffic.log, tmp_path / "registry", tmp_path
+    )
+
+
+def blurred(d: Digits, rows: slice) -> np.ndarray:
+    cfg = simulate_config(scenario="blur")
+    return shift_inputs(d.X_held[rows], d.schema, cfg, np.random.default_rng(0))
+
+
+def calls(tmp_path: Path) -> int:
+    path = tmp_path / "retrain_calls"
+    return len(path.read_text()) if path.exists() else 0
+
+
+def test_an_unshifted_stream_never_retrains(tmp_path: Path, traffic: Traffic) -> None:
+    # The params' debounce (3 windows in a row): a lone false alarm (alpha = 5 % a window)
+    # is recorded as an alarm and retrains nothing.
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), debounce=3)
+    d = traffic.d
+    traffic.serve(d.X_held[:500], d.y_held[:500])
+    decisions = m.step()
+    assert len(decisions) == 10
+    assert {x["decision"] for x in decisions} <= {"ok", "alarm"}
+    assert sum(x["decision"] == "alarm" for x in decisions) <= 2
+    assert calls(tmp_path) == 0
+    assert m.step() == []  # nothing new: no window is checked twice
+    assert len(traffic.log.decisions()) == 10
+
+
+def test_drift_with_too_few_labels_waits_and_does_not_retrain(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True))
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150], feedback=0.3)  # 45 labels < 100
+    decisions = [x["decision"] for x in m.step()]
+    assert decisions == ["alarm", "waiting_for_labels", "waiting_for_labels"]
+    last = traffic.log.decisions()[-1]
+    assert any("waiting for labels: 45" in r for r in last["reasons"]), last["reasons"]
+    assert last["figures"]["drifted"] and calls(tmp_path) == 0
+
+
+def test_a_concept_shift_is_caught_by_feedback_accuracy_alone(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), min_feedback=10**6)
+    d = traffic.d
+    remapped = (d.y_held[100:200] + 1) % d.schema.n_classes  # same inputs, other labels
+    traffic.serve(d.X_held[100:200], remapped)
+    first, second = m.step()
+    for x in (first, second):
+        assert not x["figures"]["drifted"], x["figures"]["drifted_features"]
+        assert x["figures"]["accuracy_dropped"] and x["figures"]["accuracy"] < 0.2
+    assert (first["decision"], second["decision"]) == ("alarm", "waiting_for_labels")
+    assert "feedback accuracy" in first["reasons"][0]
+
+
+def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True))
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 200)), d.y_held[:200])
+    decisions = m.step()
+    # After a retrain the debounce starts again; then the cooldown holds the next one back.
+    assert [x["decision"] for x in decisions] == ["alarm", "retrain_promoted", "alarm", "cooldown"]
+    assert calls(tmp_path) == 1
+    assert any("promoted version 2" in r for r in decisions[1]["reasons"])
+    exported = pd.read_parquet(tmp_path / "data/feedback.parquet")
+    # Every label that existed when the retrain ran: the first two windows' 100 rows and the
+    # rest of the batch (feedback is stored with the predictions here).
+    assert len(exported) == 200 and exported[FEEDBACK].is_unique
+    assert set(exported[d.schema.target]) <= set(d.schema.classes)
+    np.testing.assert_allclose(
+        exported[d.schema.names].to_numpy(), blurred(d, slice(0, 200)), atol=1e-6
+    )
+    assert exported[d.schema.target].tolist() == [d.schema.classes[c] for c in d.y_held[:200]]
+
+
+@pytest.mark.parametrize(
+    ("promoted", "decision", "says"),
+    [
+        (False, "retrain_rejected", "the gate rejected version 2: min_accuracy: 0.5 vs 0.95"),
+        (None, "retrain_failed", "exit 1; the champion keeps serving"),
+    ],
+)
+def test_a_rejected_or_failed_retrain_leaves_the_champion_and_says_why(
+    tmp_path: Path, traffic: Traffic, promoted: bool | None, decision: str, says: str
+) -> None:
+    command = fake_retrain(tmp_path, promoted, ["min_accuracy: 0.5 vs 0.95"])
+    m = monitor(tmp_path, traffic, retrain_command=command, cooldown_s=0.0)
+    d = traffic.d
+    champion_before = (tmp_path / "registry/champion").resolve()
+    traffic.serve(blurred(d, slice(0, 100)), d.y_held[:100])
+    *_, last = m.step()
+    assert last["decision"] == decision
+    assert any(says in r for r in last["reasons"]), last["reasons"]
+    assert (tmp_path / "registry/champion").resolve() == champion_before
+
+
+def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffic: Traffic) -> None:
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), debounce=1)
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150])
+    window = traffic.log.window(last=50)
+    assert m.decide(window, dry_run=True)["decision"] == "dry_run"
+    lock = tmp_path / "reports/drift/retrain.lock"
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert m.decide(window)["decision"] == "busy"
+    assert calls(tmp_path) == 0
+    decisions = traffic.log.decisions()
+    assert [x["decision"] for x in decisions] == ["dry_run", "busy"]
+    index = (tmp_path / "reports/drift/index.html").read_text()
+    assert "dry_run" in index and "busy" in index
+
+
+def test_the_reference_is_computed_once_per_model_version(tmp_path: Path, traffic: Traffic) -> None:
+    m = monitor(tmp_path, traffic)
+    traffic.serve(traffic.d.X_held[:50])
+    m.step()
+    cached = list((tmp_path / "reports/drift/cache").glob("reference-v1-*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    fresh = Monitor(m.cfg, traffic.log, tmp_path / "registry", tmp_path)  # a new process
+    traffic.serve(traffic.d.X_held[50:100])
+    assert [x["decision"] for x in fresh.step()] == ["ok"]
+    assert cached[0].stat().st_mtime_ns == stamp  # loaded, not recomputed
+
+
+def test_export_feedback_writes_the_labelled_rows_with_their_classes(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    d = traffic.d
+    traffic.serve(d.X_held[:30], d.y_held[:30], feedback=0.5)
+    n = export_feedback(traffic.log, d.schema, tmp_path / "fb.parquet")
+    df = pd.read_parquet(tmp_path / "fb.parquet")
+    assert n == len(df) == 15
+    assert json.loads(json.dumps(df[d.schema.target].tolist())) == df[d.schema.target].tolist()
