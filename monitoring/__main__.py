@@ -133,11 +133,9 @@ def _watch(monitor: Monitor, max_seconds: float | None, dry_run: bool) -> int:
     interval = monitor.cfg.interval_s
     print(f"monitor: watching every {interval} s (SIGTERM or Ctrl-C stops)", flush=True)
     while not stop.is_set():
-        for decision in monitor.step(dry_run=dry_run):
+        for decision in monitor.step(dry_run=dry_run, stop=stop.is_set):
             _show(decision)
             sys.stdout.flush()
-            if stop.is_set():
-                break
         if end is not None and time.monotonic() >= end:
             break
         stop.wait(interval if end is None else max(0.0, min(interval, end - time.monotonic())))

@@ -31,7 +31,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,7 @@ class Monitor:
         champ = champion(self.registry)
         figures = self.assess(window, champ)
         reasons = self._alarm_reasons(figures)
-        if (figures["drifted"] and self.cfg.report_on_drift) or report:
+        if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
             figures["report"] = self.write_report(window, champ)
         decision = "ok"
         if figures["alarm"]:
@@ -172,6 +172,11 @@ class Monitor:
         if index:
             self.write_index()
         return out
+
+    def _onset(self) -> bool:
+        """True unless the previous window drifted too: one report per drift episode."""
+        last = self.log.decisions(last=1)
+        return not (last and last[-1]["figures"].get("drifted"))
 
     def _alarm_reasons(self, f: dict[str, Any]) -> list[str]:
         out = []
@@ -313,9 +318,13 @@ class Monitor:
         rows = self.log.window(since=since, last=size * self.cfg.max_windows)
         return [rows.slice(k, k + size) for k in range(0, len(rows) - size + 1, size)]
 
-    def step(self, dry_run: bool = False) -> list[dict]:
-        """Decide every new full window; the index page is rewritten once at the end."""
-        out = [self.decide(w, dry_run=dry_run, index=False) for w in self.new_windows()]
+    def step(self, dry_run: bool = False, stop: Callable[[], bool] = lambda: False) -> list[dict]:
+        """Decide every new full window (until ``stop()``); the index page is written once."""
+        out = []
+        for w in self.new_windows():
+            if stop():
+                break
+            out.append(self.decide(w, dry_run=dry_run, index=False))
         if out:
             self.write_index()
         return out
