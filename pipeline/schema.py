@@ -105,7 +105,7 @@ class Schema:
         lookup = {c: i for i, c in enumerate(self.classes)}
         codes = target.map(lambda v: lookup.get(_native(v), -1)).to_numpy(dtype=np.int64)
         if (codes < 0).any():
-            bad = target[codes < 0].iloc[0]
+            bad = _native(target[codes < 0].iloc[0])
             raise MlcycleError(
                 f"target column {self.target!r}: value {bad!r} is not one of the schema's "
                 f"classes {list(self.classes)}"

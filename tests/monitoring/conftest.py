@@ -62,7 +62,7 @@ def make_champion(registry: Path, d: Digits, version: str = "1", accuracy: float
 
 def monitor_config(**overrides: Any) -> MonitorConfig:
     base = section(read_params(ROOT / "params.yaml"), "monitor", MonitorConfig)
-    return dataclasses.replace(base, report_on_drift=False, **overrides)
+    return dataclasses.replace(base, **{"report_on_drift": False, **overrides})
 
 
 def simulate_config(**overrides: Any) -> SimulateConfig:
