@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 from monitoring.monitor import Monitor, export_feedback
 from monitoring.shifts import shift_inputs
 from pipeline.schema import FEEDBACK
+from tests.conftest import ROOT
 from tests.monitoring.conftest import (
     Digits,
     Traffic,
@@ -171,3 +174,16 @@ def test_export_feedback_writes_the_labelled_rows_with_their_classes(
     df = pd.read_parquet(tmp_path / "fb.parquet")
     assert n == len(df) == 15
     assert json.loads(json.dumps(df[d.schema.target].tolist())) == df[d.schema.target].tolist()
+
+
+def test_monitoring_imports_no_torch_and_no_training_module() -> None:
+    # DESIGN.md's layers: the monitor reads the log and the champion's files, never torch.
+    code = (
+        "import sys, monitoring.__main__, monitoring.monitor, monitoring.reports, "
+        "monitoring.simulate; "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
+        "('pipeline.train', 'pipeline.training', 'pipeline.tune', 'pipeline.harden', "
+        "'pipeline.export', 'pipeline.evaluate', 'mlflow')]; print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
