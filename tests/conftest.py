@@ -85,7 +85,31 @@ def write_params(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-EMPTY_FEEDBACK = ROOT / "data/feedback.parquet"  # in git: no production rows yet
+EMPTY_FEEDBACK = ROOT / "data/feedback.parquet"
+TRAINING_MODULES = (
+    "pipeline.train",
+    "pipeline.training",
+    "pipeline.tune",
+    "pipeline.harden",
+    "pipeline.export",
+    "pipeline.evaluate",
+    "mlflow",
+)
+
+
+def assert_imports_no_torch(*modules: str) -> None:
+    """DESIGN.md's layers: importing ``modules`` (in a fresh process) loads no torch and no
+    training module."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
+        f"{TRAINING_MODULES!r}]; print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # in git: no production rows yet
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 from monitoring.monitor import Monitor, export_feedback
 from monitoring.shifts import shift_inputs
 from pipeline.schema import FEEDBACK
-from tests.conftest import ROOT
+from tests.conftest import assert_imports_no_torch
 from tests.monitoring.conftest import (
     Digits,
     Traffic,
@@ -178,12 +176,6 @@ def test_export_feedback_writes_the_labelled_rows_with_their_classes(
 
 def test_monitoring_imports_no_torch_and_no_training_module() -> None:
     # DESIGN.md's layers: the monitor reads the log and the champion's files, never torch.
-    code = (
-        "import sys, monitoring.__main__, monitoring.monitor, monitoring.reports, "
-        "monitoring.simulate; "
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
-        "('pipeline.train', 'pipeline.training', 'pipeline.tune', 'pipeline.harden', "
-        "'pipeline.export', 'pipeline.evaluate', 'mlflow')]; print(bad); sys.exit(bool(bad))"
+    assert_imports_no_torch(
+        "monitoring.__main__", "monitoring.monitor", "monitoring.reports", "monitoring.simulate"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_imports_no_torch
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -62,11 +62,4 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
 
 def test_serving_imports_no_torch_and_no_training_module() -> None:
     # DESIGN.md's layers: serving runs ONNX; torch and the training stages stay out of it.
-    code = (
-        "import sys, serving.service, serving.__main__; "
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
-        "('pipeline.train', 'pipeline.training', 'pipeline.tune', 'pipeline.harden', "
-        "'pipeline.export', 'pipeline.evaluate', 'mlflow')]; print(bad); sys.exit(bool(bad))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_imports_no_torch("serving.service", "serving.__main__")
