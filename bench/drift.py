@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--scale-rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    df, shape = load_source("digits")
-    df, schema = infer_schema(df, "target", None, 0.3, 50, shape)
+    src = load_source("digits")
+    df, schema = infer_schema(src.frame, "target", None, 0.3, 50, src.image_shape)
     X, y = schema.encode(df), schema.encode_labels(df[schema.target])
     X_ref, X_held, _, y_held = train_test_split(X, y, train_size=1163, stratify=y, random_state=0)
     t0 = time.perf_counter()

@@ -123,6 +123,7 @@ class DataConfig:
     categorical: tuple[str, ...] | None
     max_missing_share: float
     max_categories: int
+    decimal: Literal[".", ","]
 
     def check(self, where: str) -> None:
         require(

@@ -14,6 +14,7 @@ appended after the source rows, marked by that key; preprocess keeps the test sp
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,36 +26,107 @@ from pipeline import stage
 from pipeline.config import DataConfig
 from pipeline.errors import MlcycleError
 from pipeline.io import atomic_outputs, dump_json, write_parquet
-from pipeline.schema import FEEDBACK, Schema, infer_schema
+from pipeline.schema import FEEDBACK, Schema, infer_schema, strip_text
 
 
-def load_source(source: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
-    """Read the configured source; returns the frame and its image shape (digits only)."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The source's rows, its image shape (digits only) and how its messages name a row."""
+
+    frame: pd.DataFrame
+    image_shape: tuple[int, ...] | None = None
+    first_line: int = 1  # a CSV's first data row is line 2 of the file (the header is line 1)
+    unit: str = "row"
+
+
+def load_source(source: str, decimal: str = ".") -> Source:
+    """Read the configured source; every unreadable file becomes one :class:`MlcycleError`."""
     if source == "digits":
         from sklearn.datasets import load_digits
 
-        return load_digits(as_frame=True).frame, (8, 8)
+        return Source(load_digits(as_frame=True).frame, (8, 8))
     path = Path(source)
+    if path.is_dir():
+        raise MlcycleError(
+            f"data.source: {source!r} is a directory; point it at one .csv or .parquet file"
+        )
     if not path.is_file():
         raise MlcycleError(f"data.source: file {source!r} not found")
     if path.stat().st_size == 0:
         raise MlcycleError(f"data.source: file {source!r} is empty")
+    with path.open("rb") as fh:
+        head = fh.read(8192)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="") as fh:
-            header = next(csv.reader(fh), [])
-        _reject_duplicate_names(header, source)
+        if head.startswith(PARQUET_MAGIC):
+            raise MlcycleError(
+                f"data.source: {source!r} is a Parquet file named .csv; rename it to .parquet"
+            )
+        return Source(read_csv(path, source, head, decimal), first_line=2, unit="line")
+    if suffix in (".parquet", ".pq"):
+        return Source(read_parquet_source(path, source, head))
+    raise MlcycleError(f"data.source: {source!r} is neither 'digits' nor a .csv / .parquet file")
+
+
+PARQUET_MAGIC = b"PAR1"
+BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def csv_encoding(head: bytes, source: str) -> str | None:
+    """The encoding a byte-order mark or UTF-16's zero bytes announce; None: UTF-8 or cp1252."""
+    for bom, encoding in BOMS:
+        if head.startswith(bom):
+            return encoding
+    if b"\x00" in head:
+        even, odd = head[0::2], head[1::2]
+        if odd.count(0) > 0.4 * len(odd) and even.count(0) == 0:
+            return "utf-16-le"
+        if even.count(0) > 0.4 * len(even) and odd.count(0) == 0:
+            return "utf-16-be"
+        at = head.index(b"\x00")
+        raise MlcycleError(
+            f"data.source: {source!r} is not a text CSV file (binary data at byte {at}); "
+            "export it as CSV (UTF-8) or Parquet"
+        )
+    return None
+
+
+def read_csv(path: Path, source: str, head: bytes, decimal: str) -> pd.DataFrame:
+    """A CSV in UTF-8, UTF-16 (with or without BOM) or cp1252 (Excel on Windows)."""
+    announced = csv_encoding(head, source)
+    for encoding in [announced] if announced else ["utf-8", "cp1252"]:
         try:
-            return pd.read_csv(path), None
+            with path.open(newline="", encoding=encoding) as fh:
+                header_line = fh.readline()
+            sep = sniff_separator(header_line)
+            header = next(csv.reader([header_line], delimiter=sep), [])
+            _reject_duplicate_names(header, source)
+            df = pd.read_csv(path, encoding=encoding, sep=sep, decimal=decimal)
+        except UnicodeError:
+            continue
         except pd.errors.EmptyDataError:
             raise MlcycleError(f"data.source: file {source!r} has no columns") from None
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+        except pd.errors.ParserError as exc:
+            detail = str(exc).strip().splitlines()[-1]
+            detail = detail.removeprefix("Error tokenizing data. ").removeprefix("C error: ")
+            raise MlcycleError(
+                f"data.source: {source!r} is not a well-formed CSV: {detail}"
+            ) from None
+        if encoding == "cp1252":
+            print(f"ingest: {source!r} is not UTF-8; read it as cp1252 (Windows)", file=sys.stderr)
+        return df
+    raise MlcycleError(
+        f"data.source: {source!r} is neither UTF-8, UTF-16 nor cp1252 text; save it as UTF-8"
+    )
 
-        names = pq.read_schema(path).names
-        _reject_duplicate_names(names, source)
-        return pd.read_parquet(path), None
-    raise MlcycleError(f"data.source: {source!r} is neither 'digits' nor a .csv / .parquet file")
+
+def sniff_separator(header_line: str) -> str:
+    """``,`` unless the header has none and one of ``;`` / tab / ``|`` (Excel in many locales)."""
+    if "," in header_line:
+        return ","
+    counts = {sep: header_line.count(sep) for sep in (";", "\t", "|")}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
 
 
 def _reject_duplicate_names(names: list[str], source: str) -> None:
@@ -63,13 +135,42 @@ def _reject_duplicate_names(names: list[str], source: str) -> None:
         raise MlcycleError(f"data.source: {source!r} has duplicate column name {dupes[0]!r}")
 
 
+def read_parquet_source(path: Path, source: str, head: bytes) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not head.startswith(PARQUET_MAGIC):
+        looks_text = b"\x00" not in head and (b"," in head or b";" in head)
+        hint = "; it looks like CSV text: rename it to .csv" if looks_text else ""
+        raise MlcycleError(f"data.source: {source!r} is not a Parquet file{hint}")
+    try:
+        schema = pq.read_schema(path)
+        _reject_duplicate_names(schema.names, source)
+        for field in schema:
+            t = field.type
+            if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+                raise MlcycleError(
+                    f"column {field.name!r} holds {t} values; mlcycle needs one number or "
+                    "category per cell: expand it into columns"
+                )
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise MlcycleError(f"data.source: {source!r} is not readable Parquet: {exc}") from None
+
+
 def ingest(cfg: DataConfig, feedback: str | Path | None = None) -> tuple[pd.DataFrame, Schema]:
     """Load and validate the source described by ``cfg``, then append ``feedback`` rows."""
-    df, image_shape = load_source(cfg.source)
-    if cfg.sensitive is not None and cfg.sensitive not in df.columns:
+    src = load_source(cfg.source, cfg.decimal)
+    if cfg.sensitive is not None and cfg.sensitive not in src.frame.columns:
         raise MlcycleError(f"data.sensitive: column {cfg.sensitive!r} not found in the data")
     df, schema = infer_schema(
-        df, cfg.target, cfg.categorical, cfg.max_missing_share, cfg.max_categories, image_shape
+        src.frame,
+        cfg.target,
+        cfg.categorical,
+        cfg.max_missing_share,
+        cfg.max_categories,
+        src.image_shape,
+        lambda i: f"{src.unit} {i + src.first_line}",
     )
     df[FEEDBACK] = pd.Series([None] * len(df), index=df.index, dtype="string")
     if feedback is not None:
@@ -97,6 +198,7 @@ def read_feedback(path: Path, schema: Schema, columns: list[str]) -> pd.DataFram
     if missing:
         raise MlcycleError(f"feedback {str(path)!r}: column {missing[0]!r} is missing")
     fb = fb[columns].reset_index(drop=True)
+    fb[schema.target] = strip_text(fb[schema.target])
     unlabelled = fb[schema.target].isna() | fb[FEEDBACK].isna()
     if unlabelled.any():
         row = int(np.flatnonzero(unlabelled.to_numpy())[0])

@@ -8,6 +8,11 @@ the one encoding every later part shares: categorical values -> their index in `
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
+import re
+import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -93,7 +98,7 @@ class Schema:
             if feat.kind == "categorical":
                 lookup = {c: i for i, c in enumerate(feat.categories or ())}
                 out[:, j] = col.map(
-                    lambda v, lk=lookup: lk.get(str(v), np.nan) if pd.notna(v) else np.nan
+                    lambda v, lk=lookup: lk.get(str(v).strip(), np.nan) if pd.notna(v) else np.nan
                 ).to_numpy(dtype=np.float64)
             else:
                 out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
@@ -126,8 +131,16 @@ class Schema:
 
 
 def _native(value: Any) -> Any:
-    """numpy scalar -> Python scalar, so labels compare equal to the JSON-loaded classes."""
-    return value.item() if isinstance(value, np.generic) else value
+    """numpy scalar -> Python scalar, so labels compare equal to the JSON-loaded classes; text
+    without surrounding whitespace, so ``'yes '`` is the class ``'yes'``."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return value.strip() if isinstance(value, str) else value
+
+
+DATETIME_DTYPE = "datetime: days since 1970-01-01 UTC"  # the dtype schema.json gives such columns
+ISO_DATE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
 
 
 def infer_schema(
@@ -137,14 +150,20 @@ def infer_schema(
     max_missing_share: float,
     max_categories: int,
     image_shape: tuple[int, ...] | None = None,
+    row_name: Callable[[int], str] | None = None,
 ) -> tuple[pd.DataFrame, Schema]:
     """Validate ``df`` and describe it.
 
-    Returns the cleaned frame (numeric columns as float64 with inf -> NaN, categoricals as
-    strings) and its schema. Raises :class:`MlcycleError` naming the column and the problem.
+    Returns the cleaned frame (numeric columns as float64 with inf -> NaN, datetimes as float days
+    since 1970-01-01 with NaT -> NaN, categoricals as stripped strings, row-index columns dropped)
+    and its schema. Raises :class:`MlcycleError` naming the column and the problem; warnings
+    (dropped index columns, labels differing only in case) go to stderr. ``row_name(i)`` names
+    the i-th row (0-based) in messages the way the user's file counts it.
     """
+    row_name = row_name or (lambda i: f"row {i + 1}")
     if len(df) == 0:
         raise MlcycleError("data.source: the data has no rows")
+    df = df.reset_index(drop=True)
     dupes = df.columns[df.columns.duplicated()].tolist()
     if dupes:
         raise MlcycleError(f"data.source: duplicate column name {dupes[0]!r}")
@@ -159,9 +178,15 @@ def infer_schema(
     for name in categorical:
         if name not in df.columns:
             raise MlcycleError(f"data.categorical: column {name!r} not found in the data")
+    for name in index_columns(df, target, categorical):
+        warn(f"column {name!r} is a row index (unique increasing integers); dropped")
+        df = df.drop(columns=[name])
+    for name in df.columns:
+        reject_nested(df[name], name, row_name)
 
-    y = df[target]
+    y = strip_text(df[target])
     n_labelled = int(y.notna().sum())
+    reject_continuous(y, target)
     classes = sorted({_native(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
     if len(classes) < 2:
         seen = classes[0] if classes else None
@@ -169,6 +194,7 @@ def infer_schema(
             f"target column {target!r} has a single class {seen!r} in {n_labelled} labelled rows;"
             " a classifier needs at least 2"
         )
+    warn_case_variants(classes, f"target column {target!r}", "classes")
 
     clean: dict[str, pd.Series] = {}
     features: list[Feature] = []
@@ -176,11 +202,13 @@ def infer_schema(
         if name == target:
             continue
         col = df[name]
-        is_cat = name in categorical or not (
-            pd.api.types.is_numeric_dtype(col) or _mostly_numeric(col, name)
+        as_dates = None if name in categorical else datetime_days(col)
+        is_cat = as_dates is None and (
+            name in categorical
+            or not (pd.api.types.is_numeric_dtype(col) or _mostly_numeric(col, name, row_name))
         )
         if is_cat:
-            values = col.astype("string")
+            values = strip_text(col).astype("string")
             missing_share = float(values.isna().mean())
             cats = sorted(values.dropna().unique().tolist())
             if len(cats) > max_categories:
@@ -188,13 +216,17 @@ def infer_schema(
                     f"column {name!r} is categorical with {len(cats)} distinct values; at most "
                     f"data.max_categories = {max_categories} (is it numeric text or an id?)"
                 )
+            warn_case_variants(cats, f"column {name!r}", "categories")
             clean[name] = values
             features.append(
                 Feature(str(name), "categorical", "string", categories=tuple(str(c) for c in cats))
             )
         else:
-            dtype = str(col.dtype) if pd.api.types.is_numeric_dtype(col) else "float64"
-            values = pd.to_numeric(col, errors="coerce").astype("float64")
+            if as_dates is not None:
+                dtype, values = DATETIME_DTYPE, as_dates
+            else:
+                dtype = str(col.dtype) if pd.api.types.is_numeric_dtype(col) else "float64"
+                values = pd.to_numeric(col, errors="coerce").astype("float64")
             values = values.where(np.isfinite(values))
             missing_share = float(values.isna().mean())
             finite = values.dropna()
@@ -210,8 +242,8 @@ def infer_schema(
             )
         if missing_share > max_missing_share:
             raise MlcycleError(
-                f"column {name!r} has {missing_share:.0%} missing or infinite values; at most "
-                f"data.max_missing_share = {max_missing_share:.0%}"
+                f"column {name!r} has {_pct(missing_share)} missing or infinite values; at most "
+                f"data.max_missing_share = {_pct(max_missing_share)}"
             )
     if not features:
         raise MlcycleError("data.source: no feature columns besides the target")
@@ -220,8 +252,119 @@ def infer_schema(
     return pd.DataFrame(clean), schema
 
 
-def _mostly_numeric(col: pd.Series, name: Any) -> bool:
-    """True if a text column holds numbers; raise if it holds numbers *and* some text."""
+def warn(message: str) -> None:
+    print(f"ingest: warning: {message}", file=sys.stderr)
+
+
+def _pct(share: float) -> str:
+    """A share as a percentage that never rounds up to a boundary: 0.9975 -> '99.7%'."""
+    floored = math.floor(share * 1000) / 10
+    return f"{floored:g}%"
+
+
+def strip_text(col: pd.Series) -> pd.Series:
+    """Surrounding whitespace removed from text values; a value that was only spaces is missing."""
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        return col
+    stripped = col.map(lambda v: v.strip() if isinstance(v, str) else v)
+    return stripped.mask(stripped.map(lambda v: isinstance(v, str) and v == ""))
+
+
+def index_columns(df: pd.DataFrame, target: str, categorical: tuple[str, ...]) -> list[Any]:
+    """Columns that number the rows: ``Unnamed: 0`` / ``index`` (pandas wrote the index) or
+    exactly 0..n-1 / 1..n; as features they leak the row order (often sorted by label)."""
+    out = []
+    for name in df.columns:
+        col = df[name]
+        if name == target or name in categorical or not pd.api.types.is_integer_dtype(col):
+            continue
+        values = col.to_numpy()
+        if len(values) < 2 or not (np.diff(values) > 0).all():
+            continue
+        unnamed = str(name) in ("", "index", "level_0") or str(name).startswith("Unnamed: ")
+        counts = values[0] in (0, 1) and values[-1] - values[0] == len(values) - 1
+        if unnamed or counts:
+            out.append(name)
+    return out
+
+
+def reject_nested(col: pd.Series, name: Any, row_name: Callable[[int], str]) -> None:
+    """Lists, arrays, dicts or bytes in a cell: no feature can be made of them."""
+    if not pd.api.types.is_object_dtype(col):
+        return
+    nested = col.map(lambda v: isinstance(v, list | tuple | dict | set | np.ndarray | bytes))
+    if nested.any():
+        pos = int(np.flatnonzero(nested.to_numpy())[0])
+        kind = type(col.iloc[pos]).__name__
+        raise MlcycleError(
+            f"column {name!r} holds {kind} values ({row_name(pos)}); mlcycle needs one number or "
+            "category per cell: expand it into columns"
+        )
+
+
+def reject_continuous(y: pd.Series, target: str) -> None:
+    """A numeric target with fractional values or mostly distinct ones is a regression target."""
+    values = pd.to_numeric(y.dropna(), errors="coerce")
+    if len(values) == 0 or values.isna().any():
+        return
+    distinct = int(values.nunique())
+    fractional = bool((values != np.round(values)).any())
+    if (fractional and distinct > 10) or distinct > max(50, len(values) // 2):
+        example = _native(
+            values[values != np.round(values)].iloc[0] if fractional else values.iloc[0]
+        )
+        raise MlcycleError(
+            f"target column {target!r} looks continuous ({distinct} distinct values in "
+            f"{len(values)} rows, such as {example!r}); mlcycle trains classifiers: bin it "
+            "into classes, or point data.target at a categorical column"
+        )
+
+
+def warn_case_variants(values: list[Any], where: str, what: str) -> None:
+    """Warn about text values that differ only in case (and whitespace): one class or two?"""
+    groups: dict[str, list[str]] = {}
+    for v in values:
+        if isinstance(v, str):
+            groups.setdefault(" ".join(v.casefold().split()), []).append(v)
+    for variants in groups.values():
+        if len(variants) > 1:
+            shown = " and ".join(repr(v) for v in variants)
+            warn(
+                f"{where} has {what} {shown} that differ only in case or spacing; if they are "
+                "one, fix the data"
+            )
+
+
+def datetime_days(col: pd.Series) -> pd.Series | None:
+    """Dates and times as float days since 1970-01-01 UTC (NaT -> NaN); None if ``col`` is not
+    a datetime column: a datetime or date dtype, date objects, or text that is all ISO 8601."""
+    if pd.api.types.is_timedelta64_dtype(col):
+        return col / pd.Timedelta(days=1)
+    if not pd.api.types.is_datetime64_any_dtype(col):
+        present = col.dropna()
+        if not pd.api.types.is_object_dtype(col) and not pd.api.types.is_string_dtype(col):
+            return None
+        if len(present) == 0:
+            return None
+        if present.map(lambda v: isinstance(v, datetime.date)).all():
+            col = pd.to_datetime(col, utc=True)
+        elif present.map(lambda v: isinstance(v, str) and bool(ISO_DATE.match(v.strip()))).all():
+            col = pd.to_datetime(
+                col.map(lambda v: v.strip() if isinstance(v, str) else v),
+                utc=True,
+                format="ISO8601",
+            )
+        else:
+            return None
+    if getattr(col.dt, "tz", None) is None:
+        col = col.dt.tz_localize("UTC")
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    return ((col - epoch) / pd.Timedelta(days=1)).astype("float64")
+
+
+def _mostly_numeric(col: pd.Series, name: Any, row_name: Callable[[int], str]) -> bool:
+    """True if a text column holds numbers; raise if it holds numbers *and* some text, or
+    numbers written with a decimal comma."""
     present = col.dropna()
     if len(present) == 0:
         return True
@@ -230,11 +373,18 @@ def _mostly_numeric(col: pd.Series, name: Any) -> bool:
     share_numeric = 1.0 - float(bad.mean())
     if share_numeric == 1.0:
         return True
-    if share_numeric >= 0.5:
-        first = present[bad].index[0]
+    text = present[bad].astype(str)
+    if text.str.fullmatch(r"\s*[-+]?\d*,\d+\s*").all():
         raise MlcycleError(
-            f"column {name!r} is numeric ({share_numeric:.0%} of its values are numbers) but holds "
-            f"text {present[first]!r} at row {first}; fix the value or list the column in "
-            "data.categorical"
+            f"column {name!r} holds numbers with a decimal comma, such as {text.iloc[0]!r} "
+            f"({row_name(int(text.index[0]))}); set data.decimal: ',' in params.yaml (or list "
+            "the column in data.categorical if it is a category)"
+        )
+    if share_numeric >= 0.5:
+        first = int(present[bad].index[0])
+        raise MlcycleError(
+            f"column {name!r} is numeric ({_pct(share_numeric)} of its values are numbers) but "
+            f"holds text {present[first]!r} at {row_name(first)}; fix the value or list the "
+            "column in data.categorical"
         )
     return False

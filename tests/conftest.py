@@ -115,8 +115,8 @@ def assert_imports_no_torch(*modules: str) -> None:
 @pytest.fixture(scope="session")
 def digits() -> tuple[pd.DataFrame, Schema]:
     """The validated digits frame and its schema, as ingest produces them."""
-    df, shape = load_source("digits")
-    return infer_schema(df, "target", None, 0.3, 50, shape)
+    src = load_source("digits")
+    return infer_schema(src.frame, "target", None, 0.3, 50, src.image_shape)
 
 
 def prepare_inputs(root: Path, params: dict[str, Any]) -> Path:

@@ -20,7 +20,7 @@ from tests.conftest import EMPTY_FEEDBACK, repo_params
 
 def feedback_rows(n: int, offset: int = 0, seed: int = 0) -> pd.DataFrame:
     """Digits rows with some noise, as `python -m monitoring` exports them."""
-    df, _ = ingest.load_source("digits")
+    df = ingest.load_source("digits").frame
     rng = np.random.default_rng(seed)
     rows = df.sample(n, random_state=seed).reset_index(drop=True)
     pixels = [c for c in rows.columns if c != "target"]

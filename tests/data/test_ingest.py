@@ -107,11 +107,79 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], dict], str]] = {
         "column 'colour' is categorical with 40 distinct values; at most data.max_categories = 30",
     ),
     "unknown params key": (lambda d: {"data.sauce": "digits"}, "unknown key 'data.sauce'"),
+    "text in a numeric column is named by its line in the file": (
+        lambda d: {
+            "data.source": _csv(_table(d).astype({"x": object}).pipe(_put_text), d / "t.csv"),
+            "data.target": "y",
+        },
+        "holds text 'n/a?' at line 5",
+    ),
+    "share of numbers never rounds up to 100%": (
+        lambda d: {"data.source": _write(d / "p.csv", _one_text_in(400)), "data.target": "y"},
+        "(99.7% of its values are numbers)",
+    ),
+    "row with an extra field": (
+        lambda d: {"data.source": _write(d / "e.csv", "x,y\n1,a\n2,b\n3,a,9\n4,b\n")},
+        "is not a well-formed CSV: Expected 2 fields in line 4, saw 3",
+    ),
+    "binary garbage named .csv": (
+        lambda d: {"data.source": _write_bytes(d / "g.csv", bytes(range(256)) * 8)},
+        "is not a text CSV file",
+    ),
+    "a CSV named .parquet": (
+        lambda d: {"data.source": _csv(_table(d), d / "t.parquet"), "data.target": "y"},
+        "is not a Parquet file; it looks like CSV text: rename it to .csv",
+    ),
+    "a Parquet file named .csv": (
+        lambda d: {"data.source": _parquet(_table(d), d / "t.csv"), "data.target": "y"},
+        "is a Parquet file named .csv; rename it to .parquet",
+    ),
+    "a directory as source": (
+        lambda d: {"data.source": str(d)},
+        "is a directory; point it at one .csv or .parquet file",
+    ),
+    "list column in Parquet": (
+        lambda d: {
+            "data.source": _parquet(_table(d).assign(v=[[1.0, 2.0]] * 40), d / "l.parquet"),
+            "data.target": "y",
+        },
+        "column 'v' holds list",
+    ),
+    "decimal-comma numbers with few values": (
+        lambda d: {
+            "data.source": _write(d / "c.csv", "x,y\n" + '"1,5",a\n"2,5",b\n' * 20),
+            "data.target": "y",
+        },
+        "column 'x' holds numbers with a decimal comma, such as '1,5' (line 2); set data.decimal",
+    ),
+    "continuous target": (
+        lambda d: {
+            "data.source": _csv(_table(d).assign(y=np.linspace(-305.8, 90.1, 40)), d / "t.csv"),
+            "data.target": "y",
+        },
+        "target column 'y' looks continuous (40 distinct values in 40 rows, such as -305.8)",
+    ),
     "unsupported file type": (
         lambda d: {"data.source": _write(d / "t.xlsx", "x")},
         "neither 'digits' nor",
     ),
 }
+
+
+def _write_bytes(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _parquet(df: pd.DataFrame, path: Path) -> str:
+    df.to_parquet(path, index=False)
+    return str(path)
+
+
+def _one_text_in(n: int) -> str:
+    rows = [f"{i * 0.5},{'ab'[i % 2]}" for i in range(n)]
+    rows[7] = "oops,b"
+    return "x,y\n" + "\n".join(rows) + "\n"
 
 
 def _touch(path: Path) -> Path:
@@ -183,3 +251,89 @@ def test_user_csv_with_categoricals(
     assert kinds["colour"]["kind"] == "categorical"
     assert kinds["colour"]["categories"] == ["green", "red"]
     assert schema["target"]["classes"] == ["a", "b"]
+
+
+def _ingested(
+    params: Path, out: Path, capsys: pytest.CaptureFixture
+) -> tuple[dict, pd.DataFrame, str]:
+    code, err = run_ingest(params, out, capsys)
+    assert code == 0, err
+    schema = json.loads((out / "schema.json").read_text())
+    return schema, pd.read_parquet(out / "raw.parquet"), err
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "cp1252"])
+def test_common_encodings_are_read(
+    encoding: str, write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    df = _table(tmp_path).assign(colour=lambda f: f["colour"].replace("red", "café"))
+    df.to_csv(tmp_path / "t.csv", index=False, encoding=encoding)
+    params = write_params({"data.source": str(tmp_path / "t.csv"), "data.target": "y"})
+    schema, _, _ = _ingested(params, tmp_path / "out", capsys)
+    colour = next(f for f in schema["features"] if f["name"] == "colour")
+    assert colour["categories"] == ["café", "green"]
+
+
+def test_semicolon_csv_with_decimal_commas(
+    write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Excel's CSV in most of Europe: ';' between fields, ',' in numbers."""
+    (tmp_path / "eu.csv").write_text("x;y\n" + "1,5;a\n2,25;b\n" * 10)
+    params = write_params(
+        {"data.source": str(tmp_path / "eu.csv"), "data.target": "y", "data.decimal": ","}
+    )
+    schema, raw, _ = _ingested(params, tmp_path / "out", capsys)
+    assert schema["features"] == [
+        {"name": "x", "kind": "numeric", "dtype": "float64", "min": 1.5, "max": 2.25}
+    ]
+    assert raw["x"].tolist()[:2] == [1.5, 2.25]
+
+
+def test_a_saved_pandas_index_is_dropped_not_learned(
+    write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """to_csv without index=False on label-sorted rows: the index alone would predict the label."""
+    df = _table(tmp_path).sort_values("y").reset_index(drop=True)
+    df.to_csv(tmp_path / "t.csv")  # writes the index as an unnamed first column
+    df.assign(row_no=np.arange(1, len(df) + 1)).to_csv(tmp_path / "n.csv", index=False)
+    for name in ("t.csv", "n.csv"):
+        params = write_params({"data.source": str(tmp_path / name), "data.target": "y"})
+        schema, raw, err = _ingested(params, tmp_path / name.replace(".", "_"), capsys)
+        assert [f["name"] for f in schema["features"]] == ["x", "colour"]
+        assert "is a row index (unique increasing integers); dropped" in err
+        assert list(raw.columns[:2]) == ["x", "colour"]
+
+
+def test_labels_and_categories_are_stripped_and_case_variants_named(
+    write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    df = _table(tmp_path)
+    df["y"] = ["yes", "yes ", " no", "no"] * 9 + ["Yes", "no", "yes", "no"]
+    df["colour"] = [" red", "red", "green ", "green"] * 10
+    df.to_csv(tmp_path / "t.csv", index=False)
+    params = write_params({"data.source": str(tmp_path / "t.csv"), "data.target": "y"})
+    schema, raw, err = _ingested(params, tmp_path / "out", capsys)
+    assert schema["target"]["classes"] == ["Yes", "no", "yes"]
+    assert "classes 'Yes' and 'yes' that differ only in case" in err
+    colour = next(f for f in schema["features"] if f["name"] == "colour")
+    assert colour["categories"] == ["green", "red"]
+    assert set(raw["y"]) == {"Yes", "no", "yes"}
+
+
+def test_datetimes_become_days_with_nat_as_missing(
+    write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    df = _table(tmp_path)
+    df["when"] = pd.date_range("2024-01-01", periods=40, freq="D")
+    df.loc[[3, 9], "when"] = pd.NaT
+    df["text_day"] = [f"2024-02-{d:02d}" for d in range(1, 29)] + [None] * 12
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    params = write_params({"data.source": str(tmp_path / "t.parquet"), "data.target": "y"})
+    schema, raw, _ = _ingested(params, tmp_path / "out", capsys)
+    when = next(f for f in schema["features"] if f["name"] == "when")
+    assert when["kind"] == "numeric" and when["dtype"].startswith("datetime")
+    assert when["min"] == (pd.Timestamp("2024-01-01") - pd.Timestamp("1970-01-01")).days
+    assert when["max"] - when["min"] == 39  # days, not nanoseconds
+    assert raw["when"].isna().sum() == 2
+    text_day = next(f for f in schema["features"] if f["name"] == "text_day")
+    assert text_day["kind"] == "numeric" and text_day["max"] - text_day["min"] == 27

@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-ALL = {"ingest", "preprocess", "features", "tune", "train", "harden", "export", "evaluate"}
+ALL = {"source", "ingest", "preprocess", "features", "tune", "train", "harden", "export", "evaluate"}
 AFTER_TRAIN = {"harden", "export", "evaluate"}
 
 
@@ -101,10 +101,12 @@ def project(first_run: tuple[Path, str, dict[str, str]]) -> Path:
 
 def test_repro_runs_every_stage_then_is_a_no_op(first_run: tuple, project: Path) -> None:
     assert ran(first_run[1]) == ALL
+    lock = (project / "dvc.lock").read_bytes()
     second = dvc(project, "repro")
-    assert ran(second) == set()
-    for stage in ALL:
+    assert ran(second) == {"source"}  # always_changed: it hashes data.source, nothing else runs
+    for stage in ALL - {"source"}:
         assert f"Stage '{stage}' didn't change, skipping" in second
+    assert (project / "dvc.lock").read_bytes() == lock
     for out in (
         "data/raw.parquet",
         "data/schema.json",
@@ -118,12 +120,12 @@ def test_repro_runs_every_stage_then_is_a_no_op(first_run: tuple, project: Path)
 
 def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
     edit_params(project, "train", "epochs", 5)
-    assert ran(dvc(project, "repro")) == {"tune", "train", *AFTER_TRAIN}
+    assert ran(dvc(project, "repro")) == {"source", "tune", "train", *AFTER_TRAIN}
     edit_params(project, "gate", "max_ece", 0.2)
-    assert ran(dvc(project, "repro")) == {"evaluate"}
+    assert ran(dvc(project, "repro")) == {"source", "evaluate"}
     # The search changes but its winner (and so models/features.*) does not: train is skipped.
     edit_params(project, "features", "pca_components", [8, 24])
-    assert ran(dvc(project, "repro")) == {"features"}
+    assert ran(dvc(project, "repro")) == {"source", "features"}
     metrics = json.loads((project / "metrics/features.json").read_text())
     assert {"pca8", "pca24"} <= {row["name"] for row in metrics["search"]}
     test_before = (project / "data/prepared/test.parquet").read_bytes()
