@@ -144,9 +144,16 @@ class NoiseConfig:
     folds: int
     filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"]
     max_share: float
+    max_fit_rows: int | None
 
     def check(self, where: str) -> None:
         require(self.folds >= 2, f"{where}.folds", self.folds, ">= 2")
+        require(
+            self.max_fit_rows is None or self.max_fit_rows >= 100,
+            f"{where}.max_fit_rows",
+            self.max_fit_rows,
+            ">= 100, or null for every row",
+        )
         require(0.0 <= self.max_share < 0.5, f"{where}.max_share", self.max_share, "in [0, 0.5)")
 
 
@@ -191,6 +198,7 @@ class FeaturesConfig:
     quantiles: int
     skew_threshold: float
     tie_tolerance: float
+    search_rows: int | None
 
     def check(self, where: str) -> None:
         require(self.cv_folds >= 2, f"{where}.cv_folds", self.cv_folds, ">= 2")

@@ -7,7 +7,10 @@
 Each candidate (standardize, quantile, log_standardize, standardize + PCA-k; categoricals always
 one-hot) is scored by stratified k-fold accuracy of a cheap model (logistic regression) on the
 train split alone. Candidates within ``features.tie_tolerance`` of the best count as tied and the
-cheapest (fewest output features, then list order) wins. Nothing is fit on val or test.
+cheapest (fewest output features, then list order) wins. Nothing is fit on val or test. On a
+large train split the search scores a stratified sample of ``features.search_rows`` rows (the
+metrics say how many); the chosen transform is then fit on every train row. Any single column
+that alone predicts the label almost perfectly is reported as a likely target leak.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.tree import DecisionTreeClassifier
 from tqdm.auto import tqdm
 
 from pipeline import stage
 from pipeline.config import FeaturesConfig
 from pipeline.errors import MlcycleError
 from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet
+from pipeline.sampling import stratified_sample
 from pipeline.schema import LABEL, WEIGHT, Schema
 from pipeline.transforms import FeatureTransform
 
@@ -93,13 +98,39 @@ def choose(table: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     return min(tied, key=lambda r: r["n_features_out"])  # min keeps list order on equal cost
 
 
+LEAK_ACCURACY = 0.98  # a single feature predicting the label this well is reported
+LEAK_ROWS = 5000  # rows the leak check looks at (a stratified sample of train)
+
+
+def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> list[dict[str, Any]]:
+    """Features that alone predict the label almost perfectly (3-fold CV of a depth-4 tree on
+    that one column, missing values as their own bin): an id sorted by label, a column derived
+    from the target. Reported, not dropped: sometimes a feature really is that good."""
+    idx = stratified_sample(np.arange(len(y)), y, LEAK_ROWS, seed)
+    Xs, ys = X[idx], y[idx]
+    majority = float(np.bincount(ys).max() / len(ys))
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    if int(np.bincount(ys)[np.bincount(ys) > 0].min()) < 3:
+        return []
+    out = []
+    for j, name in enumerate(schema.names):
+        col = np.nan_to_num(Xs[:, j : j + 1], nan=np.nanmin(Xs[:, j], initial=0.0) - 1.0)
+        tree = DecisionTreeClassifier(max_depth=4, random_state=seed)
+        acc = float(cross_val_score(tree, col, ys, cv=folds).mean())
+        if acc >= LEAK_ACCURACY and acc > majority + 0.05:
+            out.append({"feature": name, "cv_accuracy_alone": acc})
+    return out
+
+
 def search(
     train: pd.DataFrame, schema: Schema, cfg: FeaturesConfig
 ) -> tuple[FeatureTransform, list[dict[str, Any]], dict[str, Any]]:
-    """Score every candidate on train, then fit the chosen one on the whole train split."""
-    X = train[schema.names].to_numpy(dtype=np.float64)  # prepared splits are already encoded
-    y = train[LABEL].to_numpy()
-    w = train[WEIGHT].to_numpy()
+    """Score every candidate on train (a stratified sample of at most ``search_rows``), then
+    fit the chosen one on the whole train split."""
+    X_all = train[schema.names].to_numpy(dtype=np.float64)  # prepared splits: already encoded
+    y_all = train[LABEL].to_numpy()
+    rows = stratified_sample(np.arange(len(y_all)), y_all, cfg.search_rows, cfg.seed)
+    X, y, w = X_all[rows], y_all[rows], train[WEIGHT].to_numpy()[rows]
     cands = candidates(cfg, X.shape[1])
     if not cands:
         raise MlcycleError(
@@ -112,7 +143,7 @@ def search(
     ]
     chosen = choose(table, cfg.tie_tolerance)
     cand = next(c for c in cands if c.name == chosen["name"])
-    return make_transform(cand, schema, cfg).fit(X), table, chosen
+    return make_transform(cand, schema, cfg).fit(X_all), table, {**chosen, "search_rows": len(y)}
 
 
 FLAGS = ("--schema", "--train", "--out-arrays", "--out-spec", "--metrics", "--plot")
@@ -122,7 +153,18 @@ def body(ctx: stage.Context) -> None:
     args = ctx.args
     cfg = ctx.section("features", FeaturesConfig)
     schema = Schema.from_dict(load_json(args.schema))
-    transform, table, chosen = search(read_parquet(args.train), schema, cfg)
+    train = read_parquet(args.train)
+    transform, table, chosen = search(train, schema, cfg)
+    leaks = likely_leaks(
+        train[schema.names].to_numpy(dtype=np.float64), train[LABEL].to_numpy(), schema, cfg.seed
+    )
+    for leak in leaks:
+        print(
+            f"features: warning: column {leak['feature']!r} alone predicts the label with "
+            f"{leak['cv_accuracy_alone']:.1%} accuracy: a likely target leak (an id sorted by "
+            "label, a column computed from the target?); drop it from the source if so",
+            file=sys.stderr,
+        )
     # The layout survives (and a CNN can see the image) when nothing mixes or adds columns.
     keeps_layout = transform.n_components is None and not any(transform.n_categories)
     extra = {
@@ -137,6 +179,10 @@ def body(ctx: stage.Context) -> None:
                 "chosen": chosen["name"],
                 "chosen_cv_accuracy": chosen["cv_accuracy"],
                 "n_features_out": transform.n_features_out_,
+                "search_rows": chosen["search_rows"],
+                "train_rows": len(train),
+                "search_sampled": chosen["search_rows"] < len(train),
+                "likely_leaks": leaks,
                 "search": table,
             },
             tmps[2],

@@ -40,6 +40,7 @@ from pipeline import stage
 from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig
 from pipeline.errors import MlcycleError
 from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
+from pipeline.sampling import stratified_sample
 from pipeline.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
 
 SPLITS = ("train", "val", "test", "holdout")
@@ -81,16 +82,27 @@ def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
 
 
 def out_of_fold_proba(
-    model: Pipeline, X: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int
+    model: Pipeline,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    folds: int,
+    seed: int,
+    max_fit_rows: int | None = None,
 ) -> np.ndarray:
-    """(rows, classes) probabilities, each row predicted by a model that never saw it."""
+    """(rows, classes) probabilities, each row predicted by a model that never saw it.
+
+    Each fold's model is fit on at most ``max_fit_rows`` of the other folds' rows (a stratified
+    sample): a nearest-neighbour model's cost grows with rows fit x rows predicted.
+    """
     smallest = int(np.bincount(y, minlength=n_classes)[np.bincount(y) > 0].min())
     folds = max(2, min(folds, smallest))
     proba = np.zeros((len(y), n_classes))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_idx, held_idx in tqdm(
-        list(splitter.split(X, y)), desc="label noise: folds", leave=False
+    for k, (fit_idx, held_idx) in enumerate(
+        tqdm(list(splitter.split(X, y)), desc="label noise: folds", leave=False)
     ):
+        fit_idx = stratified_sample(fit_idx, y, max_fit_rows, seed + k)
         fitted = clone(model).fit(X[fit_idx], y[fit_idx])
         proba[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(X[held_idx])
     return proba
@@ -103,7 +115,13 @@ def find_noisy(
     from cleanlab.filter import find_label_issues
 
     proba = out_of_fold_proba(
-        noise_model(cfg.model, schema, seed), X, y, schema.n_classes, cfg.folds, seed
+        noise_model(cfg.model, schema, seed),
+        X,
+        y,
+        schema.n_classes,
+        cfg.folds,
+        seed,
+        cfg.max_fit_rows,
     )
     present = np.unique(y)
     # cleanlab wants every class index present; restrict to the classes seen in this pool.
@@ -114,8 +132,53 @@ def find_noisy(
     ranked = find_label_issues(
         remap[y], sub, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence"
     )
-    cap = int(cfg.max_share * len(y))
-    return np.asarray(ranked[:cap], dtype=np.int64), proba
+    return cap_per_class(np.asarray(ranked, dtype=np.int64), y, cfg.max_share), proba
+
+
+def cap_per_class(ranked: np.ndarray, y: np.ndarray, max_share: float) -> np.ndarray:
+    """The most suspicious of ``ranked`` rows, at most ``max_share`` of all rows and of each
+    class's rows, and never a class's last 2 (train and val each need one)."""
+    counts = np.bincount(y)
+    budget = np.minimum(np.floor(max_share * counts), np.maximum(counts - 2, 0)).astype(int)
+    keep: list[int] = []
+    for i in ranked[: int(max_share * len(y))] if len(ranked) else []:
+        if budget[y[i]] > 0:
+            budget[y[i]] -= 1
+            keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)
+
+
+def every_class_in(
+    src: np.ndarray, dst: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move one row of each class that ``dst`` lacks (and ``src`` has two of) from src to dst.
+
+    A stratified split of a class with a handful of rows can leave a split without it; this
+    fixes exactly those classes, so splits of well-populated data are not changed at all.
+    """
+    rng = np.random.default_rng(seed)
+    for c in np.setdiff1d(np.unique(y[src]), np.unique(y[dst])):
+        members = src[y[src] == c]
+        if len(members) >= 2:
+            move = rng.choice(members)
+            src, dst = src[src != move], np.sort(np.append(dst, move))
+    return src, dst
+
+
+def split(
+    idx: np.ndarray, y: np.ndarray, share: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split of ``idx`` with every class on both sides; clear error if impossible."""
+    try:
+        keep, cut = train_test_split(idx, test_size=share, stratify=y[idx], random_state=seed)
+    except ValueError as exc:
+        raise MlcycleError(
+            f"cannot cut the {what} split from {len(idx)} rows of {len(np.unique(y[idx]))} "
+            f"classes: {exc}"
+        ) from None
+    keep, cut = every_class_in(keep, np.sort(cut), y, seed)
+    cut, keep = every_class_in(cut, keep, y, seed)
+    return np.sort(keep), cut
 
 
 def bias_weights(
@@ -203,16 +266,18 @@ def preprocess(
     counts["missing_strategy"] = cfg.missing
 
     class_counts = np.bincount(y, minlength=schema.n_classes)
-    rare = [schema.classes[c] for c in np.flatnonzero((class_counts > 0) & (class_counts < 3))]
-    if rare:
+    rare = np.flatnonzero((class_counts > 0) & (class_counts < 3))
+    if len(rare):
+        c = rare[0]
         raise MlcycleError(
-            f"target column {schema.target!r}: class {rare[0]!r} has fewer than 3 rows left after "
-            "cleaning; every class needs rows in train, val and test"
+            f"target column {schema.target!r}: class {schema.classes[c]!r} has "
+            f"{class_counts[c]} row(s) left after cleaning (duplicates"
+            f"{', rows with missing values' if cfg.missing == 'drop' else ''} dropped); every "
+            "class needs at least 3: one each for train, val and test"
         )
 
     idx = np.arange(len(y))
-    pool, test = train_test_split(idx, test_size=cfg.test_size, stratify=y, random_state=cfg.seed)
-    test = np.sort(test)
+    pool, test = split(idx, y, cfg.test_size, cfg.seed, "test")
 
     # Production rows: after the source, never in test; duplicates of any earlier row dropped.
     holdout = np.empty(0, dtype=np.int64)
@@ -247,14 +312,15 @@ def preprocess(
             }
         )
     counts["noise_dropped"] = len(noisy)
+    counts["noise_fit_rows_per_fold"] = (
+        min(cfg.noise.max_fit_rows or len(pool), len(pool)) if cfg.noise.enabled else 0
+    )
     if len(fb_rows):
         counts["feedback_noise_dropped"] = int((noisy >= n_source).sum())
     pool = np.setdiff1d(pool, noisy)
 
     val_share = cfg.val_size / (1.0 - cfg.test_size)
-    train, val = train_test_split(
-        pool, test_size=val_share, stratify=y[pool], random_state=cfg.seed
-    )
+    train, val = split(pool, y, val_share, cfg.seed, "validation")
     parts = {"train": np.sort(train), "val": np.sort(val), "test": test, "holdout": holdout}
 
     groups = None

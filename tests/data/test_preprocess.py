@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import PreprocessConfig, section
 from pipeline.errors import MlcycleError
-from pipeline.preprocess import preprocess
+from pipeline.preprocess import cap_per_class, preprocess
 from pipeline.schema import LABEL, ROW, WEIGHT, Schema, infer_schema
 from tests.conftest import repo_params
 
@@ -119,5 +119,40 @@ def test_sensitive_reweighing_makes_group_and_class_independent(cfg: PreprocessC
 def test_a_class_too_small_to_split_is_named(cfg: PreprocessConfig) -> None:
     raw = pd.DataFrame({"x": np.arange(30.0), "y": ["a"] * 14 + ["b"] * 14 + ["c"] * 2})
     raw, schema = infer_schema(raw, "y", None, 0.3, 50)
-    with pytest.raises(MlcycleError, match="class 'c' has fewer than 3 rows"):
+    with pytest.raises(MlcycleError, match=r"class .c. has 2 row\(s\) left after cleaning"):
         preprocess(raw, schema, cfg, None)
+
+
+@pytest.mark.parametrize("rare_rows", [3, 4, 5, 6, 7, 8])
+def test_a_rare_class_far_from_the_rest_survives_noise_removal_and_splits(
+    rare_rows: int, cfg: PreprocessConfig
+) -> None:
+    """A handful of rows of a class scattered among the others: confident learning sees them as
+    noise (their neighbours are other classes) and a stratified split can leave a split without them.
+    Removal is capped per class and every split gets every class."""
+    rng = np.random.default_rng(rare_rows)
+    n = 300
+    big = rng.choice(["a", "b"], n)
+    x = rng.normal(size=(n, 2)) + np.where(big == "a", 0.0, 4.0)[:, None]
+    rare = rng.normal(size=(rare_rows, 2)) * 2.0 + 2.0  # scattered among the others
+    raw = pd.DataFrame(np.vstack([x, rare]), columns=["x1", "x2"]).assign(
+        y=np.concatenate([big, ["rare"] * rare_rows])
+    )
+    raw, schema = infer_schema(raw, "y", None, 0.3, 50)
+    prepared = preprocess(raw, schema, cfg, None)
+    rare_index = schema.classes.index("rare")
+    in_splits = {
+        name: int((prepared.splits[name][LABEL] == rare_index).sum())
+        for name in ("train", "val", "test")
+    }
+    assert all(count >= 1 for count in in_splits.values()), in_splits
+    assert sum(in_splits.values()) == rare_rows  # none of them removed as "noise"
+    for name in ("train", "val", "test"):
+        assert set(prepared.splits[name][LABEL]) == {0, 1, 2}
+
+
+def test_noise_removal_is_capped_per_class() -> None:
+    y = np.array([0] * 100 + [1] * 10 + [2] * 3)
+    ranked = np.array([100, 101, 102, 110, 111, 0, 1, 2])  # the rare classes first
+    kept = cap_per_class(ranked, y, 0.1)
+    assert kept.tolist() == [100, 0, 1, 2]  # 1 of class 1 (10 %), none of class 2 (last rows)

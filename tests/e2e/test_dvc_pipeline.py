@@ -20,7 +20,17 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-ALL = {"source", "ingest", "preprocess", "features", "tune", "train", "harden", "export", "evaluate"}
+ALL = {
+    "source",
+    "ingest",
+    "preprocess",
+    "features",
+    "tune",
+    "train",
+    "harden",
+    "export",
+    "evaluate",
+}
 AFTER_TRAIN = {"harden", "export", "evaluate"}
 
 
