@@ -54,7 +54,8 @@ def main() -> None:
     names = [f["name"] for f in schema["features"]]
     X = pd.read_parquet(args.inputs / "data/prepared/test.parquet")[names].to_numpy(np.float32)
     torch.set_num_threads(1)
-    eager = Served(build(torch.load(args.inputs / "models/hardened.pt", weights_only=True))).eval()
+    ckpt = torch.load(args.inputs / "models/hardened.pt", weights_only=True)
+    eager = Served(build(ckpt), ckpt.get("temperature", 1.0)).eval()
     fp32 = session(args.inputs / "models/model.onnx")
     int8 = session(args.inputs / "models/model.int8.onnx")
     print(f"{'batch':>5}  {'runtime':<22}{'p50 ms':>9}{'p99 ms':>9}{'vs eager (p50)':>16}")

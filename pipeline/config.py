@@ -383,6 +383,8 @@ class GateConfig:
     robust_steps: int
     robust_restarts: int
     seed: int
+    max_baseline_gap: float | None
+    robust_floor: Literal["budget", "strict"]
 
     def check(self, where: str) -> None:
         for key in ("min_accuracy", "min_robust_accuracy", "max_ece"):

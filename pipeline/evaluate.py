@@ -12,7 +12,12 @@ calibration (ECE) and p99 single-row latency in onnxruntime, and robust accuracy
 ``harden.eps`` (on each model's PyTorch twin, which export proved equal to its graph). The
 candidate is registered in MLflow whatever the outcome; it is promoted (``champion`` alias, local
 champion directory swapped atomically) only if every rule in ``params.yaml: gate`` holds. With no
-champion yet, the absolute floors alone apply. The decision and every reason go to the metrics.
+champion yet, the absolute floors alone apply. Two floors are relative to the data: the
+candidate may trail the best scikit-learn baseline (metrics/train.json) by at most
+``gate.max_baseline_gap``, and the model before hardening by at most ``harden.max_clean_drop``
+(the budget harden itself keeps, so the default gate never rejects what hardening produced on
+clean accuracy). The decision, every reason and a hint naming the parameter to change for each
+failed (or waived) rule go to the metrics and the model card.
 
 When labelled production rows exist, both models are also measured on the production holdout
 (``holdout.parquet``), and the candidate may trail the champion there by at most
@@ -22,6 +27,7 @@ split's features, which the monitor compares production windows with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -108,10 +114,31 @@ def holdout_accuracy(onnx_path: Path, X: np.ndarray, y: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == y).mean())
 
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What the earlier stages say about the candidate, for the data-relative rules."""
+
+    baseline: tuple[str, float] | None = None  # the best scikit-learn baseline's test accuracy
+    trained_clean: float | None = None  # the model before hardening, test accuracy
+    max_clean_drop: float = 1.0  # harden.max_clean_drop (plus the int8 allowance if int8 ships)
+    budget_limited: bool = False  # harden: robustness at eps costs more than the budget allows
+
+
 def gate(
-    cfg: GateConfig, cand: dict[str, Any], champ: dict[str, Any] | None, parity_passed: bool
+    cfg: GateConfig,
+    cand: dict[str, Any],
+    champ: dict[str, Any] | None,
+    parity_passed: bool,
+    ctx: Context | None = None,
 ) -> list[dict[str, Any]]:
-    """Every rule with its value, threshold and verdict."""
+    """Every rule with its value, threshold and verdict.
+
+    ``min_robust_accuracy`` is waived (passed, marked ``waived``) when ``gate.robust_floor`` is
+    ``budget`` and harden reports that robustness at eps costs more clean accuracy than its
+    budget allows: the model ships, and the hints say which parameter trades accuracy for
+    robustness. ``strict`` always enforces the floor.
+    """
+    ctx = ctx or Context()
     # (rule, value, threshold, value must be at least the threshold (else at most), what)
     rules = [
         (
@@ -138,6 +165,28 @@ def gate(
             "p99 single-row latency <= budget",
         ),
     ]
+    if ctx.baseline is not None and cfg.max_baseline_gap is not None:
+        name, acc = ctx.baseline
+        rules.append(
+            (
+                "vs_baseline",
+                cand["accuracy"],
+                acc - cfg.max_baseline_gap,
+                True,
+                f"accuracy >= the {name} baseline's {acc:.4f} - {cfg.max_baseline_gap}",
+            )
+        )
+    if ctx.trained_clean is not None:
+        rules.append(
+            (
+                "clean_budget",
+                cand["accuracy"],
+                ctx.trained_clean - ctx.max_clean_drop,
+                True,
+                f"accuracy >= the model before hardening's {ctx.trained_clean:.4f} - "
+                f"{ctx.max_clean_drop:g} (harden.max_clean_drop)",
+            )
+        )
     if champ is not None and "holdout_accuracy" in cand:
         rules.append(
             (
@@ -167,7 +216,7 @@ def gate(
                 f"{cfg.max_robust_drop}",
             ),
         ]
-    return [
+    out = [
         {
             "rule": r,
             "value": v,
@@ -177,6 +226,43 @@ def gate(
         }
         for r, v, t, at_least, w in rules
     ]
+    for r in out:
+        over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
+        if r["rule"] == "min_robust_accuracy" and not r["passed"] and over_budget:
+            r.update(passed=True, waived=True)
+            r["what"] += " (waived: robustness at harden.eps costs more than the budget)"
+    return out
+
+
+HINTS = {
+    "min_accuracy": "the model is below gate.min_accuracy: more data or train.epochs / "
+    "tune.n_trials, or a floor that fits your data",
+    "vs_baseline": "the network trails a scikit-learn baseline: raise train.epochs, try "
+    "tune.n_trials: 30, or raise gate.max_baseline_gap",
+    "clean_budget": "hardening cost more clean accuracy than harden.max_clean_drop",
+    "min_robust_accuracy": "robust accuracy is below gate.min_robust_accuracy: raise "
+    "harden.epochs, lower harden.eps, or lower the floor",
+    "max_ece": "probabilities are miscalibrated: see metrics/robustness.json calibration",
+    "max_p99_latency_ms": "too slow: set gate.variant: int8, a smaller train.hidden, or "
+    "raise gate.max_p99_latency_ms",
+}
+
+
+def hints(rules: list[dict[str, Any]], eps: float, max_clean_drop: float) -> list[str]:
+    """What to change, for each failed or waived rule."""
+    out = []
+    for r in rules:
+        if r.get("waived"):
+            out.append(
+                f"robust accuracy {r['value']:.4f} is below gate.min_robust_accuracy = "
+                f"{r['threshold']:g}, waived because robustness at harden.eps = {eps:g} costs "
+                f"more clean accuracy than harden.max_clean_drop = {max_clean_drop:g} allows: "
+                "raise harden.max_clean_drop to trade accuracy for robustness, lower harden.eps, "
+                "or set gate.robust_floor: strict to refuse such a model"
+            )
+        elif not r["passed"] and r["rule"] in HINTS:
+            out.append(f"{r['rule']}: {HINTS[r['rule']]}")
+    return out
 
 
 def model_card(
@@ -189,6 +275,7 @@ def model_card(
 ) -> str:
     """A Markdown model card: data, model, metrics, robustness, gate, limits."""
     c = decision["candidate"]
+    cal = robustness.get("calibration", {})
     by_eps = robustness["hardened"]["by_eps"]
     n_cat = sum(f.kind == "categorical" for f in schema.features)
     lines = [
@@ -231,6 +318,11 @@ def model_card(
         lines.append(f"| {eps} | {robustness['trained']['by_eps'][eps]:.4f} | {acc:.4f} |")
     lines += [
         "",
+        "## Calibration",
+        f"- {cal.get('method', 'none')}: temperature {cal.get('temperature', 1.0):.3f}, test "
+        f"ECE {cal.get('test_ece_before', float('nan')):.4f} -> "
+        f"{cal.get('test_ece_after', float('nan')):.4f} (plots/reliability.png)",
+        "",
         "## Export",
         f"- parity: max |probability difference| "
         f"{export['parity']['max_abs_probability_diff']:.2e}, labels equal "
@@ -239,10 +331,11 @@ def model_card(
         f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}",
     ]
     lines += [
-        f"- {'pass' if r['passed'] else 'FAIL'} {r['rule']}: {r['value']:.4f} vs "
-        f"{r['threshold']:.4f} ({r['what']})"
+        f"- {'waived' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} {r['rule']}: "
+        f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
         for r in decision["rules"]
     ]
+    lines += [f"- hint: {h}" for h in decision.get("hints", [])]
     lines += [
         "",
         "## Limits",
@@ -305,8 +398,20 @@ def body(ctx: stage.Context) -> None:
         if len(yh):
             champion["holdout_accuracy"] = holdout_accuracy(champ_dir / "model.onnx", Xh, yh)
 
-    rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]))
+    harden_cfg = ctx.section("harden", HardenConfig)
+    baselines = train_metrics.get("baselines", {})
+    best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
+    budget = robustness.get("budget", {})
+    context = Context(
+        baseline=(best[0], best[1]["test_accuracy"]) if best else None,
+        trained_clean=robustness["trained"]["clean_accuracy"],
+        max_clean_drop=harden_cfg.max_clean_drop
+        + (cfg.max_int8_accuracy_drop if variant == "int8" else 0.0),
+        budget_limited=bool(budget.get("limited", False)),
+    )
+    rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]), context)
     passed = all(r["passed"] for r in rules)
+    advice = hints(rules, eps, harden_cfg.max_clean_drop)
     decision: dict[str, Any] = {
         "model_name": cfg.model_name,
         "variant": variant,
@@ -320,6 +425,7 @@ def body(ctx: stage.Context) -> None:
             if not r["passed"]
         ],
         "rules": rules,
+        "hints": advice,
         "candidate": candidate,
         "champion": champion,
         "champion_version_before": champ_version,
@@ -348,6 +454,8 @@ def body(ctx: stage.Context) -> None:
     with atomic_outputs(args.metrics) as (tmp_metrics,):
         dump_json(decision, tmp_metrics)
     verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
+    for line in advice:
+        print(f"evaluate: hint: {line}")
     print(
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
         f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "

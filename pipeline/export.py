@@ -7,8 +7,9 @@
 
 Input ``features`` (batch, features) float32: raw values in schema order, categoricals as their
 index in schema.json, NaN for missing. Outputs ``probabilities`` (batch, classes) and ``label``
-(batch,) int64. The fitted feature transform is inside the graph, so serving does nothing but
-encode categoricals. Checked with ``onnx.checker`` (full check), no external-data sidecar, and
+(batch,) int64. The fitted feature transform and harden's temperature scaling are inside the
+graph, so serving does nothing but encode categoricals and its probabilities are calibrated.
+Checked with ``onnx.checker`` (full check), no external-data sidecar, and
 compared with PyTorch on the whole test split. The int8 variant is dynamically quantized
 (onnxruntime) after its pre-processing pass; the evaluate stage's gate picks which one ships.
 """
@@ -35,22 +36,29 @@ from pipeline.schema import LABEL, Schema
 
 
 class Served(nn.Module):
-    """What the ONNX graph computes: raw features -> (probabilities, label)."""
+    """What the ONNX graph computes: raw features -> (calibrated probabilities, label).
 
-    def __init__(self, model: Classifier) -> None:
+    ``temperature`` is harden's temperature scaling (the checkpoint's ``temperature``).
+    """
+
+    def __init__(self, model: Classifier, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probabilities = torch.softmax(self.model(features), dim=1)  # (batch, classes)
+        logits = self.model(features) * self.inv_temperature
+        probabilities = torch.softmax(logits, dim=1)  # (batch, classes)
         return probabilities, probabilities.argmax(dim=1)  # (batch,)
 
 
-def export_onnx(model: Classifier, n_features: int, path: Path, opset: int) -> None:
+def export_onnx(
+    model: Classifier, n_features: int, path: Path, opset: int, temperature: float = 1.0
+) -> None:
     """Dynamo export with a dynamic batch axis, weights inside the file, then a full check."""
     # The exporter warns once per torchvision op it cannot register; nothing here uses them.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    served = Served(model.cpu()).eval()
+    served = Served(model.cpu(), temperature).eval()
     example = torch.zeros(2, n_features)
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
@@ -82,9 +90,12 @@ def strip_debug_metadata(graph: onnx.GraphProto) -> None:
                 strip_debug_metadata(sub)
 
 
-def torch_predict(model: Classifier, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def torch_predict(
+    model: Classifier, X: np.ndarray, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
-        probs, labels = Served(model.cpu().eval())(torch.as_tensor(X, dtype=torch.float32))
+        served = Served(model.cpu().eval(), temperature)
+        probs, labels = served(torch.as_tensor(X, dtype=torch.float32))
     return probs.numpy(), labels.numpy()
 
 
@@ -101,13 +112,19 @@ def quantize(fp32: Path, out: Path) -> None:
 
 
 def compare(
-    model: Classifier, fp32: Path, int8: Path | None, X: np.ndarray, y: np.ndarray, atol: float
+    model: Classifier,
+    fp32: Path,
+    int8: Path | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    atol: float,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Parity of the fp32 graph with PyTorch, and the int8 variant's size and accuracy.
 
     Deterministic for the same graphs and rows; latencies are in :func:`latencies`.
     """
-    t_probs, t_labels = torch_predict(model, X)
+    t_probs, t_labels = torch_predict(model, X, temperature)
     o_probs, o_labels = predict(session(fp32), X)
     diff = float(np.abs(o_probs - t_probs).max())
     report: dict[str, Any] = {
@@ -147,16 +164,19 @@ def body(ctx: stage.Context) -> None:
     args = ctx.args
     cfg = ctx.section("export", ExportConfig)
     schema = Schema.from_dict(load_json(args.schema))
-    model = build(load_checkpoint(args.model))
+    checkpoint = load_checkpoint(args.model)
+    model, temperature = build(checkpoint), float(checkpoint.get("temperature", 1.0))
     test = read_parquet(args.test)
     X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
     outputs = (args.out, args.out_int8, args.metrics, args.timing)
     with atomic_outputs(*outputs) as (fp32, int8, metrics_tmp, timing_tmp):
-        export_onnx(model, len(schema.names), fp32, cfg.opset)
+        export_onnx(model, len(schema.names), fp32, cfg.opset, temperature)
         if cfg.quantize:
             quantize(fp32, int8)
-        report = compare(model, fp32, int8 if cfg.quantize else None, X, y, cfg.parity_atol)
-        dump_json({"opset": cfg.opset, **report}, metrics_tmp)
+        report = compare(
+            model, fp32, int8 if cfg.quantize else None, X, y, cfg.parity_atol, temperature
+        )
+        dump_json({"opset": cfg.opset, "temperature": temperature, **report}, metrics_tmp)
         dump_json(latencies(fp32, int8 if cfg.quantize else None, X), timing_tmp)
         if not report["parity"]["passed"]:
             # The graph is kept (atomic_outputs still renames it) so the failure can be studied;

@@ -74,3 +74,40 @@ def plot_robustness(table: pd.DataFrame, eps: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, one line per
+    ``name -> (labels, probabilities)``, with each curve's ECE in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.metrics import expected_calibration_error
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    edges = np.linspace(0.0, 1.0, 16)
+    for name, (y, proba) in curves.items():
+        confidence, correct = proba.max(axis=1), proba.argmax(axis=1) == y
+        which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, 14)
+        xs, ys = [], []
+        for b in range(15):
+            inside = which == b
+            if inside.any():
+                xs.append(confidence[inside].mean())
+                ys.append(correct[inside].mean())
+        ece = expected_calibration_error(y, proba)
+        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.set(
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        title="reliability on the test split",
+        xlim=(0, 1.0),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

@@ -227,6 +227,8 @@ def run_harden(inputs: Path, trained: Path, out: Path) -> Path:
         f"{out}/robustness.csv",
         "--figure",
         f"{out}/robustness.png",
+        "--reliability",
+        f"{out}/reliability.png",
         "--timing",
         f"{out}/harden_time.json",
         "--tracking-db",

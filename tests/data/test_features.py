@@ -122,3 +122,40 @@ def test_tie_breaks_toward_fewer_output_features() -> None:
     ]
     assert features.choose(table, 0.003)["name"] == "pca32"
     assert features.choose(table, 0.0)["name"] == "standardize"
+
+
+def test_a_column_that_alone_predicts_the_label_is_reported(
+    write_params: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An id column on rows sorted by label: no signal, yet it predicts the label perfectly."""
+    rng = np.random.default_rng(0)
+    n = 400
+    label = np.sort(rng.integers(0, 2, n))
+    raw = pd.DataFrame(
+        {"noise": rng.normal(size=n), "customer_id": np.cumsum(rng.integers(1, 9, n)), "y": label}
+    )
+    from pipeline.schema import infer_schema
+
+    raw, schema = infer_schema(raw, "y", None, 0.3, 50)
+    cfg = section(repo_params(), "preprocess", PreprocessConfig)
+    train = preprocess(raw, schema, cfg, None).splits["train"]
+    train.to_parquet(tmp_path / "train.parquet")
+    dump_json(schema.to_dict(), tmp_path / "schema.json")
+    run_features(tmp_path, write_params(), tmp_path / "out")
+    metrics = json.loads((tmp_path / "out/m.json").read_text())
+    assert [leak["feature"] for leak in metrics["likely_leaks"]] == ["customer_id"]
+    assert "column 'customer_id' alone predicts the label" in capsys.readouterr().err
+    assert metrics["search_rows"] == metrics["train_rows"] and not metrics["search_sampled"]
+
+
+def test_the_search_samples_a_large_train_split(
+    write_params: Callable[..., Path],
+    prepared: tuple[Path, dict[str, pd.DataFrame], Schema],
+    tmp_path: Path,
+) -> None:
+    root, splits, _ = prepared
+    run_features(root, write_params({"features.search_rows": 600}), tmp_path)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["search_sampled"] and 590 <= metrics["search_rows"] <= 610
+    assert metrics["train_rows"] == len(splits["train"])
+    assert metrics["likely_leaks"] == []  # no single pixel tells a digit

@@ -128,8 +128,8 @@ def test_a_rare_class_far_from_the_rest_survives_noise_removal_and_splits(
     rare_rows: int, cfg: PreprocessConfig
 ) -> None:
     """A handful of rows of a class scattered among the others: confident learning sees them as
-    noise (their neighbours are other classes) and a stratified split can leave a split without them.
-    Removal is capped per class and every split gets every class."""
+    noise (their neighbours are other classes) and a stratified split can leave a split without
+    them. Removal is capped per class and every split gets every class."""
     rng = np.random.default_rng(rare_rows)
     n = 300
     big = rng.choice(["a", "b"], n)

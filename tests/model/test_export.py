@@ -36,8 +36,8 @@ def test_parity_with_pytorch_on_the_whole_test_split(exported: Path, stage_input
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     X = test[schema.names].to_numpy(np.float32)
-    twin = build(torch.load(exported / "hardened.pt", weights_only=True))
-    t_probs, t_labels = torch_predict(twin, X)
+    ckpt = torch.load(exported / "hardened.pt", weights_only=True)
+    t_probs, t_labels = torch_predict(build(ckpt), X, ckpt["temperature"])
     o_probs, o_labels = predict(session(exported / "model.onnx"), X)
     assert len(X) == len(test) == 360
     assert np.abs(o_probs - t_probs).max() <= 1e-5

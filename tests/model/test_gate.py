@@ -92,6 +92,8 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
             "gate.max_p99_latency_ms": 1000.0,
             "gate.max_accuracy_drop": 1.0,
             "gate.max_robust_drop": 1.0,
+            "gate.max_baseline_gap": None,
+            "harden.max_clean_drop": 1.0,
         }
     )
     first = tmp_path / "first"
@@ -199,3 +201,33 @@ def test_rules_compare_in_the_right_direction() -> None:
     assert [r["rule"] for r in evaluate.gate(cfg, good, None, False) if not r["passed"]] == [
         "parity"
     ]
+
+
+def test_data_relative_floors_and_the_budget_waiver() -> None:
+    """The baseline and clean-budget rules, and the robust floor waived only when harden says
+    robustness at eps costs more than its budget (and the params say so)."""
+    cfg = section(repo_params(), "gate", GateConfig)
+    weak = {"accuracy": 0.90, "robust_accuracy": 0.1, "ece": 0.02, "p99_latency_ms": 1.0}
+    ctx = evaluate.Context(baseline=("svm", 0.91), trained_clean=0.905, max_clean_drop=0.01)
+    # A table where 0.90 is good: no absolute floor fails, the baseline and budget rules pass.
+    failed = [r["rule"] for r in evaluate.gate(cfg, weak, None, True, ctx) if not r["passed"]]
+    assert failed == ["min_robust_accuracy"]
+    limited = dataclasses.replace(ctx, budget_limited=True)
+    rules = evaluate.gate(cfg, weak, None, True, limited)
+    assert all(r["passed"] for r in rules)
+    assert [r["rule"] for r in rules if r.get("waived")] == ["min_robust_accuracy"]
+    advice = evaluate.hints(rules, 0.1, 0.01)
+    assert len(advice) == 1 and "raise harden.max_clean_drop" in advice[0]
+    strict = dataclasses.replace(cfg, robust_floor="strict")
+    failed = [
+        r["rule"] for r in evaluate.gate(strict, weak, None, True, limited) if not r["passed"]
+    ]
+    assert failed == ["min_robust_accuracy"]
+    # Trailing the baseline by more than the gap, or the trained model by more than the budget.
+    worse = {**weak, "accuracy": 0.88}
+    failed = {r["rule"] for r in evaluate.gate(cfg, worse, None, True, limited) if not r["passed"]}
+    assert failed == {"vs_baseline", "clean_budget"}
+    assert any(
+        "tune.n_trials" in h
+        for h in evaluate.hints(evaluate.gate(cfg, worse, None, True, limited), 0.1, 0.01)
+    )

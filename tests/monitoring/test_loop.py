@@ -96,6 +96,7 @@ def test_drift_triggers_a_retrain_that_the_service_picks_up(tmp_path: Path) -> N
                 "max_ece": 0.1,
                 "max_accuracy_drop": 0.03,
                 "max_robust_drop": 1.0,
+                "max_baseline_gap": None,
                 "variant": "fp32",
             },
             # Hardening at eps 0.1 trades the low-contrast blurred rows away (measured: 0.57

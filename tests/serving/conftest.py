@@ -31,6 +31,8 @@ LENIENT = {
     "gate.max_p99_latency_ms": 1000.0,
     "gate.max_accuracy_drop": 1.0,
     "gate.max_robust_drop": 1.0,
+    "gate.max_baseline_gap": None,
+    "harden.max_clean_drop": 1.0,
 }
 
 

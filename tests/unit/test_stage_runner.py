@@ -37,7 +37,7 @@ def test_a_missing_input_is_named_without_a_traceback(
     write_params: Callable[..., Path],
     capsys: pytest.CaptureFixture,
 ) -> None:
-    if name == "ingest":  # ingest's input is data.source
+    if name in ("source", "ingest"):  # their input is data.source
         params = write_params({"data.source": str(tmp_path / "absent.csv")})
     elif name == "tune":  # tune reads its inputs only when it has trials to run
         params = write_params({"tune.n_trials": 1})
