@@ -334,3 +334,31 @@ def evaluate_args(
         "--metrics",
         f"{state}/evaluate.json",
     ]
+
+
+def churn_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A typical tabular export: 30 numeric columns, two categoricals, 3 % missing cells, a few
+    duplicated rows and a yes/no string label (make_classification underneath)."""
+    import numpy as np
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(
+        n_samples=rows,
+        n_features=30,
+        n_informative=10,
+        n_redundant=6,
+        class_sep=1.5,
+        flip_y=0.0,
+        random_state=seed,
+    )
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(X, columns=[f"x{i:02d}" for i in range(30)])
+    df["region"] = rng.choice(["north", "south", "east", "west"], rows)
+    df["plan"] = np.where(
+        y == 1,
+        rng.choice(["basic", "pro"], rows, p=[0.3, 0.7]),
+        rng.choice(["basic", "pro"], rows, p=[0.7, 0.3]),
+    )
+    df = df.mask(rng.random(df.shape) < 0.03)
+    df["churn"] = np.where(y == 1, "yes", "no")
+    return pd.concat([df, df.sample(10, random_state=seed)], ignore_index=True)
