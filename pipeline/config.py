@@ -338,13 +338,21 @@ class HardenConfig:
     catastrophic_drop: float
     eval_eps: tuple[float, ...]
     eval_steps: int
+    eval_apgd_iter: int
     eval_restarts: int
     art_check: bool
 
     def check(self, where: str) -> None:
         require(0 < self.eps <= 1, f"{where}.eps", self.eps, "a fraction of the range in (0, 1]")
         require(self.train_eps_scale >= 1, f"{where}.train_eps_scale", self.train_eps_scale, ">= 1")
-        for key in ("steps", "epochs", "batch_size", "eval_steps", "eval_restarts"):
+        for key in (
+            "steps",
+            "epochs",
+            "batch_size",
+            "eval_steps",
+            "eval_apgd_iter",
+            "eval_restarts",
+        ):
             require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), ">= 1")
         require(
             all(0 <= e <= 1 for e in self.eval_eps),
@@ -382,6 +390,8 @@ class GateConfig:
     max_robust_drop: float
     robust_steps: int
     robust_restarts: int
+    apgd_iter: int
+    square_queries: int
     seed: int
     max_baseline_gap: float | None
     robust_floor: Literal["budget", "strict"]

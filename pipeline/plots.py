@@ -61,13 +61,17 @@ def plot_robustness(table: pd.DataFrame, eps: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("trained", "hardened"):
-        ax.plot(table.eps, table[name], marker="o", label=name)
+    for name, colour in (("trained", "tab:blue"), ("hardened", "tab:orange")):
+        ax.plot(table.eps, table[name], marker="o", color=colour, label=f"{name}: worst case")
+        if f"{name}_pgd" in table:
+            ax.plot(
+                table.eps, table[f"{name}_pgd"], linestyle="--", color=colour, label=f"{name}: PGD"
+            )
     ax.axvline(eps, color="grey", linestyle=":", label=f"harden.eps = {eps:g}")
     ax.set(
         xlabel="eps (fraction of each feature's range)",
-        ylabel="test accuracy under PGD",
-        title="robustness vs eps",
+        ylabel="test accuracy under attack",
+        title="robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
         ylim=(0, 1.02),
     )
     ax.legend()

@@ -45,9 +45,12 @@ TINY = {
     "harden.steps": 2,
     "harden.eval_eps": [0.1],
     "harden.eval_steps": 3,
+    "harden.eval_apgd_iter": 4,
     "harden.eval_restarts": 1,
     "harden.art_check": False,
     "gate.robust_steps": 3,
+    "gate.apgd_iter": 3,
+    "gate.square_queries": 5,
 }
 
 

@@ -48,6 +48,7 @@ def copy_project(dest: Path) -> Path:
         "epochs": 4,
         "eval_eps": [0.1],
         "eval_steps": 5,
+        "eval_apgd_iter": 5,
         "eval_restarts": 1,
         "art_check": False,
     }.items():

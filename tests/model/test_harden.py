@@ -43,9 +43,10 @@ def test_metrics_record_the_sweep_and_the_cost(hardened: Path) -> None:
 
 def test_robustness_plot_and_table(hardened: Path) -> None:
     table = pd.read_csv(hardened / "robustness.csv")
-    assert list(table.columns) == ["eps", "trained", "hardened"]
+    assert list(table.columns) == ["eps", "trained", "hardened", "trained_pgd", "hardened_pgd"]
+    assert (table.hardened <= table.hardened_pgd).all()  # the worst case includes PGD
     m = json.loads((hardened / "robustness.json").read_text())
-    assert table.hardened.tolist() == list(m["hardened"]["by_eps"].values())
+    assert table.hardened.tolist() == pytest.approx(list(m["hardened"]["by_eps"].values()))
     assert (hardened / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from pipeline.attacks import Box, fgsm_rs, pgd, robust_accuracy, trades_adv
+from pipeline.attacks import (
+    Box,
+    apgd,
+    fgsm_rs,
+    pgd,
+    robust_accuracy,
+    square_attack,
+    trades_adv,
+    worst_case,
+)
 from pipeline.schema import Feature, Schema
 
 
@@ -63,3 +73,65 @@ def test_pgd_finds_exactly_the_breakable_points() -> None:
     assert broken.tolist() == [False, True, True, False, False]
     assert robust_accuracy(model, x, y, box(0.1), 20, 2, step_frac=0.25) == 3 / 5
     assert robust_accuracy(model, x, y, box(0.0), 20, 2) == 1.0
+
+
+def three_class_linear() -> nn.Module:
+    """Three classes by x0: class 0 below 1/3, class 2 above 2/3 (x1 irrelevant)."""
+    model = nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-6.0, 0.0], [0.0, 0.0], [6.0, 0.0]]))
+        model.bias.copy_(torch.tensor([2.0, 0.0, -4.0]))
+    return model.eval()
+
+
+def test_apgd_breaks_exactly_the_breakable_points() -> None:
+    """Class 1 holds x0 in (1/3, 2/3): a row is breakable iff it lies within eps of an edge."""
+    model = three_class_linear()
+    x0 = torch.linspace(0.36, 0.64, 57)
+    X = torch.stack([x0, torch.full_like(x0, 0.5)], dim=1)
+    y = torch.ones(len(x0), dtype=torch.long)
+    eps = 0.1
+    breakable = (x0 - 1 / 3 < eps) | (2 / 3 - x0 < eps)
+    torch.manual_seed(0)
+    for loss in ("ce", "dlr"):
+        adv = apgd(model, X, y, box(eps), n_iter=20, loss=loss)
+        assert ((adv - X).abs() <= eps + 1e-6).all()
+        fooled = model(adv).argmax(1) != y
+        assert not (fooled & ~breakable).any(), loss  # never claims an unbreakable row
+        # Both losses have a saddle where the runner-up class changes (x0 = 1/2): a random
+        # start past it climbs the wrong way, which is what restarts are for.
+        assert fooled.sum() >= 0.9 * breakable.sum(), loss
+
+
+def test_worst_case_is_the_per_row_minimum_over_attacks() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    X = torch.rand(300, 2)
+    with torch.no_grad():
+        y = model(X).argmax(1)  # every row correct when clean
+    result = worst_case(model, X, y, box(0.05), n_iter=10, restarts=1, pgd_steps=5, seed=1)
+    accs = result["by_attack"]
+    assert set(accs) == {"pgd", "apgd-ce", "apgd-dlr"}
+    assert result["worst_case"] <= min(accs.values()) < 1.0  # an undefended model breaks
+    assert result["robust_rows"].mean() == result["worst_case"]
+    again = worst_case(model, X, y, box(0.05), n_iter=10, restarts=1, pgd_steps=5, seed=1)
+    assert (again["robust_rows"] == result["robust_rows"]).all()  # seeded
+    clean = worst_case(model, X, y, box(0.0), n_iter=10, restarts=1, pgd_steps=5)
+    assert clean["worst_case"] == 1.0
+
+
+def test_square_attack_needs_no_gradients_and_finds_the_breakable_points() -> None:
+    model = three_class_linear()
+    x0 = np.linspace(0.36, 0.64, 57)
+    X = np.stack([x0, np.full_like(x0, 0.5)], axis=1)
+    y = np.ones(len(x0), dtype=np.int64)
+
+    def scores(features: np.ndarray) -> np.ndarray:  # a black box: numpy in, numpy out
+        with torch.no_grad():
+            return torch.softmax(model(torch.as_tensor(features)), 1).numpy()
+
+    eps = np.full(2, 0.1)
+    fooled = square_attack(scores, X, y, eps, np.zeros(2), np.ones(2), queries=50, seed=0)
+    np.testing.assert_array_equal(fooled, (x0 - 1 / 3 < 0.1) | (2 / 3 - x0 < 0.1))
+    none = square_attack(scores, X, y, 0 * eps, np.zeros(2), np.ones(2), queries=50)
+    assert not none.any()
