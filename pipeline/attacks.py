@@ -84,6 +84,17 @@ def fgsm_rs(
     return box.project(x0 + step_frac * box.eps * _grad(model, x0, y).sign(), x).detach()
 
 
+def n_fgsm(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, box: Box, noise: float = 2.0
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022): noise of ``noise`` eps, one eps step, no projection back to
+    the eps ball (only to the observed bounds); avoids catastrophic overfitting without an
+    extra gradient."""
+    x0 = x + (torch.rand_like(x) * 2 - 1) * noise * box.eps
+    step = x0 + box.eps * _grad(model, x0, y).sign()
+    return torch.minimum(torch.maximum(step, box.low), box.high).detach()
+
+
 def trades_adv(
     model: nn.Module, x: torch.Tensor, box: Box, steps: int, step_frac: float
 ) -> torch.Tensor:

@@ -324,7 +324,7 @@ class TuneConfig:
 class HardenConfig:
     """``harden`` in params.yaml."""
 
-    method: Literal["fgsm_rs", "pgd", "trades", "none"]
+    method: Literal["fgsm_rs", "n_fgsm", "pgd", "trades", "none"]
     eps: float
     train_eps_scale: float
     steps: int

@@ -8,7 +8,8 @@
         --tracking-db mlflow.db
 
 Methods (``harden.method``): ``fgsm_rs`` (Wong et al. 2020, with the catastrophic-overfitting
-stop), ``pgd`` (Madry et al., k steps) and ``trades`` (Zhang et al. 2019). The threat model is
+stop), ``n_fgsm`` (de Jorge et al. 2022: large noise, no projection), ``pgd`` (Madry et al.,
+k steps) and ``trades`` (Zhang et al. 2019). The threat model is
 DESIGN.md's: L-inf in raw feature space, ``eps`` times each feature's range, clipped to its
 observed bounds, attacked through the feature transform and the network together. Both the trained
 and the hardened model are evaluated on the test split for every ``harden.eval_eps`` by the
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline import stage
-from pipeline.attacks import Box, fgsm_rs, pgd, robust_accuracy, trades_adv, worst_case
+from pipeline.attacks import Box, fgsm_rs, n_fgsm, pgd, robust_accuracy, trades_adv, worst_case
 from pipeline.config import HardenConfig
 from pipeline.io import atomic_outputs, dump_json, load_checkpoint, load_json, save_checkpoint
 from pipeline.model import Classifier, build
@@ -60,6 +61,8 @@ def adversarial_loss(
     model.eval()  # batch-norm statistics are not polluted by the attack's forward passes
     if cfg.method == "fgsm_rs":
         x_adv = fgsm_rs(model, xb, yb, box)
+    elif cfg.method == "n_fgsm":
+        x_adv = n_fgsm(model, xb, yb, box)
     elif cfg.method == "pgd":
         x_adv = pgd(model, xb, yb, box, cfg.steps, step_frac=2.5 / cfg.steps)
     else:
@@ -139,7 +142,7 @@ def harden(
         if clean >= start_clean - cfg.max_clean_drop and robust > best["robust"]:
             best = {"robust": robust, "state": copy.deepcopy(model.net.state_dict())}
         peak = max(peak, robust)
-        if cfg.method == "fgsm_rs" and robust < peak - cfg.catastrophic_drop:
+        if cfg.method in ("fgsm_rs", "n_fgsm") and robust < peak - cfg.catastrophic_drop:
             print(
                 f"harden: catastrophic overfitting at epoch {epoch} "
                 f"(val robust {robust:.3f} after {peak:.3f}); stopping"
@@ -369,7 +372,7 @@ FLAGS = (
 
 def gradient_passes(cfg: HardenConfig, epochs: int, rows: int) -> int:
     """Forward-backward passes of hardening: the attack's steps plus the update, per row."""
-    per_row = {"pgd": cfg.steps + 1, "trades": cfg.steps + 1, "fgsm_rs": 2, "none": 0}
+    per_row = {"pgd": cfg.steps + 1, "trades": cfg.steps + 1, "fgsm_rs": 2, "n_fgsm": 2, "none": 0}
     return per_row[cfg.method] * epochs * rows
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from pipeline.source import fingerprint
@@ -31,6 +32,7 @@ def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+@pytest.mark.slow  # a real dvc repro, three times
 def test_editing_the_source_csv_reruns_ingest(tmp_path: Path) -> None:
     shutil.copytree(
         ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__")

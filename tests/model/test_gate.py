@@ -132,6 +132,11 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     assert tracker.champion_version("mlcycle") == "3"
     card = (link / "model_card.md").read_text()
     assert "## Gate: PROMOTED" in card and "| robust_accuracy |" in card
+    # The card names the evaluation behind both figures: harden's sweep and the gate's.
+    assert d3["robust_method"].startswith("per-row worst case of PGD-3, APGD-CE and APGD-DLR")
+    assert d3["robust_method"] in card and "APGD-CE" in card.split("## Robustness")[1]
+    assert f"{d3['candidate']['robust_accuracy']:.4f}" in card
+    assert d3["candidate"]["square"]["queries"] == 5
 
     reg = [
         "--params",

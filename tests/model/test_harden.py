@@ -11,17 +11,22 @@ import pytest
 
 @pytest.mark.slow
 def test_hardened_model_is_robust_and_keeps_clean_accuracy(hardened_full: Path) -> None:
-    # Measured on digits, eps = 0.1 of each pixel's range, PGD-50 x 3 restarts on the test split:
-    # trained 98.9% clean / 0.3% robust; hardened (pgd) 98.6% clean / 82.5% robust, ART 82.2%;
-    # over four runs the hardened model's robust accuracy was 81.9-83.1%.
+    # Measured on digits, eps = 0.1 of each pixel's range, test split. PGD-50 x 3 alone, earlier
+    # models: 81.9-83.1 % over four runs. The per-row worst case of PGD-50, APGD-CE and APGD-DLR
+    # (100 iterations, 2 restarts): 30 epochs 84.2 %, 45 epochs (the default) 86.9 % (seed 42;
+    # APGD-CE 87.2 %, ART's APGD-CE 87.5 %); a reviewer's AutoAttack-style evaluation of an
+    # earlier default model found 77.8 %.
     m = json.loads((hardened_full / "robustness.json").read_text())
-    assert m["eps"] == 0.1 and m["method"] == "pgd"
+    assert m["eps"] == 0.1 and m["method"] == "pgd" and "APGD-CE" in m["evaluation"]
     hard, base = m["hardened"], m["trained"]
-    assert hard["robust_accuracy"] >= 0.80
+    assert hard["robust_accuracy"] >= 0.78
+    assert set(hard["by_attack"]) == {"pgd", "apgd-ce", "apgd-dlr"}
+    assert hard["robust_accuracy"] <= min(hard["by_attack"].values())
     assert hard["clean_accuracy"] >= base["clean_accuracy"] - 0.01
     assert base["robust_accuracy"] < 0.2  # the unhardened model is far weaker
-    assert abs(hard["art_robust_accuracy"] - hard["robust_accuracy"]) <= 0.02
-    assert abs(base["art_robust_accuracy"] - base["robust_accuracy"]) <= 0.02
+    # ART's APGD-CE (another implementation, solved in normalised coordinates) agrees with ours.
+    assert abs(hard["art_robust_accuracy"] - hard["by_attack"]["apgd-ce"]) <= 0.02
+    assert abs(base["art_robust_accuracy"] - base["by_attack"]["apgd-ce"]) <= 0.02
     sweep = list(hard["by_eps"].values())
     assert sweep == sorted(sweep, reverse=True)  # larger eps never helps the model
     # Temperature scaling on val: test ECE 0.024 -> 0.009 (seed 42); the goal is 0.03.
