@@ -47,7 +47,11 @@ def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path
 
     # The clean-accuracy budget holds on test as on val, and the gate agrees with harden.
     robustness = json.loads((tmp_path / "metrics/robustness.json").read_text())
-    assert robustness["budget"]["test_clean_drop_of_kept_epoch"] <= 0.01 + 1e-9
+    budget = robustness["budget"]
+    # The epoch chosen on val may lose more on test; then the trained weights ship instead.
+    assert budget["fallback_to_trained"] or budget["test_clean_drop_of_kept_epoch"] <= 0.01 + 1e-9
+    shipped, before = robustness["hardened"], robustness["trained"]
+    assert shipped["clean_accuracy"] >= before["clean_accuracy"] - 0.01 - 1e-9
     assert {r["rule"]: r["passed"] for r in decision["rules"]}["clean_budget"]
     cal = robustness["calibration"]
     assert cal["test_ece_after"] <= 0.03 < cal["test_ece_before"]
