@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline import stage
 from pipeline.config import DataConfig
 from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, write_parquet
+from pipeline.io import atomic_outputs, dump_json, source_file, write_parquet
 from pipeline.schema import FEEDBACK, Schema, infer_schema, strip_text
 
 
@@ -45,13 +45,7 @@ def load_source(source: str, decimal: str = ".") -> Source:
         from sklearn.datasets import load_digits
 
         return Source(load_digits(as_frame=True).frame, (8, 8))
-    path = Path(source)
-    if path.is_dir():
-        raise MlcycleError(
-            f"data.source: {source!r} is a directory; point it at one .csv or .parquet file"
-        )
-    if not path.is_file():
-        raise MlcycleError(f"data.source: file {source!r} not found")
+    path = source_file(source)
     if path.stat().st_size == 0:
         raise MlcycleError(f"data.source: file {source!r} is empty")
     with path.open("rb") as fh:

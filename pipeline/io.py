@@ -78,6 +78,18 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
+def source_file(source: str) -> Path:
+    """``data.source`` as a Path, or the project error saying why it is not a readable file."""
+    path = Path(source)
+    if path.is_dir():
+        raise MlcycleError(
+            f"data.source: {source!r} is a directory; point it at one .csv or .parquet file"
+        )
+    if not path.is_file():
+        raise MlcycleError(f"data.source: file {source!r} not found")
+    return path
+
+
 def load_json(path: str | Path) -> Any:
     path = require_file(path)
     try:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipeline import stage
 from pipeline.config import DataConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json
+from pipeline.io import atomic_outputs, dump_json, source_file
 
 
 def fingerprint(source: str) -> dict[str, Any]:
@@ -28,13 +26,7 @@ def fingerprint(source: str) -> dict[str, Any]:
         import sklearn
 
         return {"source": "digits", "scikit-learn": sklearn.__version__}
-    path = Path(source)
-    if path.is_dir():
-        raise MlcycleError(
-            f"data.source: {source!r} is a directory; point it at one .csv or .parquet file"
-        )
-    if not path.is_file():
-        raise MlcycleError(f"data.source: file {source!r} not found")
+    path = source_file(source)
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):

@@ -34,7 +34,8 @@ ALL = {
 AFTER_TRAIN = {"harden", "export", "evaluate"}
 
 
-def copy_project(dest: Path) -> Path:
+def copy_pristine(dest: Path) -> Path:
+    """The pipeline, dvc.yaml, the repo's params and the empty feedback file, DVC initialised."""
     shutil.copytree(
         ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -42,6 +43,11 @@ def copy_project(dest: Path) -> Path:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
     dvc(dest, "init", "--no-scm", "-q")
+    return dest
+
+
+def copy_project(dest: Path) -> Path:
+    copy_pristine(dest)
     # The stages' behaviour is what is tested here; the model tests hold the quality floors.
     edit_params(dest, "compute", "device", "cpu")
     for key, value in {

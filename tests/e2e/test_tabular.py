@@ -11,7 +11,6 @@ accuracy at eps 0.1 far below the gate's 0.7 floor, which was waived with a hint
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +19,14 @@ import pandas as pd
 import pytest
 
 from pipeline.metrics import expected_calibration_error
-from tests.conftest import ROOT, churn_table
-from tests.e2e.test_dvc_pipeline import dvc, edit_params, ran
+from tests.conftest import churn_table
+from tests.e2e.test_dvc_pipeline import copy_pristine, dvc, edit_params, ran
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path: Path) -> None:
-    shutil.copytree(
-        ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    for name in ("dvc.yaml", "params.yaml", "data/feedback.parquet"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, tmp_path / name)
-    dvc(tmp_path, "init", "--no-scm", "-q")
+    copy_pristine(tmp_path)
     churn_table(5000, seed=0).to_csv(tmp_path / "data/customers.csv", index=False)
     edit_params(tmp_path, "data", "source", "data/customers.csv")
     edit_params(tmp_path, "data", "target", "churn")
@@ -54,7 +47,9 @@ def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path
     assert shipped["clean_accuracy"] >= before["clean_accuracy"] - 0.01 - 1e-9
     assert {r["rule"]: r["passed"] for r in decision["rules"]}["clean_budget"]
     cal = robustness["calibration"]
-    assert cal["test_ece_after"] <= 0.03 < cal["test_ece_before"]
+    # How miscalibrated the trained net is depends on how training landed (0.028 to 0.43 measured);
+    # that temperature scaling recovers a known T is tests/unit/test_calibration.py's to show.
+    assert cal["test_ece_after"] <= 0.03 and cal["temperature"] > 0
     assert (tmp_path / "plots/reliability.png").read_bytes()[:4] == b"\x89PNG"
     # A waived floor always comes with the parameter that would change it.
     for rule in decision["rules"]:
