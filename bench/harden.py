@@ -3,8 +3,9 @@
     python bench/harden.py [--inputs DIR] [--only NAME ...]
 
 After ``make repro`` (``--inputs``: a folder with data/, models/model.pt and metrics/; default
-this repo). Each candidate fine-tunes the trained digits model (or trains from scratch) with the
-harden stage's own loop and budget rule, then is scored on the test split by the per-row worst
+this repo). Each candidate fine-tunes the trained digits model (or trains from scratch, the same
+network or one twice as wide) with the harden stage's own loop and budget rule, with or without
+weight averaging (``harden.ema_decay``), then is scored on the test split by the per-row worst
 case of PGD-20, APGD-CE and APGD-DLR (50 iterations, 1 restart, seeded) at eps 0.1 and 0.2 of
 each feature's range. Cost is the hardening loop's wall time over the training loop's (the train
 stage run once here, in the same process's machine state), and its gradient passes over
@@ -35,27 +36,48 @@ from pipeline.compute import apply_threads  # noqa: E402
 from pipeline.config import ComputeConfig, HardenConfig, read_params, section  # noqa: E402
 from pipeline.harden import gradient_passes, harden  # noqa: E402
 from pipeline.io import load_checkpoint  # noqa: E402
-from pipeline.model import build  # noqa: E402
+from pipeline.model import Classifier, ModelConfig, build, build_net  # noqa: E402
 from pipeline.schema import Schema  # noqa: E402
 from pipeline.training import load_split  # noqa: E402
 
-# name -> (overrides of params.yaml: harden, from scratch?)
-CANDIDATES: dict[str, tuple[dict[str, Any], bool]] = {
-    "pgd-5 x30 (today)": ({"method": "pgd", "steps": 5, "epochs": 30}, False),
+# name -> (overrides of params.yaml: harden, start): start is "trained" (fine-tune the trained
+# model), "scratch" (the same network re-initialised) or "scratch-wide" (twice the channels and
+# hidden units, new weights).
+CANDIDATES: dict[str, tuple[dict[str, Any], str]] = {
+    "pgd-5 x30 (today)": ({"method": "pgd", "steps": 5, "epochs": 30}, "trained"),
     "pgd-5 x30, 2x train eps": (
         {"method": "pgd", "steps": 5, "epochs": 30, "train_eps_scale": 2.0},
-        False,
+        "trained",
     ),
-    "pgd-5 x45": ({"method": "pgd", "steps": 5, "epochs": 45}, False),
-    "pgd-3 x30": ({"method": "pgd", "steps": 3, "epochs": 30}, False),
-    "pgd-5 x15": ({"method": "pgd", "steps": 5, "epochs": 15}, False),
-    "pgd-2 x20": ({"method": "pgd", "steps": 2, "epochs": 20}, False),
-    "trades-5 x30": ({"method": "trades", "steps": 5, "epochs": 30}, False),
-    "trades-3 x15": ({"method": "trades", "steps": 3, "epochs": 15}, False),
-    "fgsm_rs x30": ({"method": "fgsm_rs", "epochs": 30}, False),
-    "n_fgsm x30": ({"method": "n_fgsm", "epochs": 30}, False),
-    "n_fgsm x20, 2x train eps": ({"method": "n_fgsm", "epochs": 20, "train_eps_scale": 2.0}, False),
-    "n_fgsm x40 from scratch": ({"method": "n_fgsm", "epochs": 40, "lr": 0.003}, True),
+    "pgd-5 x45": ({"method": "pgd", "steps": 5, "epochs": 45}, "trained"),
+    "pgd-3 x30": ({"method": "pgd", "steps": 3, "epochs": 30}, "trained"),
+    "pgd-5 x15": ({"method": "pgd", "steps": 5, "epochs": 15}, "trained"),
+    "pgd-2 x20": ({"method": "pgd", "steps": 2, "epochs": 20}, "trained"),
+    "trades-5 x30": ({"method": "trades", "steps": 5, "epochs": 30}, "trained"),
+    "trades-3 x15": ({"method": "trades", "steps": 3, "epochs": 15}, "trained"),
+    "fgsm_rs x30": ({"method": "fgsm_rs", "epochs": 30}, "trained"),
+    "n_fgsm x30": ({"method": "n_fgsm", "epochs": 30}, "trained"),
+    "n_fgsm x20, 2x train eps": (
+        {"method": "n_fgsm", "epochs": 20, "train_eps_scale": 2.0},
+        "trained",
+    ),
+    "n_fgsm x40 from scratch": ({"method": "n_fgsm", "epochs": 40, "lr": 0.003}, "scratch"),
+    "pgd-5 x45, weight averaging": (
+        {"method": "pgd", "steps": 5, "epochs": 45, "ema_decay": 0.99},
+        "trained",
+    ),
+    "pgd-2 x20, weight averaging": (
+        {"method": "pgd", "steps": 2, "epochs": 20, "ema_decay": 0.99},
+        "trained",
+    ),
+    "n_fgsm x30, weight averaging": (
+        {"method": "n_fgsm", "epochs": 30, "ema_decay": 0.99},
+        "trained",
+    ),
+    "n_fgsm x40 scratch, 2x wide": (
+        {"method": "n_fgsm", "epochs": 40, "lr": 0.003},
+        "scratch-wide",
+    ),
 }
 GOALS = {"clean": 0.985, "0.1": 0.85, "0.2": 0.55, "cost": 2.0}
 
@@ -97,14 +119,15 @@ def main() -> None:
     rows = []
     names = args.only or list(CANDIDATES)
     for name in names:
-        overrides, scratch = CANDIDATES[name]
+        overrides, start = CANDIDATES[name]
         cfg = dataclasses.replace(base, **overrides)
         model = build(ckpt)
-        if scratch:
+        if start != "trained":
             torch.manual_seed(cfg.seed)
-            for module in model.net.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+            arch = ModelConfig(**ckpt["model_config"])
+            if start == "scratch-wide":
+                arch = dataclasses.replace(arch, hidden=2 * arch.hidden, channels=2 * arch.channels)
+            model = Classifier(model.transform, build_net(arch))
             cfg = dataclasses.replace(cfg, max_clean_drop=1.0)  # nothing to keep from
         start = time.perf_counter()
         history, _, selection = harden(model, train, val, schema, cfg, device)

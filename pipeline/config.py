@@ -336,6 +336,7 @@ class HardenConfig:
     seed: int
     max_clean_drop: float
     catastrophic_drop: float
+    ema_decay: float
     eval_eps: tuple[float, ...]
     eval_steps: int
     eval_apgd_iter: int
@@ -345,6 +346,7 @@ class HardenConfig:
     def check(self, where: str) -> None:
         require(0 < self.eps <= 1, f"{where}.eps", self.eps, "a fraction of the range in (0, 1]")
         require(self.train_eps_scale >= 1, f"{where}.train_eps_scale", self.train_eps_scale, ">= 1")
+        require(0 <= self.ema_decay < 1, f"{where}.ema_decay", self.ema_decay, "in [0, 1); 0 = off")
         for key in (
             "steps",
             "epochs",

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from pipeline import stage
@@ -92,7 +93,8 @@ def harden(
 
     Each epoch is scored on the validation split (clean, and PGD-10 at ``cfg.eps``). The weights
     kept are the most robust ones whose clean accuracy stays within ``max_clean_drop`` of the
-    starting model, or the starting weights if no epoch stays within it; fgsm_rs stops when
+    starting model, or the starting weights if no epoch stays within it. With ``ema_decay``
+    the weights scored and kept are the moving average's. fgsm_rs stops when
     robust accuracy collapses (catastrophic overfitting). ``limited`` says the budget held
     robustness back: an epoch over budget was more robust than the one kept.
     """
@@ -108,6 +110,13 @@ def harden(
     steps_per_epoch = (len(train.y) + cfg.batch_size - 1) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
+    )
+    # Weight averaging (an exponential moving average of the weights, batch-norm buffers
+    # included): the averaged weights are the ones scored each epoch and kept.
+    ema = (
+        AveragedModel(model.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
     )
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"robust": -1.0, "state": None}
@@ -127,7 +136,12 @@ def harden(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model.net)
             total += loss.item() * len(idx)
+        live = copy.deepcopy(model.net.state_dict()) if ema is not None else None
+        if ema is not None:
+            model.net.load_state_dict(ema.module.state_dict())
         clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
         robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
         history.append(
@@ -141,6 +155,8 @@ def harden(
         bar.set_postfix(val_clean=f"{clean:.3f}", val_robust=f"{robust:.3f}")
         if clean >= start_clean - cfg.max_clean_drop and robust > best["robust"]:
             best = {"robust": robust, "state": copy.deepcopy(model.net.state_dict())}
+        if live is not None:
+            model.net.load_state_dict(live)  # training goes on from the live weights
         peak = max(peak, robust)
         if cfg.method in ("fgsm_rs", "n_fgsm") and robust < peak - cfg.catastrophic_drop:
             print(

@@ -87,6 +87,47 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
         assert torch.equal(model.net.state_dict()[name], tensor), name
 
 
+def test_weight_averaging_scores_and_keeps_the_average_and_trains_on(
+    stage_inputs: Path, trained: Path
+) -> None:
+    """``ema_decay``: the moving average is what each epoch scores and what is kept, while
+    training goes on from the live weights (the same losses as without averaging)."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.attacks import Box, robust_accuracy
+    from pipeline.config import HardenConfig, section
+    from pipeline.harden import harden
+    from pipeline.io import load_checkpoint
+    from pipeline.model import build
+    from pipeline.schema import Schema
+    from pipeline.training import load_split
+    from tests.conftest import TINY, repo_params
+
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    train, val = (
+        load_split(stage_inputs / f"data/prepared/{s}.parquet", schema) for s in ("train", "val")
+    )
+    ckpt = load_checkpoint(trained / "model.pt")
+    base = dataclasses.replace(
+        section(repo_params(TINY), "harden", HardenConfig), max_clean_drop=1.0, epochs=2
+    )
+    runs = {}
+    for decay in (0.0, 0.5):
+        model = build(ckpt)
+        cfg = dataclasses.replace(base, ema_decay=decay)
+        history, _, _ = harden(model, train, val, schema, cfg, torch.device("cpu"))
+        clean = robust_accuracy(model, val.X, val.y, Box.from_schema(schema, 0.0), 1, 1)
+        robust = [h["val_robust"] for h in history]
+        kept = history[robust.index(max(robust))]
+        assert kept["val_clean"] == clean  # the kept weights are the ones scored
+        runs[decay] = ([h["train_loss"] for h in history], model.net.state_dict())
+    assert runs[0.5][0] == runs[0.0][0]
+    averaged, live = runs[0.5][1], runs[0.0][1]
+    assert any(not torch.equal(averaged[k], live[k]) for k in live if live[k].is_floating_point())
+
+
 def test_temperature_and_reliability_are_recorded(hardened: Path) -> None:
     import torch
 
