@@ -41,8 +41,9 @@ def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path
     # The clean-accuracy budget holds on test as on val, and the gate agrees with harden.
     robustness = json.loads((tmp_path / "metrics/robustness.json").read_text())
     budget = robustness["budget"]
-    # The epoch chosen on val may lose more on test; then the trained weights ship instead.
-    assert budget["fallback_to_trained"] or budget["test_clean_drop_of_kept_epoch"] <= 0.01 + 1e-9
+    # The epoch chosen on val may lose more on test; then a less robust one (or the trained
+    # weights) ships instead.
+    assert budget["test_clean_drop_of_kept"] <= 0.01 + 1e-9
     shipped, before = robustness["hardened"], robustness["trained"]
     assert shipped["clean_accuracy"] >= before["clean_accuracy"] - 0.01 - 1e-9
     assert {r["rule"]: r["passed"] for r in decision["rules"]}["clean_budget"]

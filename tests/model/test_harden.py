@@ -87,6 +87,61 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
         assert torch.equal(model.net.state_dict()[name], tensor), name
 
 
+def test_budget_on_test_passes_over_epochs_that_break_it(stage_inputs: Path, trained: Path) -> None:
+    """The most robust epoch on val that loses too much on test is passed over for the next one
+    that holds the budget there; when none does, the trained weights ship."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.config import HardenConfig, section
+    from pipeline.harden import check_budget_on_test
+    from pipeline.io import load_checkpoint
+    from pipeline.model import build
+    from pipeline.schema import Schema
+    from pipeline.training import load_split
+    from tests.conftest import TINY, repo_params
+
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    test = load_split(stage_inputs / "data/prepared/test.parquet", schema)
+    ckpt = load_checkpoint(trained / "model.pt")
+    cfg = section(repo_params(TINY), "harden", HardenConfig)
+    good = {k: v.clone() for k, v in build(ckpt).net.state_dict().items()}
+    good = {k: v * 1.01 if v.is_floating_point() else v for k, v in good.items()}  # same calls
+    broken = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in good.items()}
+
+    def check(states: list[dict], budget: float) -> tuple[dict, dict]:
+        hardened = build(ckpt)
+        hardened.net.load_state_dict(states[0])
+        candidates = [
+            {"epoch": 9 - i, "robust": 0.9 - i / 10, "state": s} for i, s in enumerate(states)
+        ]
+        selection = {
+            "kept": "hardened",
+            "kept_epoch": 9,
+            "limited": False,
+            "candidates": candidates,
+        }
+        c = dataclasses.replace(cfg, max_clean_drop=budget)
+        result = check_budget_on_test(build(ckpt), hardened, test, schema, c, selection)
+        return result, hardened.net.state_dict()
+
+    budget, weights = check([broken, broken, good], 0.01)
+    assert budget["test_clean_drop_of_best_val_epoch"] > 0.5 and budget["kept_epoch"] == 7
+    assert budget["epochs_over_budget_on_test"] == 2 and budget["limited"]
+    assert not budget["fallback_to_trained"] and "candidates" not in budget
+    assert budget["test_clean_drop_of_kept"] <= 0.01
+    assert all(torch.equal(weights[k], good[k]) for k in good)
+
+    budget, weights = check([broken, broken], 0.01)
+    assert budget["fallback_to_trained"] and budget["epochs_over_budget_on_test"] == 2
+    trained_state = build(ckpt).net.state_dict()
+    assert all(torch.equal(weights[k], trained_state[k]) for k in trained_state)
+
+    budget, _ = check([good, broken], 0.01)  # the first holds: nothing else is tried
+    assert budget["kept_epoch"] == 9 and budget["epochs_over_budget_on_test"] == 0
+
+
 def test_weight_averaging_scores_and_keeps_the_average_and_trains_on(
     stage_inputs: Path, trained: Path
 ) -> None:
@@ -135,5 +190,5 @@ def test_temperature_and_reliability_are_recorded(hardened: Path) -> None:
     ckpt = torch.load(hardened / "hardened.pt", weights_only=True)
     assert ckpt["temperature"] == m["calibration"]["temperature"] > 0
     assert m["calibration"]["val_ece_after"] <= m["calibration"]["val_ece_before"] + 0.02
-    assert {"fallback_to_trained", "limited", "test_clean_drop_of_kept_epoch"} <= set(m["budget"])
+    assert {"fallback_to_trained", "limited", "test_clean_drop_of_kept"} <= set(m["budget"])
     assert (hardened / "reliability.png").read_bytes()[:4] == b"\x89PNG"
