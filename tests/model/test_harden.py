@@ -13,13 +13,14 @@ import pytest
 def test_hardened_model_is_robust_and_keeps_clean_accuracy(hardened_full: Path) -> None:
     # Measured on digits, eps = 0.1 of each pixel's range, test split. PGD-50 x 3 alone, earlier
     # models: 81.9-83.1 % over four runs. The per-row worst case of PGD-50, APGD-CE and APGD-DLR
-    # (100 iterations, 2 restarts): 30 epochs 84.2 %, 45 epochs (the default) 86.9 % (seed 42;
-    # APGD-CE 87.2 %, ART's APGD-CE 87.5 %); a reviewer's AutoAttack-style evaluation of an
-    # earlier default model found 77.8 %.
+    # (100 iterations, 2 restarts) on the default (pgd-5 x 45 epochs), train and harden seeds
+    # 42 / 0 / 1 / 2: 86.9 / 86.7 / 84.2 / 87.2 % (seed 1 ships epoch 20: the more robust epochs
+    # lost 1.1 points on test); a reviewer's AutoAttack-style evaluation of an earlier default
+    # model found 77.8 %. The floor sits 4 points below the worst seed.
     m = json.loads((hardened_full / "robustness.json").read_text())
     assert m["eps"] == 0.1 and m["method"] == "pgd" and "APGD-CE" in m["evaluation"]
     hard, base = m["hardened"], m["trained"]
-    assert hard["robust_accuracy"] >= 0.78
+    assert hard["robust_accuracy"] >= 0.80
     assert set(hard["by_attack"]) == {"pgd", "apgd-ce", "apgd-dlr"}
     assert hard["robust_accuracy"] <= min(hard["by_attack"].values())
     assert hard["clean_accuracy"] >= base["clean_accuracy"] - 0.01
