@@ -70,7 +70,9 @@ def test_fitted_statistics_come_from_train_only(
     tmp_path: Path,
 ) -> None:
     root, splits, schema = prepared
-    tf = run_features(root, write_params({"features.candidates": candidates}), tmp_path)
+    # Two folds: the search's scores are not what this test checks, the fitted statistics are.
+    params = write_params({"features.candidates": candidates, "features.cv_folds": 2})
+    tf = run_features(root, params, tmp_path)
 
     train = splits["train"][schema.names].to_numpy()
     everything = pd.concat(splits.values())[schema.names].to_numpy()
@@ -100,7 +102,8 @@ def test_search_table_and_choice(
     tmp_path: Path,
 ) -> None:
     root, _, schema = prepared
-    params = write_params({"features.tie_tolerance": 0.0}, profile=CPU)  # every candidate
+    # Three folds keep the five candidates' search under 2 s; the mechanics are the same as five.
+    params = write_params({"features.tie_tolerance": 0.0, "features.cv_folds": 3}, profile=CPU)
     tf = run_features(root, params, tmp_path)
     metrics = json.loads((tmp_path / "m.json").read_text())
     names = [row["name"] for row in metrics["search"]]
@@ -108,7 +111,8 @@ def test_search_table_and_choice(
     best = max(metrics["search"], key=lambda r: r["cv_accuracy"])
     assert metrics["chosen"] == best["name"]  # no tolerance: the best score wins outright
     assert tf.n_features_out_ == best["n_features_out"]
-    assert best["cv_accuracy"] > 0.93  # logistic regression on digits: measured 0.95-0.97
+    # Logistic regression on digits: best of the five 0.966 with 3 folds (0.95-0.97 with 5).
+    assert best["cv_accuracy"] > 0.93
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(names)
     spec = json.loads((tmp_path / "f.json").read_text())
     assert spec["feature_names"] == schema.names
