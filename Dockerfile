@@ -14,13 +14,14 @@ WORKDIR /build
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.lock pyproject.toml README.md ./
-COPY pipeline/ pipeline/
+COPY pipeline/__init__.py pipeline/
+COPY pipeline/contracts/ pipeline/contracts/
 COPY serving/ serving/
-# Only what serving imports, at the versions of requirements.lock; the project without its
-# training dependencies (torch, mlflow, dvc).
+# Only what serving imports (the torch-free pipeline/contracts/ and serving/), at the versions of
+# requirements.lock; the project without its training dependencies (torch, mlflow, dvc).
 RUN grep -v "^onnxruntime==" requirements.lock > constraints.txt \
     && pip install --no-cache-dir -c constraints.txt \
-        bentoml numpy pandas pyyaml orjson sqlalchemy "psycopg[binary]" "${ONNXRUNTIME}" \
+        bentoml numpy pandas pyyaml pydantic orjson sqlalchemy "psycopg[binary]" "${ONNXRUNTIME}" \
     && pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim AS runtime
@@ -38,7 +39,8 @@ RUN groupadd --system --gid 10001 mlcycle \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=mlcycle:mlcycle params.yaml ./
-COPY --chown=mlcycle:mlcycle pipeline/ pipeline/
+COPY --chown=mlcycle:mlcycle pipeline/__init__.py pipeline/
+COPY --chown=mlcycle:mlcycle pipeline/contracts/ pipeline/contracts/
 COPY --chown=mlcycle:mlcycle serving/ serving/
 USER 10001:10001
 VOLUME ["/app/log"]

@@ -21,8 +21,9 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType, Shape
 
-from pipeline.runtime import session
-from serving.prodlog import GroupCommitWriter, ProductionLog
+from pipeline.contracts.prodlog import ProductionLog
+from pipeline.contracts.runtime import session
+from serving.prodlog import GroupCommitWriter
 
 FOLDER = Path(os.environ.get("MLCYCLE_BARE_DIR", "registry/champion"))
 WIDTH = len(json.loads((FOLDER / "schema.json").read_text())["features"])

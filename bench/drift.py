@@ -16,7 +16,6 @@ production log and checked (read + test), with its time and peak memory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import resource
 import sys
 import tempfile
@@ -33,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from monitoring.detector import Reference  # noqa: E402
 from monitoring.shifts import shift_inputs  # noqa: E402
-from pipeline.config import SimulateConfig, read_params, section  # noqa: E402
+from pipeline.contracts.params import SimulateConfig, overlay, read_params, section  # noqa: E402
+from pipeline.contracts.schema import infer_schema  # noqa: E402
 from pipeline.ingest import load_source  # noqa: E402
-from pipeline.schema import infer_schema  # noqa: E402
 
 SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "prior")
 SIZES = (25, 50, 100, 200, 500)
@@ -54,7 +53,7 @@ def evidently_drifted(current: pd.DataFrame, reference: pd.DataFrame) -> bool:
 
 
 def scale(rows: int, ref: Reference, schema: object, X: np.ndarray) -> None:
-    from serving.prodlog import ProductionLog
+    from pipeline.contracts.prodlog import ProductionLog
 
     with tempfile.TemporaryDirectory() as tmp:
         log = ProductionLog(f"{tmp}/production.db")
@@ -115,7 +114,7 @@ def main() -> None:
         f"{'Evidently flagged':>17} {'ms/check':>9}"
     )
     for scenario in SCENARIOS:
-        cfg = dataclasses.replace(base, scenario=scenario)
+        cfg = overlay(base, "simulate", scenario=scenario)
         pool = np.arange(len(y_held))
         if scenario == "prior":
             pool = pool[np.isin(y_held, cfg.prior_classes)]

@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.contracts.io import load_json  # noqa: E402
+from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
 from pipeline.export import Served  # noqa: E402
-from pipeline.io import load_json  # noqa: E402
-from pipeline.model import build  # noqa: E402
-from pipeline.runtime import latency_ms, session  # noqa: E402
+from pipeline.learning.model import build  # noqa: E402
 
 
 def torch_latency_ms(

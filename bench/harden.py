@@ -31,14 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.attacks import Box, robust_accuracy, worst_case  # noqa: E402
-from pipeline.compute import apply_threads  # noqa: E402
-from pipeline.config import ComputeConfig, HardenConfig, read_params, section  # noqa: E402
-from pipeline.harden import gradient_passes, harden  # noqa: E402
-from pipeline.io import load_checkpoint  # noqa: E402
-from pipeline.model import Classifier, ModelConfig, build, build_net  # noqa: E402
-from pipeline.schema import Schema  # noqa: E402
-from pipeline.training import load_split  # noqa: E402
+from pipeline.contracts.params import ComputeConfig, HardenConfig, overlay, read_params, section  # noqa: E402
+from pipeline.contracts.schema import Schema  # noqa: E402
+from pipeline.learning.adversarial import gradient_passes, harden  # noqa: E402
+from pipeline.learning.attacks import Box, robust_accuracy, worst_case  # noqa: E402
+from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.learning.compute import apply_threads  # noqa: E402
+from pipeline.learning.model import Classifier, ModelConfig, build, build_net  # noqa: E402
+from pipeline.learning.training import load_split  # noqa: E402
 
 # name -> (overrides of params.yaml: harden, start): start is "trained" (fine-tune the trained
 # model), "scratch" (the same network re-initialised) or "scratch-wide" (twice the channels and
@@ -120,7 +120,7 @@ def main() -> None:
     names = args.only or list(CANDIDATES)
     for name in names:
         overrides, start = CANDIDATES[name]
-        cfg = dataclasses.replace(base, **overrides)
+        cfg = overlay(base, "harden", **overrides)
         model = build(ckpt)
         if start != "trained":
             torch.manual_seed(cfg.seed)
@@ -128,7 +128,7 @@ def main() -> None:
             if start == "scratch-wide":
                 arch = dataclasses.replace(arch, hidden=2 * arch.hidden, channels=2 * arch.channels)
             model = Classifier(model.transform, build_net(arch))
-            cfg = dataclasses.replace(cfg, max_clean_drop=1.0)  # nothing to keep from
+            cfg = overlay(cfg, "harden", max_clean_drop=1.0)  # nothing to keep from
         start = time.perf_counter()
         history, _, selection = harden(model, train, val, schema, cfg, device)
         seconds = time.perf_counter() - start

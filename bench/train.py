@@ -12,7 +12,6 @@ synthetic set on GPU against CPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -24,9 +23,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import TrainConfig, read_params, section  # noqa: E402
-from pipeline.model import Classifier, ModelConfig, build_net  # noqa: E402
-from pipeline.training import Split, fit, load_inputs, model_config  # noqa: E402
+from pipeline.contracts.params import TrainConfig, overlay, read_params, section  # noqa: E402
+from pipeline.learning.model import Classifier, ModelConfig, build_net  # noqa: E402
+from pipeline.learning.training import Split, fit, load_inputs, model_config  # noqa: E402
 
 
 def bare_loop(
@@ -91,7 +90,7 @@ def main() -> None:
     parser.add_argument("--synthetic-rows", type=int, default=200_000)
     args = parser.parse_args()
     cfg = section(read_params(ROOT / "params.yaml"), "train", TrainConfig)
-    cfg = dataclasses.replace(cfg, epochs=args.epochs, patience=10**6)
+    cfg = overlay(cfg, "train", epochs=args.epochs, patience=10**6)
     inputs = load_inputs(
         str(args.inputs / "data/schema.json"),
         str(args.inputs / "models/features"),
@@ -108,7 +107,7 @@ def main() -> None:
         f"model {mcfg.arch}, {len(inputs.train.y)} train rows, batch {cfg.batch_size}, "
         f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, best of {args.trials}"
     )
-    plain_cfg = dataclasses.replace(cfg, augment_shift=0)
+    plain_cfg = overlay(cfg, "train", augment_shift=0)
     rates: dict[str, list[float]] = {"bare": [], "plain": [], "full": []}
     for _ in range(args.trials):  # alternate, so warm-up and noise hit every loop alike
         rates["bare"].append(
@@ -150,7 +149,7 @@ def gpu_vs_cpu(mcfg: ModelConfig, cfg: TrainConfig, rows: int) -> None:
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(rows, mcfg.n_in, generator=gen)
     y = torch.randint(0, mcfg.n_classes, (rows,), generator=gen)
-    big = dataclasses.replace(cfg, batch_size=1024)
+    big = overlay(cfg, "train", batch_size=1024)
     torch.manual_seed(0)
     cpu_rows = min(rows, 20_000)  # the CPU side gets a slice, or it takes minutes
     cpu_rate = bare_loop(build_net(mcfg), X[:cpu_rows], y[:cpu_rows], big, 1, torch.device("cpu"))

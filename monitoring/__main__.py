@@ -22,8 +22,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import MonitorConfig, ServingConfig, SimulateConfig, read_params, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import (
+    MonitorConfig,
+    ServingConfig,
+    SimulateConfig,
+    overlay,
+    read_params,
+    section,
+)
 
 if TYPE_CHECKING:
     from monitoring.monitor import Monitor
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from monitoring.monitor import Monitor, project_dir
-    from serving.prodlog import ProductionLog
+    from pipeline.contracts.prodlog import ProductionLog
 
     params = read_params(args.params)
     project = project_dir(Path(args.params))
@@ -76,8 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     registry = Path(_located(project, os.environ.get("MLCYCLE_REGISTRY") or serving.registry))
 
     if args.command == "simulate":
-        from monitoring.monitor import champion
         from monitoring.simulate import simulate
+        from pipeline.contracts import champion
 
         cfg = section(params, "simulate", SimulateConfig)
         overrides = {
@@ -89,8 +96,8 @@ def _run(args: argparse.Namespace) -> int:
             )
             if v is not None
         }
-        cfg = section({"simulate": {**params["simulate"], **overrides}}, "simulate", SimulateConfig)
-        schema = champion(registry).schema
+        cfg = overlay(cfg, "simulate", **overrides)
+        schema = champion.read(registry).schema
         token = os.environ.get(serving.feedback_token_env)
         result = simulate(cfg, args.url, token, schema, project / cfg.rows_from)
         print(json.dumps(result))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pipeline.schema import Schema
+from pipeline.contracts.schema import Schema
 
 KS, CONSTANT, CATEGORICAL = 0, 1, 2
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io import atomic_outputs
+from pipeline.contracts.io import atomic_outputs
 
 if TYPE_CHECKING:
-    from monitoring.monitor import Champion
-    from serving.prodlog import Window
+    from pipeline.contracts.champion import Champion
+    from pipeline.contracts.prodlog import Window
 
 REFERENCE_ROWS = 5000
 
@@ -43,7 +43,7 @@ def drift_report(window: Window, champ: Champion, out_dir: Path) -> str:
 
     names = champ.schema.names
     current = pd.DataFrame(window.X.astype(np.float64), columns=names)
-    reference = pd.read_parquet(champ.directory / "reference.parquet")[names].astype(np.float64)
+    reference = pd.read_parquet(champ.reference)[names].astype(np.float64)
     if len(reference) > REFERENCE_ROWS:
         reference = reference.sample(REFERENCE_ROWS, random_state=0)
     stamp = dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import SimulateConfig
-from pipeline.errors import MlcycleError
-from pipeline.schema import Schema
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import SimulateConfig
+from pipeline.contracts.schema import Schema
 
 COVARIATE = ("intensity", "noise", "translate", "blur")
 

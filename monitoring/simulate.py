@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from monitoring.shifts import draw_rows, shift_inputs, true_labels
-from pipeline.config import SimulateConfig
-from pipeline.errors import MlcycleError
-from pipeline.schema import LABEL, Schema
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import SimulateConfig
+from pipeline.contracts.schema import LABEL, Schema
 
 
 def records(X: np.ndarray, schema: Schema) -> list[dict[str, Any]]:

@@ -27,8 +27,6 @@ split's features, which the monitor compares production windows with.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,42 +35,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import registry, stage
-from pipeline.attacks import Box, square_attack, worst_case
-from pipeline.config import GateConfig, HardenConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import (
-    atomic_outputs,
-    dump_json,
-    load_checkpoint,
-    load_json,
-    read_parquet,
-    require_file,
-)
-from pipeline.metrics import classification_metrics
-from pipeline.model import build
-from pipeline.runtime import latency_ms, predict, session
-from pipeline.schema import LABEL, Schema
-from pipeline.tracking import Tracker
-
-
-def choose_variant(cfg: GateConfig, export: dict[str, Any], latency_ratio: float | None) -> str:
-    """fp32 or int8: ``auto`` ships int8 only if it is faster and loses at most the allowed.
-
-    ``latency_ratio``: int8 / fp32 single-row p50, measured here (None without an int8 graph).
-    """
-    if cfg.variant != "auto":
-        if cfg.variant == "int8" and "int8" not in export:
-            raise MlcycleError("gate.variant = 'int8' but export.quantize is false")
-        return cfg.variant
-    q = export.get("int8")
-    ok = (
-        q is not None
-        and latency_ratio is not None
-        and q["accuracy_delta"] >= -cfg.max_int8_accuracy_drop
-        and latency_ratio < 1.0
-    )
-    return "int8" if ok else "fp32"
+from pipeline import registry
+from pipeline.contracts import champion as champion_files
+from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, require_file
+from pipeline.contracts.params import GateConfig, HardenConfig
+from pipeline.contracts.runtime import latency_ms, predict, session
+from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning import stage
+from pipeline.learning.attacks import Box, square_attack, worst_case
+from pipeline.learning.card import model_card
+from pipeline.learning.checkpoint import load_checkpoint
+from pipeline.learning.gate import GateContext, choose_variant, gate, hints, robust_method
+from pipeline.learning.metrics import classification_metrics
+from pipeline.learning.model import build
+from pipeline.learning.tracking import Tracker
 
 
 def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
@@ -111,14 +87,6 @@ def measure(
     if cfg.square_queries:
         out.update(square_check(sess, X, y, box, robust["robust_rows"], cfg))
     return out
-
-
-def robust_method(cfg: GateConfig) -> str:
-    return (
-        f"per-row worst case of PGD-{cfg.robust_steps}, APGD-CE and APGD-DLR ({cfg.apgd_iter} "
-        f"iterations), {cfg.robust_restarts} restart(s), seed {cfg.seed}, on the PyTorch twin; "
-        f"Square ({cfg.square_queries} queries) on the shipped ONNX graph"
-    )
 
 
 def square_check(
@@ -164,257 +132,6 @@ def holdout_accuracy(onnx_path: Path, X: np.ndarray, y: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == y).mean())
 
 
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What the earlier stages say about the candidate, for the data-relative rules."""
-
-    baseline: tuple[str, float] | None = None  # the best scikit-learn baseline's test accuracy
-    trained_clean: float | None = None  # the model before hardening, test accuracy
-    max_clean_drop: float = 1.0  # harden.max_clean_drop (plus the int8 allowance if int8 ships)
-    budget_limited: bool = False  # harden: robustness at eps costs more than the budget allows
-
-
-def gate(
-    cfg: GateConfig,
-    cand: dict[str, Any],
-    champ: dict[str, Any] | None,
-    parity_passed: bool,
-    ctx: Context | None = None,
-) -> list[dict[str, Any]]:
-    """Every rule with its value, threshold and verdict.
-
-    ``min_robust_accuracy`` is waived (passed, marked ``waived``) when ``gate.robust_floor`` is
-    ``budget`` and harden reports that robustness at eps costs more clean accuracy than its
-    budget allows: the model ships, and the hints say which parameter trades accuracy for
-    robustness. ``strict`` always enforces the floor.
-    """
-    ctx = ctx or Context()
-    # (rule, value, threshold, value must be at least the threshold (else at most), what)
-    rules = [
-        (
-            "parity",
-            float(parity_passed),
-            1.0,
-            True,
-            "onnxruntime matches PyTorch on the test split",
-        ),
-        ("min_accuracy", cand["accuracy"], cfg.min_accuracy, True, "test accuracy >= floor"),
-        (
-            "min_robust_accuracy",
-            cand["robust_accuracy"],
-            cfg.min_robust_accuracy,
-            True,
-            "robust accuracy >= floor",
-        ),
-        ("max_ece", cand["ece"], cfg.max_ece, False, "calibration error <= ceiling"),
-        (
-            "max_p99_latency_ms",
-            cand["p99_latency_ms"],
-            cfg.max_p99_latency_ms,
-            False,
-            "p99 single-row latency <= budget",
-        ),
-    ]
-    if ctx.baseline is not None and cfg.max_baseline_gap is not None:
-        name, acc = ctx.baseline
-        rules.append(
-            (
-                "vs_baseline",
-                cand["accuracy"],
-                acc - cfg.max_baseline_gap,
-                True,
-                f"accuracy >= the {name} baseline's {acc:.4f} - {cfg.max_baseline_gap}",
-            )
-        )
-    if ctx.trained_clean is not None:
-        rules.append(
-            (
-                "clean_budget",
-                cand["accuracy"],
-                ctx.trained_clean - ctx.max_clean_drop,
-                True,
-                f"accuracy >= the model before hardening's {ctx.trained_clean:.4f} - "
-                f"{ctx.max_clean_drop:g} (harden.max_clean_drop)",
-            )
-        )
-    if champ is not None and "holdout_accuracy" in cand:
-        rules.append(
-            (
-                "vs_champion_holdout_accuracy",
-                cand["holdout_accuracy"],
-                champ["holdout_accuracy"] - cfg.max_accuracy_drop,
-                True,
-                f"production holdout accuracy >= champion's {champ['holdout_accuracy']:.4f} - "
-                f"{cfg.max_accuracy_drop}",
-            )
-        )
-    if champ is not None:
-        rules += [
-            (
-                "vs_champion_accuracy",
-                cand["accuracy"],
-                champ["accuracy"] - cfg.max_accuracy_drop,
-                True,
-                f"accuracy >= champion's {champ['accuracy']:.4f} - {cfg.max_accuracy_drop}",
-            ),
-            (
-                "vs_champion_robust_accuracy",
-                cand["robust_accuracy"],
-                champ["robust_accuracy"] - cfg.max_robust_drop,
-                True,
-                f"robust accuracy >= champion's {champ['robust_accuracy']:.4f} - "
-                f"{cfg.max_robust_drop}",
-            ),
-        ]
-    out = [
-        {
-            "rule": r,
-            "value": v,
-            "threshold": t,
-            "passed": bool(v >= t if at_least else v <= t),
-            "what": w,
-        }
-        for r, v, t, at_least, w in rules
-    ]
-    for r in out:
-        over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
-        if r["rule"] == "min_robust_accuracy" and not r["passed"] and over_budget:
-            r.update(passed=True, waived=True)
-            r["what"] += " (waived: robustness at harden.eps costs more than the budget)"
-    return out
-
-
-HINTS = {
-    "min_accuracy": "the model is below gate.min_accuracy: more data or train.epochs / "
-    "tune.n_trials, or a floor that fits your data",
-    "vs_baseline": "the network trails a scikit-learn baseline: raise train.epochs, try "
-    "tune.n_trials: 30, or raise gate.max_baseline_gap",
-    "clean_budget": "hardening cost more clean accuracy than harden.max_clean_drop",
-    "min_robust_accuracy": "robust accuracy is below gate.min_robust_accuracy: raise "
-    "harden.epochs, lower harden.eps, or lower the floor",
-    "max_ece": "probabilities are miscalibrated: see metrics/robustness.json calibration",
-    "max_p99_latency_ms": "too slow: set gate.variant: int8, a smaller train.hidden, or "
-    "raise gate.max_p99_latency_ms",
-}
-
-
-def hints(rules: list[dict[str, Any]], eps: float, max_clean_drop: float) -> list[str]:
-    """What to change, for each failed or waived rule."""
-    out = []
-    for r in rules:
-        if r.get("waived"):
-            out.append(
-                f"robust accuracy {r['value']:.4f} is below gate.min_robust_accuracy = "
-                f"{r['threshold']:g}, waived because robustness at harden.eps = {eps:g} costs "
-                f"more clean accuracy than harden.max_clean_drop = {max_clean_drop:g} allows: "
-                "raise harden.max_clean_drop to trade accuracy for robustness, lower harden.eps, "
-                "or set gate.robust_floor: strict to refuse such a model"
-            )
-        elif not r["passed"] and r["rule"] in HINTS:
-            out.append(f"{r['rule']}: {HINTS[r['rule']]}")
-    return out
-
-
-def model_card(
-    schema: Schema,
-    decision: dict[str, Any],
-    train: dict[str, Any],
-    robustness: dict[str, Any],
-    export: dict[str, Any],
-    ckpt: dict[str, Any],
-) -> str:
-    """A Markdown model card: data, model, metrics, robustness, gate, limits."""
-    c = decision["candidate"]
-    cal = robustness.get("calibration", {})
-    by_eps = robustness["hardened"]["by_eps"]
-    n_cat = sum(f.kind == "categorical" for f in schema.features)
-    lines = [
-        f"# Model card: {decision['model_name']} ({decision['variant']})",
-        "",
-        "## Data",
-        f"- {len(schema.features)} features ({n_cat} categorical), target `{schema.target}`, "
-        f"classes {list(schema.classes)}",
-        "- evaluated on the frozen test split cut once from the source",
-        "",
-        "## Model",
-        f"- {ckpt['model_config']['arch'].upper()} behind the fitted feature transform, one ONNX "
-        "graph from raw features to probabilities",
-        f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
-        "range",
-        "",
-        "## Test metrics",
-        "| metric | candidate | champion |",
-        "| --- | --- | --- |",
-    ]
-    champ = decision.get("champion") or {}
-    keys = ["accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"]
-    if "holdout_accuracy" in c:
-        keys.append("holdout_accuracy")
-    for key in keys:
-        lines.append(
-            f"| {key} | {c[key]:.4f} | {champ[key]:.4f} |"
-            if key in champ
-            else f"| {key} | {c[key]:.4f} | - |"
-        )
-    lines += [
-        "",
-        f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}",
-        "",
-        "## Robustness (test split)",
-        f"Harden's evaluation: {robustness.get('evaluation', 'PGD')}. Gate's (the robust_accuracy "
-        f"above, same for candidate and champion): {decision.get('robust_method', 'PGD')}.",
-        "",
-        "| eps | trained | hardened | hardened, PGD only |",
-        "| --- | --- | --- | --- |",
-    ]
-    pgd_by_eps = robustness["hardened"].get("pgd_by_eps", by_eps)
-    for eps, acc in by_eps.items():
-        lines.append(
-            f"| {eps} | {robustness['trained']['by_eps'][eps]:.4f} | {acc:.4f} | "
-            f"{pgd_by_eps.get(eps, float('nan')):.4f} |"
-        )
-    square = c.get("square")
-    masking = " - gradient masking suspected" if c.get("gradient_masking_suspected") else ""
-    if square:
-        lines += [
-            "",
-            f"Black-box check (Square-style search, {square.get('queries', 0)} queries, on the "
-            f"shipped {decision['variant']} graph): {square.get('fooled', 0)} of "
-            f"{square.get('rows_attacked', 0)} rows the gradient attacks could not break were "
-            f"broken{masking}.",
-        ]
-    lines += [
-        "",
-        "## Calibration",
-        f"- {cal.get('method', 'none')}: temperature {cal.get('temperature', 1.0):.3f}, test "
-        f"ECE {cal.get('test_ece_before', float('nan')):.4f} -> "
-        f"{cal.get('test_ece_after', float('nan')):.4f} (plots/reliability.png)",
-        "",
-        "## Export",
-        f"- parity: max |probability difference| "
-        f"{export['parity']['max_abs_probability_diff']:.2e}, labels equal "
-        f"{export['parity']['labels_equal']}",
-        "",
-        f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}",
-    ]
-    lines += [
-        f"- {'waived' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} {r['rule']}: "
-        f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
-        for r in decision["rules"]
-    ]
-    lines += [f"- hint: {h}" for h in decision.get("hints", [])]
-    lines += [
-        "",
-        "## Limits",
-        "- Robustness covers L-inf perturbations within eps of each feature's observed "
-        "range only; other threat models (patches, rotations, poisoning) are untested.",
-        "- Gradient attacks run on the PyTorch twin of the graph (export proved them equal); "
-        "the shipped graph itself, int8 included, is attacked only by the black-box search.",
-        "- Inputs outside the training data's range or categories are out of distribution.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 FLAGS = (
     "--schema",
     "--test",
@@ -457,19 +174,20 @@ def body(ctx: stage.Context) -> None:
     registry_dir = Path(args.registry)
     tracker = Tracker(args.tracking_db)
     champ_version = tracker.champion_version(cfg.model_name)
-    champ_dir = registry.champion_dir(registry_dir)
+    champ_dir = champion_files.directory(registry_dir)
     champion = None
     if champ_version is not None and champ_dir is not None:
-        twin = build(load_checkpoint(champ_dir / "model.pt"))
-        champion = measure(champ_dir / "model.onnx", twin, X, y, schema, eps, cfg)
+        twin = build(load_checkpoint(champ_dir / champion_files.TWIN))
+        champ_onnx = champ_dir / champion_files.ONNX
+        champion = measure(champ_onnx, twin, X, y, schema, eps, cfg)
         if len(yh):
-            champion["holdout_accuracy"] = holdout_accuracy(champ_dir / "model.onnx", Xh, yh)
+            champion["holdout_accuracy"] = holdout_accuracy(champ_onnx, Xh, yh)
 
     harden_cfg = ctx.section("harden", HardenConfig)
     baselines = train_metrics.get("baselines", {})
     best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
     budget = robustness.get("budget", {})
-    context = Context(
+    context = GateContext(
         baseline=(best[0], best[1]["test_accuracy"]) if best else None,
         trained_clean=robustness["trained"]["clean_accuracy"],
         max_clean_drop=harden_cfg.max_clean_drop
@@ -500,20 +218,21 @@ def body(ctx: stage.Context) -> None:
     }
     card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
     with tempfile.TemporaryDirectory() as tmp:
-        card_path, decision_path = Path(tmp) / "model_card.md", Path(tmp) / "evaluate.json"
-        reference_path = Path(tmp) / "reference.parquet"
+        card_path = Path(tmp) / champion_files.CARD
+        decision_path = Path(tmp) / champion_files.DECISION
+        reference_path = Path(tmp) / champion_files.REFERENCE
         card_path.write_text(card)
         reference = read_parquet(args.train)[schema.names].astype(np.float32)
         reference.to_parquet(reference_path, index=False)
         dump_json(decision, decision_path)  # the figures GET /model shows
         files = {
-            "model.onnx": onnx_path,
-            "model.pt": Path(args.model),
-            "schema.json": Path(args.schema),
-            "export.json": Path(args.export_metrics),
-            "evaluate.json": decision_path,
-            "model_card.md": card_path,  # registered with the version, shipped if promoted
-            "reference.parquet": reference_path,  # the monitor's reference for this version
+            champion_files.ONNX: onnx_path,
+            champion_files.TWIN: Path(args.model),
+            champion_files.SCHEMA: Path(args.schema),
+            champion_files.EXPORT: Path(args.export_metrics),
+            champion_files.DECISION: decision_path,
+            champion_files.CARD: card_path,  # registered with the version, shipped if promoted
+            champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
         }
         version = register(tracker, decision, files, card, cfg)
         decision["version"] = version

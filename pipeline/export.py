@@ -27,12 +27,13 @@ import onnx
 import torch
 from torch import nn
 
-from pipeline import stage
-from pipeline.config import ExportConfig
-from pipeline.io import atomic_outputs, dump_json, load_checkpoint, load_json, read_parquet
-from pipeline.model import Classifier, build
-from pipeline.runtime import latency_ms, predict, session
-from pipeline.schema import LABEL, Schema
+from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet
+from pipeline.contracts.params import ExportConfig
+from pipeline.contracts.runtime import latency_ms, predict, session
+from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning import stage
+from pipeline.learning.checkpoint import load_checkpoint
+from pipeline.learning.model import Classifier, build
 
 
 class Served(nn.Module):

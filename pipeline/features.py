@@ -26,13 +26,13 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.tree import DecisionTreeClassifier
 from tqdm.auto import tqdm
 
-from pipeline import stage
-from pipeline.config import FeaturesConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet
-from pipeline.sampling import stratified_sample
-from pipeline.schema import LABEL, WEIGHT, Schema
-from pipeline.transforms import FeatureTransform
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet
+from pipeline.contracts.params import FeaturesConfig
+from pipeline.contracts.schema import LABEL, WEIGHT, Schema
+from pipeline.learning import stage
+from pipeline.learning.sampling import stratified_sample
+from pipeline.learning.transforms import FeatureTransform
 
 
 @dataclasses.dataclass(frozen=True)

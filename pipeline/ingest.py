@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import stage
-from pipeline.config import DataConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, source_file, write_parquet
-from pipeline.schema import FEEDBACK, Schema, infer_schema, strip_text
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.io import atomic_outputs, dump_json, source_file, write_parquet
+from pipeline.contracts.params import DataConfig
+from pipeline.contracts.schema import FEEDBACK, Schema, infer_schema, strip_text
+from pipeline.learning import stage
 
 
 @dataclasses.dataclass(frozen=True)

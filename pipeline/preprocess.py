@@ -36,12 +36,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 from tqdm.auto import tqdm
 
-from pipeline import stage
-from pipeline.config import DataConfig, NoiseConfig, PreprocessConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
-from pipeline.sampling import stratified_sample
-from pipeline.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
+from pipeline.contracts.params import DataConfig, NoiseConfig, PreprocessConfig
+from pipeline.contracts.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
+from pipeline.learning import stage
+from pipeline.learning.sampling import stratified_sample
 
 SPLITS = ("train", "val", "test", "holdout")
 

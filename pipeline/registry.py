@@ -22,9 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.config import GateConfig, read_params, section
-from pipeline.errors import MlcycleError
-from pipeline.tracking import CHAMPION, Tracker
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import GateConfig, read_params, section
+from pipeline.learning.tracking import CHAMPION, Tracker
 
 PREVIOUS_TAG = "previous_champion"
 

@@ -14,9 +14,9 @@ import hashlib
 import sys
 from typing import Any
 
-from pipeline import stage
-from pipeline.config import DataConfig
-from pipeline.io import atomic_outputs, dump_json, source_file
+from pipeline.contracts.io import atomic_outputs, dump_json, source_file
+from pipeline.contracts.params import DataConfig
+from pipeline.learning import stage
 
 
 def fingerprint(source: str) -> dict[str, Any]:

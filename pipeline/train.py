@@ -11,7 +11,7 @@ Data-parallel on N processes (gloo on CPU, NCCL on GPUs); only rank 0 writes or 
 
     torchrun --nproc_per_node=2 -m pipeline.train <the same arguments>
 
-The loop lives in :mod:`pipeline.training`. Outputs that later stages read (the model, the
+The loop lives in :mod:`pipeline.learning.training`. Outputs that later stages read (the model, the
 metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
 ``--timing``, which no stage depends on. The stage also fits scikit-learn baselines on the same
 features.
@@ -31,13 +31,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from pipeline import stage
-from pipeline.config import TrainConfig
-from pipeline.io import atomic_outputs, dump_json, load_checkpoint, load_json, save_checkpoint
-from pipeline.metrics import classification_metrics
-from pipeline.model import Classifier, ModelConfig, build_net, transform_state_tensors
-from pipeline.plots import plot_confusion, plot_curves
-from pipeline.training import (
+from pipeline.contracts.io import atomic_outputs, dump_json, load_json
+from pipeline.contracts.params import TrainConfig
+from pipeline.learning import stage
+from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learning.metrics import classification_metrics
+from pipeline.learning.model import Classifier, ModelConfig, build_net, transform_state_tensors
+from pipeline.learning.plots import plot_confusion, plot_curves
+from pipeline.learning.training import (
     FitResult,
     Inputs,
     apply_tuned,
@@ -155,7 +156,7 @@ def train(
         run_fit()
         return
 
-    from pipeline.tracking import Tracker
+    from pipeline.learning.tracking import Tracker
 
     tracker = Tracker(args.tracking_db)
     resume_id = None
@@ -166,7 +167,7 @@ def train(
     with tracker.run("train", resume=resume_id) as run:
         extra: dict[str, Any] = {"run_id": run.id}
         if resume_id is None:  # a resumed run already holds its params
-            run.log_params({**dataclasses.asdict(cfg), "device": device.type, "world_size": world})
+            run.log_params({**cfg.model_dump(), "device": device.type, "world_size": world})
         start = time.perf_counter()
         result = run_fit(
             on_epoch=lambda epoch, row: run.log_metrics(
@@ -183,7 +184,7 @@ def train(
             "transform_state": transform_state_tensors(inputs.transform.state()),
             "feature_names": inputs.schema.names,
             "classes": list(inputs.schema.classes),
-            "train_config": dataclasses.asdict(cfg),
+            "train_config": cfg.model_dump(),
         }
         times = timing(result, wall, cfg, run.id)
         outputs = (args.model, args.metrics, args.history, args.confusion, args.timing)

@@ -13,18 +13,17 @@ its name carries a hash of the search space, the train section and the data.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline import stage
-from pipeline.config import TrainConfig, TuneConfig
-from pipeline.io import atomic_outputs, dump_json
-from pipeline.model import Classifier, build_net
-from pipeline.training import Inputs, fingerprint, fit, load_inputs, model_config
+from pipeline.contracts.io import atomic_outputs, dump_json
+from pipeline.contracts.params import TrainConfig, TuneConfig, overlay
+from pipeline.learning import stage
+from pipeline.learning.model import Classifier, build_net
+from pipeline.learning.training import Inputs, fingerprint, fit, load_inputs, model_config
 
 
 def suggest(trial: Any, space: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def tune(
 
     name = f"{cfg.study}-" + fingerprint(
         cfg.space,
-        dataclasses.asdict(base),
+        base.model_dump(),
         cfg.max_epochs,
         inputs.train.X.nan_to_num(),
         inputs.train.y,
@@ -74,7 +73,7 @@ def tune(
     )
 
     def objective(trial: optuna.Trial) -> float:
-        tcfg = dataclasses.replace(base, **suggest(trial, cfg.space, base), epochs=cfg.max_epochs)
+        tcfg = overlay(base, "train", **suggest(trial, cfg.space, base), epochs=cfg.max_epochs)
         mcfg = model_config(tcfg, inputs.transform, inputs.schema, inputs.image_shape)
         torch.manual_seed(tcfg.seed)
         model = Classifier(inputs.transform.module(), build_net(mcfg))

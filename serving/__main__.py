@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import MlcycleError
+from pipeline.contracts import champion
+from pipeline.contracts.errors import MlcycleError
 from serving.model import ModelLoadError, load
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except MlcycleError as exc:
         print(f"serving: error: {exc}", file=sys.stderr)
         return 2
-    link = Path(cfg.registry) / "champion"
+    link = champion.link(cfg.registry)
     if not link.exists():
         print(
             f"serving: error: no champion to serve: {link} does not exist. Run `make repro`: the "

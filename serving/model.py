@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime import session
-from pipeline.schema import Schema
+from pipeline.contracts import champion
+from pipeline.contracts.runtime import session
+from pipeline.contracts.schema import Schema
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -63,11 +63,11 @@ def load(directory: Path, threads: int = 1) -> LoadedModel:
     """Load and self-check the champion files in ``directory``."""
     directory = Path(directory).resolve()
     try:
-        schema = Schema.from_dict(json.loads((directory / "schema.json").read_text()))
-        export = json.loads((directory / "export.json").read_text())
-        card = (directory / "model_card.md").read_text()
+        schema = Schema.from_dict(json.loads((directory / champion.SCHEMA).read_text()))
+        export = json.loads((directory / champion.EXPORT).read_text())
+        card = (directory / champion.CARD).read_text()
         # CUDA when the image has onnxruntime-gpu and a GPU (the Dockerfile's build argument).
-        sess = session(directory / "model.onnx", threads, _providers())
+        sess = session(directory / champion.ONNX, threads, _providers())
     except Exception as exc:  # a missing, truncated or foreign file: refuse the directory
         raise ModelLoadError(f"{directory}: {type(exc).__name__}: {exc}") from None
     model = LoadedModel(directory.name, directory, schema, sess, card, export)
@@ -111,7 +111,7 @@ class ChampionWatcher:
         interval_s: float,
         prepare: Callable[[LoadedModel], None] | None = None,
     ) -> None:
-        self.link = Path(registry) / "champion"
+        self.registry = Path(registry)
         self.interval_s = interval_s
         self.prepare = prepare  # runs before readers can see the model
         self.current: LoadedModel | None = None
@@ -120,7 +120,7 @@ class ChampionWatcher:
         self._thread: threading.Thread | None = None
 
     def target(self) -> str | None:
-        return os.path.realpath(self.link) if os.path.lexists(self.link) else None
+        return champion.target(self.registry)
 
     def check(self) -> bool:
         """Load the link's target if it is new; True if the served model changed."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import ServingConfig
-from pipeline.schema import Schema
+from pipeline.contracts.params import ServingConfig
+from pipeline.contracts.schema import Schema
 
 
 def _feature(f: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.schema import Schema
+from pipeline.contracts.schema import Schema
 
 _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset(_NUMBER)

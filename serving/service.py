@@ -42,8 +42,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.config import ServingConfig, read_params, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import ServingConfig, overlay, read_params, section
+from pipeline.contracts.prodlog import (
+    FeedbackConflictError,
+    ProductionLog,
+    UnknownPredictionsError,
+)
 from serving import asgi
 from serving.asgi import (
     BodyTooLargeError,
@@ -56,12 +61,7 @@ from serving.asgi import (
 )
 from serving.model import ChampionWatcher, LoadedModel
 from serving.openapi import openapi_spec
-from serving.prodlog import (
-    FeedbackConflictError,
-    GroupCommitWriter,
-    ProductionLog,
-    UnknownPredictionsError,
-)
+from serving.prodlog import GroupCommitWriter
 from serving.requests import RecordEncoder, RequestError, parse_feedback, parse_json
 
 log = logging.getLogger("mlcycle.serving")
@@ -77,7 +77,7 @@ def settings() -> ServingConfig:
         for key, var in (("registry", "MLCYCLE_REGISTRY"), ("log_url", "MLCYCLE_LOG_URL"))
         if os.environ.get(var)
     }
-    return ServingConfig(**{**cfg.__dict__, **overrides})
+    return overlay(cfg, "serving", **overrides)  # validated like the file's own values
 
 
 class Metrics:

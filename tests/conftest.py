@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.contracts.schema import Schema, infer_schema
 from pipeline.ingest import load_source
-from pipeline.schema import Schema, infer_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def write_params(tmp_path: Path) -> Callable[..., Path]:
 EMPTY_FEEDBACK = ROOT / "data/feedback.parquet"
 TRAINING_MODULES = (
     "pipeline.train",
-    "pipeline.training",
+    "pipeline.learning.training",
     "pipeline.tune",
     "pipeline.harden",
     "pipeline.export",

@@ -13,11 +13,11 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import QuantileTransformer
 
 from pipeline import features
-from pipeline.config import PreprocessConfig, section
-from pipeline.io import dump_json
+from pipeline.contracts.io import dump_json
+from pipeline.contracts.params import PreprocessConfig, section
+from pipeline.contracts.schema import Schema
+from pipeline.learning.transforms import FeatureTransform
 from pipeline.preprocess import preprocess
-from pipeline.schema import Schema
-from pipeline.transforms import FeatureTransform
 from tests.conftest import CPU, repo_params
 
 
@@ -138,7 +138,7 @@ def test_a_column_that_alone_predicts_the_label_is_reported(
     raw = pd.DataFrame(
         {"noise": rng.normal(size=n), "customer_id": np.cumsum(rng.integers(1, 9, n)), "y": label}
     )
-    from pipeline.schema import infer_schema
+    from pipeline.contracts.schema import infer_schema
 
     raw, schema = infer_schema(raw, "y", None, 0.3, 50)
     cfg = section(repo_params(), "preprocess", PreprocessConfig)

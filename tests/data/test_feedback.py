@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from pipeline import ingest
-from pipeline.config import DataConfig, PreprocessConfig, section
+from pipeline.contracts.params import DataConfig, PreprocessConfig, section
+from pipeline.contracts.schema import FEEDBACK, ROW
 from pipeline.preprocess import preprocess
-from pipeline.schema import FEEDBACK, ROW
 from tests.conftest import EMPTY_FEEDBACK, repo_params
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import PreprocessConfig, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import PreprocessConfig, overlay, section
+from pipeline.contracts.schema import LABEL, ROW, WEIGHT, Schema, infer_schema
 from pipeline.preprocess import cap_per_class, preprocess
-from pipeline.schema import LABEL, ROW, WEIGHT, Schema, infer_schema
 from tests.conftest import repo_params
 
 
@@ -52,8 +50,10 @@ def test_test_split_is_frozen_across_noise_settings(
     digits: tuple[pd.DataFrame, Schema], cfg: PreprocessConfig
 ) -> None:
     df, schema = digits
-    off = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, enabled=False))
-    logreg = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, model="logreg"))
+    off = overlay(cfg, "preprocess", noise=overlay(cfg.noise, "preprocess.noise", enabled=False))
+    logreg = overlay(
+        cfg, "preprocess", noise=overlay(cfg.noise, "preprocess.noise", model="logreg")
+    )
     tests = [preprocess(df, schema, c, None).splits["test"] for c in (cfg, off, logreg)]
     for other in tests[1:]:
         pd.testing.assert_frame_equal(tests[0], other)
@@ -102,8 +102,11 @@ def test_sensitive_reweighing_makes_group_and_class_independent(cfg: PreprocessC
     )
     raw = pd.DataFrame({"x": rng.normal(size=n) + (label == "b"), "group": group, "y": label})
     raw, schema = infer_schema(raw, "y", None, 0.3, 50)
-    no_noise = dataclasses.replace(
-        cfg, noise=dataclasses.replace(cfg.noise, enabled=False), class_weights="none"
+    no_noise = overlay(
+        cfg,
+        "preprocess",
+        noise=overlay(cfg.noise, "preprocess.noise", enabled=False),
+        class_weights="none",
     )
     train = preprocess(raw, schema, no_noise, "group").splits["train"]
     groups = raw.loc[train[ROW], "group"].to_numpy()

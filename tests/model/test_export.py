@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pandas as pd
+import pytest
 import torch
 
+from pipeline.contracts.runtime import predict, session
+from pipeline.contracts.schema import LABEL, Schema
 from pipeline.export import torch_predict
-from pipeline.model import build
-from pipeline.runtime import predict, session
-from pipeline.schema import LABEL, Schema
+from pipeline.learning.model import build
 from tests.conftest import ROOT
 
 
@@ -57,11 +58,18 @@ def test_dynamic_batch_and_missing_values(exported: Path) -> None:
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
-def test_int8_variant_is_reported(exported: Path) -> None:
+def test_int8_variant_is_reported(exported: Path, stage_inputs: Path) -> None:
     report = json.loads((exported / "export.json").read_text())
     q = report["int8"]
     assert (exported / "model.int8.onnx").stat().st_size == q["bytes"]
     assert q["size_ratio"] < 0.7  # weights stored as int8 (the tiny CNN has few of them)
-    assert -1 <= q["accuracy_delta"] <= 1
+    # The reported accuracy change is what the two graphs answer on the test split.
+    schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
+    _, fp32_labels = predict(session(exported / "model.onnx"), X)
+    _, int8_labels = predict(session(exported / "model.int8.onnx"), X)
+    delta = float((int8_labels == y).mean() - (fp32_labels == y).mean())
+    assert q["accuracy_delta"] == pytest.approx(delta, abs=1e-12)
     timing = json.loads((exported / "export_time.json").read_text())
     assert timing["int8_to_fp32_p50"] > 0 and "latency" not in json.dumps(report)

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from pipeline import evaluate, export, registry
-from pipeline.config import GateConfig, TrainConfig, section
-from pipeline.model import Classifier, ModelConfig, build_net
-from pipeline.tracking import Tracker
-from pipeline.training import fit, load_inputs
+from pipeline.contracts.params import GateConfig, TrainConfig, overlay, section
+from pipeline.learning import gate as gate_rules
+from pipeline.learning.model import Classifier, ModelConfig, build_net
+from pipeline.learning.tracking import Tracker
+from pipeline.learning.training import fit, load_inputs
 from tests.conftest import TINY, evaluate_args, export_args, repo_params
 
 
@@ -35,7 +36,7 @@ def shuffled(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPat
         f"{stage_inputs}/data/prepared",
     )
     ckpt = torch.load(trained / "model.pt", weights_only=True)
-    cfg = dataclasses.replace(section(repo_params(TINY), "train", TrainConfig), epochs=3)
+    cfg = overlay(section(repo_params(TINY), "train", TrainConfig), "train", epochs=3)
     torch.manual_seed(0)
     model = build_net(ModelConfig(**ckpt["model_config"]))
     clf = Classifier(inputs.transform.module(), model)
@@ -185,25 +186,27 @@ def test_variant_choice() -> None:
     same = {"int8": {"accuracy_delta": 0.0}}
     small_loss = {"int8": {"accuracy_delta": -0.002}}
     large_loss = {"int8": {"accuracy_delta": -0.05}}
-    assert evaluate.choose_variant(cfg, same, 1.5) == "fp32"  # slower
-    assert evaluate.choose_variant(cfg, small_loss, 0.5) == "int8"
-    assert evaluate.choose_variant(cfg, large_loss, 0.5) == "fp32"
-    assert evaluate.choose_variant(cfg, {}, None) == "fp32"  # no int8 graph
-    assert evaluate.choose_variant(dataclasses.replace(cfg, variant="int8"), same, 1.5) == "int8"
+    assert gate_rules.choose_variant(cfg, same, 1.5) == "fp32"  # slower
+    assert gate_rules.choose_variant(cfg, small_loss, 0.5) == "int8"
+    assert gate_rules.choose_variant(cfg, large_loss, 0.5) == "fp32"
+    assert gate_rules.choose_variant(cfg, {}, None) == "fp32"  # no int8 graph
+    assert gate_rules.choose_variant(overlay(cfg, "gate", variant="int8"), same, 1.5) == "int8"
 
 
 def test_rules_compare_in_the_right_direction() -> None:
     cfg = section(repo_params(), "gate", GateConfig)
     good = {"accuracy": 0.99, "robust_accuracy": 0.8, "ece": 0.02, "p99_latency_ms": 1.0}
-    assert all(r["passed"] for r in evaluate.gate(cfg, good, None, True))
+    assert all(r["passed"] for r in gate_rules.gate(cfg, good, None, True))
     slow_and_miscalibrated = {**good, "ece": 0.2, "p99_latency_ms": 1e3}
     failed = {
-        r["rule"] for r in evaluate.gate(cfg, slow_and_miscalibrated, good, True) if not r["passed"]
+        r["rule"]
+        for r in gate_rules.gate(cfg, slow_and_miscalibrated, good, True)
+        if not r["passed"]
     }
     assert failed == {"max_ece", "max_p99_latency_ms"}
     slightly_worse = {**good, "accuracy": 0.99 - cfg.max_accuracy_drop / 2}
-    assert all(r["passed"] for r in evaluate.gate(cfg, slightly_worse, good, True))
-    assert [r["rule"] for r in evaluate.gate(cfg, good, None, False) if not r["passed"]] == [
+    assert all(r["passed"] for r in gate_rules.gate(cfg, slightly_worse, good, True))
+    assert [r["rule"] for r in gate_rules.gate(cfg, good, None, False) if not r["passed"]] == [
         "parity"
     ]
 
@@ -213,26 +216,28 @@ def test_data_relative_floors_and_the_budget_waiver() -> None:
     robustness at eps costs more than its budget (and the params say so)."""
     cfg = section(repo_params(), "gate", GateConfig)
     weak = {"accuracy": 0.90, "robust_accuracy": 0.1, "ece": 0.02, "p99_latency_ms": 1.0}
-    ctx = evaluate.Context(baseline=("svm", 0.91), trained_clean=0.905, max_clean_drop=0.01)
+    ctx = gate_rules.GateContext(baseline=("svm", 0.91), trained_clean=0.905, max_clean_drop=0.01)
     # A table where 0.90 is good: no absolute floor fails, the baseline and budget rules pass.
-    failed = [r["rule"] for r in evaluate.gate(cfg, weak, None, True, ctx) if not r["passed"]]
+    failed = [r["rule"] for r in gate_rules.gate(cfg, weak, None, True, ctx) if not r["passed"]]
     assert failed == ["min_robust_accuracy"]
     limited = dataclasses.replace(ctx, budget_limited=True)
-    rules = evaluate.gate(cfg, weak, None, True, limited)
+    rules = gate_rules.gate(cfg, weak, None, True, limited)
     assert all(r["passed"] for r in rules)
     assert [r["rule"] for r in rules if r.get("waived")] == ["min_robust_accuracy"]
-    advice = evaluate.hints(rules, 0.1, 0.01)
+    advice = gate_rules.hints(rules, 0.1, 0.01)
     assert len(advice) == 1 and "raise harden.max_clean_drop" in advice[0]
-    strict = dataclasses.replace(cfg, robust_floor="strict")
+    strict = overlay(cfg, "gate", robust_floor="strict")
     failed = [
-        r["rule"] for r in evaluate.gate(strict, weak, None, True, limited) if not r["passed"]
+        r["rule"] for r in gate_rules.gate(strict, weak, None, True, limited) if not r["passed"]
     ]
     assert failed == ["min_robust_accuracy"]
     # Trailing the baseline by more than the gap, or the trained model by more than the budget.
     worse = {**weak, "accuracy": 0.88}
-    failed = {r["rule"] for r in evaluate.gate(cfg, worse, None, True, limited) if not r["passed"]}
+    failed = {
+        r["rule"] for r in gate_rules.gate(cfg, worse, None, True, limited) if not r["passed"]
+    }
     assert failed == {"vs_baseline", "clean_budget"}
     assert any(
         "tune.n_trials" in h
-        for h in evaluate.hints(evaluate.gate(cfg, worse, None, True, limited), 0.1, 0.01)
+        for h in gate_rules.hints(gate_rules.gate(cfg, worse, None, True, limited), 0.1, 0.01)
     )

@@ -61,16 +61,15 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
 ) -> None:
     """An impossible budget: every epoch is over it, so the starting weights ship (not the last
     epoch's, which the gate would then have to reject on clean accuracy)."""
-    import dataclasses
 
     import torch
 
-    from pipeline.config import HardenConfig, section
-    from pipeline.harden import harden
-    from pipeline.io import load_checkpoint
-    from pipeline.model import build
-    from pipeline.schema import Schema
-    from pipeline.training import load_split
+    from pipeline.contracts.params import HardenConfig, overlay, section
+    from pipeline.contracts.schema import Schema
+    from pipeline.learning.adversarial import harden
+    from pipeline.learning.checkpoint import load_checkpoint
+    from pipeline.learning.model import build
+    from pipeline.learning.training import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -78,12 +77,12 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
         load_split(stage_inputs / f"data/prepared/{s}.parquet", schema) for s in ("train", "val")
     )
     ckpt = load_checkpoint(trained / "model.pt")
-    cfg = dataclasses.replace(
-        section(repo_params(TINY), "harden", HardenConfig), max_clean_drop=-1.0, epochs=1
+    cfg = overlay(
+        section(repo_params(TINY), "harden", HardenConfig), "harden", max_clean_drop=-1.0, epochs=1
     )
     model = build(ckpt)
     history, _, selection = harden(model, train, val, schema, cfg, torch.device("cpu"))
-    assert len(history) == 1 and selection["kept"].startswith("trained")
+    assert len(history) == 1 and selection.kept.startswith("trained")
     for name, tensor in build(ckpt).net.state_dict().items():
         assert torch.equal(model.net.state_dict()[name], tensor), name
 
@@ -91,16 +90,15 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
 def test_budget_on_test_passes_over_epochs_that_break_it(stage_inputs: Path, trained: Path) -> None:
     """The most robust epoch on val that loses too much on test is passed over for the next one
     that holds the budget there; when none does, the trained weights ship."""
-    import dataclasses
 
     import torch
 
-    from pipeline.config import HardenConfig, section
-    from pipeline.harden import check_budget_on_test
-    from pipeline.io import load_checkpoint
-    from pipeline.model import build
-    from pipeline.schema import Schema
-    from pipeline.training import load_split
+    from pipeline.contracts.params import HardenConfig, overlay, section
+    from pipeline.contracts.schema import Schema
+    from pipeline.learning.adversarial import Epoch, Selection, check_budget_on_test
+    from pipeline.learning.checkpoint import load_checkpoint
+    from pipeline.learning.model import build
+    from pipeline.learning.training import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -114,16 +112,17 @@ def test_budget_on_test_passes_over_epochs_that_break_it(stage_inputs: Path, tra
     def check(states: list[dict], budget: float) -> tuple[dict, dict]:
         hardened = build(ckpt)
         hardened.net.load_state_dict(states[0])
-        candidates = [
-            {"epoch": 9 - i, "robust": 0.9 - i / 10, "state": s} for i, s in enumerate(states)
-        ]
-        selection = {
-            "kept": "hardened",
-            "kept_epoch": 9,
-            "limited": False,
-            "candidates": candidates,
-        }
-        c = dataclasses.replace(cfg, max_clean_drop=budget)
+        within = [Epoch(9 - i, 0.9 - i / 10, s) for i, s in enumerate(states)]
+        selection = Selection(
+            kept="hardened",
+            val_clean_start=0.99,
+            val_robust_start=0.1,
+            val_robust_kept=0.9,
+            kept_epoch=9,
+            best_val_robust_any_epoch=0.9,
+            within=within,
+        )
+        c = overlay(cfg, "harden", max_clean_drop=budget)
         result = check_budget_on_test(build(ckpt), hardened, test, schema, c, selection)
         return result, hardened.net.state_dict()
 
@@ -148,17 +147,16 @@ def test_weight_averaging_scores_and_keeps_the_average_and_trains_on(
 ) -> None:
     """``ema_decay``: the moving average is what each epoch scores and what is kept, while
     training goes on from the live weights (the same losses as without averaging)."""
-    import dataclasses
 
     import torch
 
-    from pipeline.attacks import Box, robust_accuracy
-    from pipeline.config import HardenConfig, section
-    from pipeline.harden import harden
-    from pipeline.io import load_checkpoint
-    from pipeline.model import build
-    from pipeline.schema import Schema
-    from pipeline.training import load_split
+    from pipeline.contracts.params import HardenConfig, overlay, section
+    from pipeline.contracts.schema import Schema
+    from pipeline.learning.adversarial import harden
+    from pipeline.learning.attacks import Box, robust_accuracy
+    from pipeline.learning.checkpoint import load_checkpoint
+    from pipeline.learning.model import build
+    from pipeline.learning.training import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -166,13 +164,13 @@ def test_weight_averaging_scores_and_keeps_the_average_and_trains_on(
         load_split(stage_inputs / f"data/prepared/{s}.parquet", schema) for s in ("train", "val")
     )
     ckpt = load_checkpoint(trained / "model.pt")
-    base = dataclasses.replace(
-        section(repo_params(TINY), "harden", HardenConfig), max_clean_drop=1.0, epochs=2
+    base = overlay(
+        section(repo_params(TINY), "harden", HardenConfig), "harden", max_clean_drop=1.0, epochs=2
     )
     runs = {}
     for decay in (0.0, 0.5):
         model = build(ckpt)
-        cfg = dataclasses.replace(base, ema_decay=decay)
+        cfg = overlay(base, "harden", ema_decay=decay)
         history, _, _ = harden(model, train, val, schema, cfg, torch.device("cpu"))
         clean = robust_accuracy(model, val.X, val.y, Box.from_schema(schema, 0.0), 1, 1)
         robust = [h["val_robust"] for h in history]

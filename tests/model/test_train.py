@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from pipeline import train
-from pipeline.model import build
-from pipeline.schema import LABEL, Schema
+from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning.model import build
 from tests.conftest import CPU, train_args
 
 

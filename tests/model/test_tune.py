@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipeline import train, tune
-from pipeline.config import read_params, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import read_params, section
 from tests.conftest import train_args
 
 TUNE = {

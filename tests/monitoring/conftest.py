@@ -19,9 +19,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from pipeline.config import MonitorConfig, SimulateConfig, read_params, section
-from pipeline.schema import Schema
-from serving.prodlog import ProductionLog
+from pipeline.contracts.params import MonitorConfig, SimulateConfig, overlay, read_params, section
+from pipeline.contracts.prodlog import ProductionLog
+from pipeline.contracts.schema import Schema
 from tests.conftest import ROOT
 
 
@@ -62,12 +62,12 @@ def make_champion(registry: Path, d: Digits, version: str = "1", accuracy: float
 
 def monitor_config(**overrides: Any) -> MonitorConfig:
     base = section(read_params(ROOT / "params.yaml"), "monitor", MonitorConfig)
-    return dataclasses.replace(base, **{"report_on_drift": False, **overrides})
+    return overlay(base, "monitor", **{"report_on_drift": False, **overrides})
 
 
 def simulate_config(**overrides: Any) -> SimulateConfig:
     base = section(read_params(ROOT / "params.yaml"), "simulate", SimulateConfig)
-    return dataclasses.replace(base, **overrides)
+    return overlay(base, "simulate", **overrides)
 
 
 class Traffic:

@@ -9,14 +9,17 @@ cannot flake, and a regression in the test's statistics moves them by far more.
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from monitoring.detector import Reference, ks_statistic
+from monitoring.detector import Reference, cached_reference, ks_statistic
 from monitoring.shifts import clip_to_schema, draw_rows, shift_inputs, true_labels
+from pipeline.contracts.params import overlay
+from pipeline.contracts.schema import LABEL, WEIGHT
 from tests.monitoring.conftest import Digits, simulate_config
 
 
@@ -61,10 +64,24 @@ def test_a_value_never_seen_in_a_constant_column_is_drift(split: Digits) -> None
     assert result.drifted and result.features[0] == "pixel_0_0"
 
 
-def test_reserved_columns_are_never_tested(split: Digits) -> None:
-    ref = Reference.from_rows(split.X_ref, split.schema)
-    assert ref.names == split.schema.names
-    assert not any(name.startswith("_") for name in ref.test(split.X_held[:50], 0.05).p_values)
+def test_the_reference_file_is_read_by_schema_name_and_order(split: Digits, tmp_path: Path) -> None:
+    """A reference.parquet with mlcycle's reserved columns beside the features, in another
+    order, gives the same reference as the features in schema order."""
+    names = split.schema.names
+    frame = pd.DataFrame(split.X_ref, columns=names)[names[::-1]]
+    frame.insert(0, LABEL, np.arange(len(frame)) % 10)
+    frame.insert(0, WEIGHT, 1.0)
+    frame.to_parquet(tmp_path / "reference.parquet", index=False)
+    ref = cached_reference(tmp_path / "reference.parquet", split.schema, tmp_path / "cache", "1")
+    assert ref.names == names
+    window = split.X_held[100:150]  # a window that does not drift (the test above)
+    expected = Reference.from_rows(split.X_ref, split.schema).test(window, 0.05)
+    got = ref.test(window, 0.05)
+    assert list(got.p_values) == list(expected.p_values) and got.p_min == expected.p_min
+    assert not got.drifted
+    # Read as the file lays it out (reversed), the same window would drift.
+    mislaid = Reference.from_rows(frame[names[::-1]].to_numpy(), split.schema)
+    assert mislaid.test(window, 0.05).drifted
 
 
 def test_shifted_rows_are_valid_requests_and_concept_shift_remaps_labels(split: Digits) -> None:
@@ -78,5 +95,5 @@ def test_shifted_rows_are_valid_requests_and_concept_shift_remaps_labels(split: 
     assert np.array_equal(clip_to_schema(d.X_held, d.schema), d.X_held)
     cfg = simulate_config(scenario="concept", concept_shift=3)
     assert np.array_equal(true_labels(d.y_held, cfg, 10), (d.y_held + 3) % 10)
-    prior = dataclasses.replace(cfg, scenario="prior", prior_classes=(0, 1, 2))
+    prior = overlay(cfg, "simulate", scenario="prior", prior_classes=(0, 1, 2))
     assert set(d.y_held[draw_rows(d.y_held, 300, prior, 10, rng)]) == {0, 1, 2}

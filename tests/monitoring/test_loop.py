@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.prodlog import ProductionLog
+from pipeline.contracts.prodlog import ProductionLog
 from tests.conftest import ROOT
 from tests.e2e.test_dvc_pipeline import copy_project, dvc
 from tests.serving.conftest import Server

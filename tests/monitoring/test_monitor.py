@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.monitor import Monitor, export_feedback
+from monitoring.monitor import Monitor
+from monitoring.retrain import export_feedback
 from monitoring.shifts import shift_inputs
-from pipeline.schema import FEEDBACK
+from pipeline.contracts.schema import FEEDBACK
 from tests.conftest import assert_imports_no_torch
 from tests.monitoring.conftest import (
     Digits,
@@ -115,8 +116,11 @@ def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
 @pytest.mark.parametrize(
     ("promoted", "decision", "says"),
     [
-        (False, "retrain_rejected", "the gate rejected version 2: min_accuracy: 0.5 vs 0.95"),
-        (None, "retrain_failed", "exit 1; the champion keeps serving"),
+        # The gate's reasons are passed on, with the version that keeps serving (read from the
+        # registry by the monitor).
+        (False, "retrain_rejected", "rejected version 2: min_accuracy: 0.5 vs 0.95; version 1"),
+        # A failed command: its exit status and the tail of its own output, from the log file.
+        (None, "retrain_failed", "exit 1; the champion keeps serving;"),
     ],
 )
 def test_a_rejected_or_failed_retrain_leaves_the_champion_and_says_why(
@@ -125,12 +129,18 @@ def test_a_rejected_or_failed_retrain_leaves_the_champion_and_says_why(
     command = fake_retrain(tmp_path, promoted, ["min_accuracy: 0.5 vs 0.95"])
     m = monitor(tmp_path, traffic, retrain_command=command, cooldown_s=0.0)
     d = traffic.d
-    champion_before = (tmp_path / "registry/champion").resolve()
     traffic.serve(blurred(d, slice(0, 100)), d.y_held[:100])
     *_, last = m.step()
     assert last["decision"] == decision
     assert any(says in r for r in last["reasons"]), last["reasons"]
-    assert (tmp_path / "registry/champion").resolve() == champion_before
+    # The retrain ran once, on every labelled row exported for it.
+    assert (tmp_path / "retrain_calls").read_text() == "x"
+    assert "exported 100 labelled production rows" in last["reasons"][-2]
+    assert len(pd.read_parquet(tmp_path / "data/feedback.parquet")) == 100
+    (log,) = (tmp_path / "reports/drift/retrain").glob("*.log")
+    if promoted is None:
+        assert "stage train failed: boom" in log.read_text()
+        assert str(log) in last["reasons"][-1] and "stage train failed: boom" in last["reasons"][-1]
 
 
 def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffic: Traffic) -> None:

@@ -55,7 +55,9 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (bento,) = [p for p in (tmp_path / "home/bentos/mlcycle").iterdir() if p.name != "latest"]
     src = bento / "src"
-    assert (src / "serving/service.py").is_file() and (src / "pipeline/schema.py").is_file()
+    assert (src / "serving/service.py").is_file() and (
+        src / "pipeline/contracts/schema.py"
+    ).is_file()
     assert (src / "params.yaml").is_file()
     assert "torch" not in (bento / "env/python/requirements.txt").read_text()
 

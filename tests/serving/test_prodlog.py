@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.prodlog import (
+from pipeline.contracts.prodlog import (
     FeedbackConflictError,
-    GroupCommitWriter,
     ProductionLog,
     UnknownPredictionsError,
 )
+from serving.prodlog import GroupCommitWriter
 from tests import postgres
 
 

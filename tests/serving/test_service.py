@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.runtime import predict as graph_predict
-from pipeline.runtime import session
-from pipeline.schema import LABEL, Schema
-from serving.prodlog import ProductionLog
+from pipeline.contracts.prodlog import ProductionLog
+from pipeline.contracts.runtime import predict as graph_predict
+from pipeline.contracts.runtime import session
+from pipeline.contracts.schema import LABEL, Schema
 from tests.conftest import ROOT
 from tests.serving.conftest import Server, post
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from pipeline.contracts.prodlog import ProductionLog
 from pipeline.registry import point_champion_at
-from serving.prodlog import ProductionLog
 from tests import postgres
 from tests.serving.conftest import Server, post, promote
 

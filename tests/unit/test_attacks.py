@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.attacks import (
+from pipeline.contracts.schema import Feature, Schema
+from pipeline.learning.attacks import (
     Box,
     apgd,
     fgsm_rs,
@@ -16,7 +17,6 @@ from pipeline.attacks import (
     trades_adv,
     worst_case,
 )
-from pipeline.schema import Feature, Schema
 
 
 def linear_model() -> nn.Module:

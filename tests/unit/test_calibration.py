@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.calibration import fit_temperature, softmax
-from pipeline.metrics import expected_calibration_error
+from pipeline.learning.calibration import fit_temperature, softmax
+from pipeline.learning.metrics import expected_calibration_error
 
 
 @pytest.mark.parametrize("true_t", [0.3, 1.0, 3.0])

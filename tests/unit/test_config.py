@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import DataConfig, FeaturesConfig, PreprocessConfig, read_params, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import (
+    DataConfig,
+    FeaturesConfig,
+    PreprocessConfig,
+    read_params,
+    section,
+)
 from tests.conftest import ROOT, repo_params, with_overrides
 
 

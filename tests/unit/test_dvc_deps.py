@@ -139,7 +139,7 @@ def test_package_init_holds_no_code() -> None:
 @pytest.mark.parametrize(
     ("stage", "dep", "check"),
     [
-        ("features", "pipeline/transforms.py", missing_imports),
+        ("features", "pipeline/learning/transforms.py", missing_imports),
         ("evaluate", "data/schema.json", undeclared_files),
     ],
 )

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.schema import Feature, Schema
+from pipeline.contracts.schema import Feature, Schema
 from serving.requests import RecordEncoder, RequestError, parse_feedback, parse_json
 
 SCHEMA = Schema(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import Tracker, artifact_root, tracking_uri
+from pipeline.learning.tracking import Tracker, artifact_root, tracking_uri
 
 
 @pytest.fixture

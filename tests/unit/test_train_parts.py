@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TrainConfig, section
-from pipeline.errors import MlcycleError
-from pipeline.metrics import classification_metrics, expected_calibration_error
-from pipeline.model import CNN, MLP, ModelConfig
-from pipeline.training import apply_tuned, random_shift
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import TrainConfig, overlay, section
+from pipeline.learning.metrics import classification_metrics, expected_calibration_error
+from pipeline.learning.model import CNN, MLP, ModelConfig
+from pipeline.learning.training import apply_tuned, random_shift
 from tests.conftest import repo_params
 
 
@@ -34,9 +32,7 @@ def test_random_shift_moves_pixels_by_at_most_the_limit() -> None:
 
 
 def test_tuned_values_overlay_only_tunable_keys(cfg: TrainConfig) -> None:
-    assert apply_tuned(cfg, {"lr": 0.01, "hidden": 64}) == dataclasses.replace(
-        cfg, lr=0.01, hidden=64
-    )
+    assert apply_tuned(cfg, {"lr": 0.01, "hidden": 64}) == overlay(cfg, "train", lr=0.01, hidden=64)
     with pytest.raises(MlcycleError, match="'epochs' is not tunable"):
         apply_tuned(cfg, {"epochs": 3})
 

@@ -11,8 +11,8 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
-from pipeline.schema import Schema
-from pipeline.transforms import FeatureTransform
+from pipeline.contracts.schema import Schema
+from pipeline.learning.transforms import FeatureTransform
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.transforms import TransformModule
+from pipeline.learning.transforms import TransformModule
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pipeline.compute import apply_threads
-from pipeline.compute import device as compute_device
-from pipeline.config import ComputeConfig, read_params, section
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import ComputeConfig, read_params, section
+from pipeline.learning.compute import apply_threads
+from pipeline.learning.compute import device as compute_device
 
 T = TypeVar("T")
 

@@ -1,10 +1,10 @@
 """Training library: data splits, the training loop, baselines. Used by train, tune, harden, bench.
 
 No stage lives here (``python -m pipeline.train`` is the stage). :func:`fit` trains a
-:class:`~pipeline.model.Classifier` on CPU or CUDA (bf16 autocast where supported, pinned memory,
-non-blocking copies), data-parallel under torchrun, writing a resumable checkpoint every epoch
-(weights, optimizer, scheduler, epoch, RNG state, early-stopping state): a killed run resumes
-from it and ends with the same weights as an uninterrupted one.
+:class:`~pipeline.learning.model.Classifier` on CPU or CUDA (bf16 autocast where supported,
+pinned memory, non-blocking copies), data-parallel under torchrun, writing a resumable
+checkpoint every epoch (weights, optimizer, scheduler, epoch, RNG state, early-stopping state):
+a killed run resumes from it and ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,19 +27,13 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from pipeline.config import TUNABLE, TrainConfig
-from pipeline.errors import MlcycleError
-from pipeline.io import (
-    atomic_outputs,
-    load_checkpoint,
-    load_json,
-    read_parquet,
-    require_file,
-    save_checkpoint,
-)
-from pipeline.model import Classifier, ModelConfig
-from pipeline.schema import LABEL, WEIGHT, Schema
-from pipeline.transforms import FeatureTransform
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.io import atomic_outputs, load_json, read_parquet, require_file
+from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
+from pipeline.contracts.schema import LABEL, WEIGHT, Schema
+from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learning.model import Classifier, ModelConfig
+from pipeline.learning.transforms import FeatureTransform
 
 
 @dataclasses.dataclass
@@ -72,7 +66,7 @@ def apply_tuned(cfg: TrainConfig, tuned: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(tuned) - set(TUNABLE))
     if unknown:
         raise MlcycleError(f"tuned params: key {unknown[0]!r} is not tunable; expected {TUNABLE}")
-    return dataclasses.replace(cfg, **tuned)
+    return overlay(cfg, "train", **tuned)
 
 
 def model_config(
@@ -179,7 +173,7 @@ def fingerprint(*parts: Any) -> str:
 
 
 def run_fingerprint(cfg: TrainConfig, world: int, train: Split, val: Split) -> str:
-    return fingerprint(dataclasses.asdict(cfg), world, train.X.nan_to_num(), train.y, val.y)
+    return fingerprint(cfg.model_dump(), world, train.X.nan_to_num(), train.y, val.y)
 
 
 def fit(

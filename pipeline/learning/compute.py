@@ -1,6 +1,6 @@
 """Where the stages compute: the ``compute`` section of params.yaml applied to a process.
 
-Called at the start of every stage (through :mod:`pipeline.stage`), never at import time.
+Called at the start of every stage (through :mod:`pipeline.learning.stage`), never at import time.
 ``compute.threads`` caps BLAS / OpenMP pools (threadpoolctl) and PyTorch's intra-op threads, so
 the same inputs give the same floats, hence the same output hashes, whatever the machine's core
 count. ``compute.device``: ``auto`` takes CUDA when present; tests pass ``cpu``.
@@ -12,8 +12,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline.config import ComputeConfig
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import ComputeConfig
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
 
 LABEL = "_label"  # class index in prepared splits
 WEIGHT = "_weight"  # de-biasing sample weight in prepared splits

@@ -88,7 +88,7 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.metrics import expected_calibration_error
+    from pipeline.learning.metrics import expected_calibration_error
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import MlcycleError
+from pipeline.contracts.errors import MlcycleError
 
 
 @contextlib.contextmanager
@@ -108,24 +108,3 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False, engine="pyarrow")
-
-
-def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a file handle: the archive then names no (temporary) file."""
-    import torch
-
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by a stage, on the CPU, tensors and plain data only (no pickle)."""
-    import torch
-
-    path = require_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise MlcycleError(
-            f"input file {str(path)!r} is not a readable checkpoint: {exc}"
-        ) from None

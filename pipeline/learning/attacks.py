@@ -2,8 +2,8 @@
 
 A perturbation of feature j is bounded by ``eps * (high_j - low_j)``, the feature's observed range
 in schema.json, and the perturbed value is clipped to ``[low_j, high_j]``. Attacks run on the whole
-:class:`~pipeline.model.Classifier` (feature transform + network), so gradients flow through the
-transform. Pure functions on tensors; used by the harden and evaluate stages.
+:class:`~pipeline.learning.model.Classifier` (feature transform + network), so gradients flow
+through the transform. Pure functions on tensors; used by the harden and evaluate stages.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.schema import Schema
+from pipeline.contracts.schema import Schema
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,108 @@
+"""The trigger policy: what a window's figures and the decision history call for.
+
+Pure functions over the figures :mod:`monitoring.monitor` measured and the decisions it
+recorded before; no I/O (labels are counted through the callable the monitor passes):
+
+- ``ok``: no alarm; ``alarm``: fewer than ``debounce`` alarming windows in a row so far;
+- ``cooldown``: the last retrain was less than ``cooldown_s`` ago;
+- ``waiting_for_labels``: fewer than ``min_feedback`` labelled rows arrived since the last retrain;
+- ``due``: a retrain is due (the monitor then records ``dry_run``, ``busy`` or runs it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline.contracts.params import MonitorConfig
+from pipeline.contracts.prodlog import Window
+
+RETRAINS = ("retrain_promoted", "retrain_rejected", "retrain_failed")
+
+
+def accuracy_figures(window: Window, expected: float, cfg: MonitorConfig) -> dict[str, Any]:
+    """Feedback accuracy of a window and whether it is significantly below ``expected - drop``."""
+    labelled = window.true_label >= 0
+    n = int(labelled.sum())
+    out: dict[str, Any] = {
+        "labelled": n,
+        # What the model expects of itself: mean top probability (meaningful if calibrated).
+        "estimated_accuracy": float(window.probabilities.max(axis=1).mean())
+        if len(window)
+        else None,
+        "accuracy": None,
+        "accuracy_dropped": False,
+    }
+    if n:
+        correct = int((window.label[labelled] == window.true_label[labelled]).sum())
+        out["accuracy"] = correct / n
+        if n >= cfg.min_labels:
+            floor = max(expected - cfg.accuracy_drop, 0.0)
+            p = float(stats.binom.cdf(correct, n, floor))  # P(this few correct | at the floor)
+            out["accuracy_p"] = p
+            out["accuracy_dropped"] = bool(p < cfg.alpha)
+    return out
+
+
+def window_figures(window: Window, n_classes: int) -> dict[str, Any]:
+    """What the index page plots besides drift: class mix and latency."""
+    mix = np.bincount(window.label, minlength=n_classes) / max(len(window), 1)
+    return {
+        "class_mix": mix.round(4).tolist(),
+        "p50_ms": float(np.percentile(window.latency_ms, 50)) if len(window) else None,
+        "p99_ms": float(np.percentile(window.latency_ms, 99)) if len(window) else None,
+        "versions": sorted(set(window.model_version)),
+    }
+
+
+def alarm_reasons(f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
+    """Why a window alarms, in words."""
+    out = []
+    if f["drifted"]:
+        out.append(
+            f"input drift in {f['n_drifted_features']} feature(s), e.g. "
+            f"{', '.join(f['drifted_features'][:3])} (min Bonferroni p {f['p_min']:.2g} < "
+            f"alpha {cfg.alpha})"
+        )
+    if f["accuracy_dropped"]:
+        out.append(
+            f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is below the "
+            f"champion's test accuracy {f['champion_test_accuracy']:.3f} - "
+            f"{cfg.accuracy_drop} (binomial p {f['accuracy_p']:.2g})"
+        )
+    return out
+
+
+def trigger(
+    history: list[dict[str, Any]],
+    now: float,
+    cfg: MonitorConfig,
+    labels_since: Callable[[float | None], int],
+) -> tuple[str, list[str]]:
+    """The decision for an alarming window, given the decisions before it (oldest first).
+
+    ``labels_since(ts)``: labelled rows that arrived at or after ``ts`` (all without it).
+    Returns ``due`` with the count of new labels in its reason when a retrain should run.
+    """
+    streak = 1
+    for d in reversed(history):
+        if d["decision"] in RETRAINS or not d["figures"].get("alarm"):
+            break
+        streak += 1
+    if streak < cfg.debounce:
+        return "alarm", [f"{streak} of {cfg.debounce} alarming windows in a row"]
+    last = next((d for d in reversed(history) if d["decision"] in RETRAINS), None)
+    since = last["ts"] if last else None
+    if last and now - last["ts"] < cfg.cooldown_s:
+        ago = now - last["ts"]
+        return "cooldown", [f"last retrain {ago:.0f} s ago; cooldown_s {cfg.cooldown_s}"]
+    labels = labels_since(since)
+    if labels < cfg.min_feedback:
+        return "waiting_for_labels", [
+            f"waiting for labels: {labels} labelled rows since the last retrain, "
+            f"min_feedback {cfg.min_feedback}"
+        ]
+    return "due", [f"a retrain is due ({labels} new labels)"]

@@ -1,0 +1,294 @@
+"""Adversarial fine-tuning: the training loop, how the kept weights are chosen, the budget.
+
+Methods (``harden.method``): ``fgsm_rs`` (Wong et al. 2020, with the catastrophic-overfitting
+stop), ``n_fgsm`` (de Jorge et al. 2022: large noise, no projection), ``pgd`` (Madry et al.,
+k steps) and ``trades`` (Zhang et al. 2019), against DESIGN.md's threat model. Each epoch is
+scored on val; :class:`Selection` records which weights were kept and why, and
+:func:`check_budget_on_test` checks the clean-accuracy budget on the test split as the gate
+does. Used by the harden stage (:mod:`pipeline.harden`) and ``bench/harden.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from pipeline.contracts.params import HardenConfig
+from pipeline.contracts.schema import Schema
+from pipeline.learning.attacks import Box, fgsm_rs, n_fgsm, pgd, robust_accuracy, trades_adv
+from pipeline.learning.model import Classifier
+from pipeline.learning.training import Split
+
+
+@dataclasses.dataclass(frozen=True)
+class Epoch:
+    """An epoch whose clean val accuracy held the budget, with its weights (host memory)."""
+
+    epoch: int
+    robust: float  # val robust accuracy (PGD-10 at eps)
+    state: dict[str, torch.Tensor] = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """How harden chose the weights it keeps; :meth:`report` is what the metrics record.
+
+    The ``val_*`` figures exist only when hardening ran (``harden.method`` is not ``none``).
+    ``limited``: the budget held robustness back (an epoch over budget was more robust than the
+    one kept). ``within``: the epochs within budget on val, most robust first, for the budget
+    check on test; never written to the metrics.
+    """
+
+    kept: str
+    limited: bool = False
+    val_clean_start: float | None = None
+    val_robust_start: float | None = None
+    val_robust_kept: float | None = None
+    kept_epoch: int | None = None
+    best_val_robust_any_epoch: float | None = None
+    within: list[Epoch] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def ran(self) -> bool:
+        return self.val_clean_start is not None
+
+    def report(self) -> dict[str, Any]:
+        if not self.ran:
+            return {"kept": self.kept, "limited": self.limited}
+        return {
+            "val_clean_start": self.val_clean_start,
+            "val_robust_start": self.val_robust_start,
+            "val_robust_kept": self.val_robust_kept,
+            "kept": self.kept,
+            "kept_epoch": self.kept_epoch,
+            "best_val_robust_any_epoch": self.best_val_robust_any_epoch,
+            "limited": self.limited,
+        }
+
+
+def adversarial_loss(
+    model: Classifier,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    wb: torch.Tensor,
+    cfg: HardenConfig,
+    box: Box,
+) -> torch.Tensor:
+    """The method's training loss on one batch; adversarial points are made in eval mode."""
+    model.eval()  # batch-norm statistics are not polluted by the attack's forward passes
+    if cfg.method == "fgsm_rs":
+        x_adv = fgsm_rs(model, xb, yb, box)
+    elif cfg.method == "n_fgsm":
+        x_adv = n_fgsm(model, xb, yb, box)
+    elif cfg.method == "pgd":
+        x_adv = pgd(model, xb, yb, box, cfg.steps, step_frac=2.5 / cfg.steps)
+    else:
+        x_adv = trades_adv(model, xb, box, cfg.steps, step_frac=2.5 / cfg.steps)
+    model.train()
+    if cfg.method == "trades":
+        logits = model(xb).float()
+        kl = F.kl_div(
+            F.log_softmax(model(x_adv).float(), 1), F.softmax(logits, 1), reduction="none"
+        ).sum(1)
+        per_row = F.cross_entropy(logits, yb, reduction="none") + cfg.trades_beta * kl
+    else:
+        per_row = F.cross_entropy(model(x_adv).float(), yb, reduction="none")
+    return (per_row * wb).sum() / wb.sum()
+
+
+def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` in host memory (``load_state_dict`` copies it back to the device)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def harden(
+    model: Classifier,
+    train: Split,
+    val: Split,
+    schema: Schema,
+    cfg: HardenConfig,
+    device: torch.device,
+) -> tuple[list[dict[str, float]], float, Selection]:
+    """Adversarially fine-tune ``model`` in place; returns the history, the seconds spent and
+    how the kept weights were chosen.
+
+    Each epoch is scored on the validation split (clean, and PGD-10 at ``cfg.eps``). The weights
+    kept are the most robust ones whose clean accuracy stays within ``max_clean_drop`` of the
+    starting model, or the starting weights if no epoch stays within it. With ``ema_decay``
+    the weights scored and kept are the moving average's. fgsm_rs stops when
+    robust accuracy collapses (catastrophic overfitting). ``limited`` says the budget held
+    robustness back: an epoch over budget was more robust than the one kept.
+    """
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    start_state = copy.deepcopy(model.net.state_dict())
+    train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
+    val_box = Box.from_schema(schema, cfg.eps)
+    clean_box = Box.from_schema(schema, 0.0)
+    start_clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
+    start_robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
+    opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = (len(train.y) + cfg.batch_size - 1) // cfg.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
+    )
+    # Weight averaging (an exponential moving average of the weights, batch-norm buffers
+    # included): the averaged weights are the ones scored each epoch and kept.
+    ema = (
+        AveragedModel(model.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
+    history: list[dict[str, float]] = []
+    # The epochs within the budget on val, with their weights (in host memory: up to one copy
+    # per epoch, which on a GPU would otherwise hold ``epochs`` copies of the model there).
+    within: list[Epoch] = []
+    peak = 0.0
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=f"harden ({cfg.method}): epochs")
+    for epoch in bar:
+        order = torch.randperm(
+            len(train.y), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch)
+        )
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            xb, yb, wb = (t[idx].to(device) for t in (train.X, train.y, train.w))
+            loss = adversarial_loss(model, xb, yb, wb, cfg, train_box)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(model.net)
+            total += loss.item() * len(idx)
+        live = copy.deepcopy(model.net.state_dict()) if ema is not None else None
+        if ema is not None:
+            model.net.load_state_dict(ema.module.state_dict())
+        clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
+        robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / len(order),
+                "val_clean": clean,
+                "val_robust": robust,
+            }
+        )
+        bar.set_postfix(val_clean=f"{clean:.3f}", val_robust=f"{robust:.3f}")
+        if clean >= start_clean - cfg.max_clean_drop:
+            within.append(Epoch(epoch, robust, cpu_copy(model.net.state_dict())))
+        if live is not None:
+            model.net.load_state_dict(live)  # training goes on from the live weights
+        peak = max(peak, robust)
+        if cfg.method in ("fgsm_rs", "n_fgsm") and robust < peak - cfg.catastrophic_drop:
+            print(
+                f"harden: catastrophic overfitting at epoch {epoch} "
+                f"(val robust {robust:.3f} after {peak:.3f}); stopping"
+            )
+            break
+    within.sort(key=lambda c: (-c.robust, c.epoch))  # most robust first, then earliest
+    model.net.load_state_dict(within[0].state if within else start_state)
+    kept = max(within[0].robust, start_robust) if within else start_robust
+    selection = Selection(
+        kept="hardened" if within else "trained (no epoch within budget)",
+        limited=bool(peak > kept + 1e-9),
+        val_clean_start=start_clean,
+        val_robust_start=start_robust,
+        val_robust_kept=kept,
+        kept_epoch=within[0].epoch if within else None,
+        best_val_robust_any_epoch=peak,
+        within=within,
+    )
+    return history, time.perf_counter() - start, selection
+
+
+def check_budget_on_test(
+    trained: Classifier,
+    hardened: Classifier,
+    test: Split,
+    schema: Schema,
+    cfg: HardenConfig,
+    selection: Selection,
+) -> dict[str, Any]:
+    """The clean-accuracy budget, checked on the test split as the gate checks it.
+
+    The epochs were scored on the (often small) validation split, so the most robust epoch
+    within the budget there may lose a row or two more on test. The epochs within the budget on
+    val are tried most robust first, and the first that also holds it on test is kept (test
+    decides only whether the budget holds, never which epoch is more robust); if none does, the
+    trained weights ship (``fallback_to_trained``), so the default gate never has to reject
+    hardening's output on clean accuracy.
+    """
+    clean_box = Box.from_schema(schema, 0.0)
+    before = robust_accuracy(trained, test.X, test.y, clean_box, 1, 1)
+    # First the weights harden kept (the most robust epoch on val, or the trained weights when
+    # none was within budget), then the other epochs within budget on val, in harden's order.
+    drops: list[float] = []
+    fallback = False
+    for cand in [None, *selection.within[1:]]:
+        if cand is not None:
+            hardened.net.load_state_dict(cand.state)
+        drops.append(before - robust_accuracy(hardened, test.X, test.y, clean_box, 1, 1))
+        if drops[-1] <= cfg.max_clean_drop + 1e-12:
+            if cand is not None:
+                selection = dataclasses.replace(
+                    selection, kept_epoch=cand.epoch, val_robust_kept=cand.robust
+                )
+            break
+    else:
+        fallback = True
+        hardened.net.load_state_dict(trained.net.state_dict())
+        selection = dataclasses.replace(
+            selection, kept="trained (no epoch within budget on test)", kept_epoch=None
+        )
+        drops.append(0.0)
+    passed_over = len(drops) - 1
+    # Robustness at eps costs more clean accuracy than the budget allows.
+    limited = bool(selection.limited or passed_over or fallback)
+    selection = dataclasses.replace(selection, limited=limited)
+    return {
+        "max_clean_drop": cfg.max_clean_drop,
+        "test_clean_drop_of_best_val_epoch": drops[0],
+        "epochs_over_budget_on_test": passed_over,
+        "test_clean_drop_of_kept": drops[-1],
+        "fallback_to_trained": bool(fallback),
+        **selection.report(),
+    }
+
+
+def budget_notes(budget: dict[str, Any], cfg: HardenConfig) -> list[str]:
+    notes = []
+    if budget.get("epochs_over_budget_on_test"):
+        notes.append(
+            f"the most robust epoch on val lost {budget['test_clean_drop_of_best_val_epoch']:.4f} "
+            f"clean accuracy on test, over harden.max_clean_drop = {cfg.max_clean_drop}: "
+            + (
+                "no epoch held the budget on test, the trained weights ship"
+                if budget.get("fallback_to_trained")
+                else f"epoch {budget['kept_epoch']} ships, the most robust one that held it "
+                f"({budget['epochs_over_budget_on_test']} passed over)"
+            )
+        )
+    if budget.get("limited"):
+        notes.append(
+            f"robustness at harden.eps = {cfg.eps:g} costs more clean accuracy than "
+            f"harden.max_clean_drop = {cfg.max_clean_drop} allows (best val robust accuracy "
+            f"{budget['best_val_robust_any_epoch']:.3f} over budget vs "
+            f"{budget['val_robust_kept']:.3f} kept); raise harden.max_clean_drop to trade "
+            "accuracy for robustness, or lower harden.eps"
+        )
+    return notes
+
+
+def gradient_passes(cfg: HardenConfig, epochs: int, rows: int) -> int:
+    """Forward-backward passes of hardening: the attack's steps plus the update, per row."""
+    per_row = {"pgd": cfg.steps + 1, "trades": cfg.steps + 1, "fgsm_rs": 2, "n_fgsm": 2, "none": 0}
+    return per_row[cfg.method] * epochs * rows

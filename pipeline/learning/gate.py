@@ -1,0 +1,192 @@
+"""The gate's rules: what a candidate must show to replace the champion, and what to change.
+
+Pure functions over the figures the evaluate stage measured (:mod:`pipeline.evaluate`): every
+rule with its value, threshold and verdict, the hint for each failed or waived rule, and the
+fp32 / int8 choice. No I/O; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import GateConfig
+
+
+def choose_variant(cfg: GateConfig, export: dict[str, Any], latency_ratio: float | None) -> str:
+    """fp32 or int8: ``auto`` ships int8 only if it is faster and loses at most the allowed.
+
+    ``latency_ratio``: int8 / fp32 single-row p50, measured here (None without an int8 graph).
+    """
+    if cfg.variant != "auto":
+        if cfg.variant == "int8" and "int8" not in export:
+            raise MlcycleError("gate.variant = 'int8' but export.quantize is false")
+        return cfg.variant
+    q = export.get("int8")
+    ok = (
+        q is not None
+        and latency_ratio is not None
+        and q["accuracy_delta"] >= -cfg.max_int8_accuracy_drop
+        and latency_ratio < 1.0
+    )
+    return "int8" if ok else "fp32"
+
+
+def robust_method(cfg: GateConfig) -> str:
+    return (
+        f"per-row worst case of PGD-{cfg.robust_steps}, APGD-CE and APGD-DLR ({cfg.apgd_iter} "
+        f"iterations), {cfg.robust_restarts} restart(s), seed {cfg.seed}, on the PyTorch twin; "
+        f"Square ({cfg.square_queries} queries) on the shipped ONNX graph"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GateContext:
+    """What the earlier stages say about the candidate, for the data-relative rules."""
+
+    baseline: tuple[str, float] | None = None  # the best scikit-learn baseline's test accuracy
+    trained_clean: float | None = None  # the model before hardening, test accuracy
+    max_clean_drop: float = 1.0  # harden.max_clean_drop (plus the int8 allowance if int8 ships)
+    budget_limited: bool = False  # harden: robustness at eps costs more than the budget allows
+
+
+def gate(
+    cfg: GateConfig,
+    cand: dict[str, Any],
+    champ: dict[str, Any] | None,
+    parity_passed: bool,
+    ctx: GateContext | None = None,
+) -> list[dict[str, Any]]:
+    """Every rule with its value, threshold and verdict.
+
+    ``min_robust_accuracy`` is waived (passed, marked ``waived``) when ``gate.robust_floor`` is
+    ``budget`` and harden reports that robustness at eps costs more clean accuracy than its
+    budget allows: the model ships, and the hints say which parameter trades accuracy for
+    robustness. ``strict`` always enforces the floor.
+    """
+    ctx = ctx or GateContext()
+    # (rule, value, threshold, value must be at least the threshold (else at most), what)
+    rules = [
+        (
+            "parity",
+            float(parity_passed),
+            1.0,
+            True,
+            "onnxruntime matches PyTorch on the test split",
+        ),
+        ("min_accuracy", cand["accuracy"], cfg.min_accuracy, True, "test accuracy >= floor"),
+        (
+            "min_robust_accuracy",
+            cand["robust_accuracy"],
+            cfg.min_robust_accuracy,
+            True,
+            "robust accuracy >= floor",
+        ),
+        ("max_ece", cand["ece"], cfg.max_ece, False, "calibration error <= ceiling"),
+        (
+            "max_p99_latency_ms",
+            cand["p99_latency_ms"],
+            cfg.max_p99_latency_ms,
+            False,
+            "p99 single-row latency <= budget",
+        ),
+    ]
+    if ctx.baseline is not None and cfg.max_baseline_gap is not None:
+        name, acc = ctx.baseline
+        rules.append(
+            (
+                "vs_baseline",
+                cand["accuracy"],
+                acc - cfg.max_baseline_gap,
+                True,
+                f"accuracy >= the {name} baseline's {acc:.4f} - {cfg.max_baseline_gap}",
+            )
+        )
+    if ctx.trained_clean is not None:
+        rules.append(
+            (
+                "clean_budget",
+                cand["accuracy"],
+                ctx.trained_clean - ctx.max_clean_drop,
+                True,
+                f"accuracy >= the model before hardening's {ctx.trained_clean:.4f} - "
+                f"{ctx.max_clean_drop:g} (harden.max_clean_drop)",
+            )
+        )
+    if champ is not None and "holdout_accuracy" in cand:
+        rules.append(
+            (
+                "vs_champion_holdout_accuracy",
+                cand["holdout_accuracy"],
+                champ["holdout_accuracy"] - cfg.max_accuracy_drop,
+                True,
+                f"production holdout accuracy >= champion's {champ['holdout_accuracy']:.4f} - "
+                f"{cfg.max_accuracy_drop}",
+            )
+        )
+    if champ is not None:
+        rules += [
+            (
+                "vs_champion_accuracy",
+                cand["accuracy"],
+                champ["accuracy"] - cfg.max_accuracy_drop,
+                True,
+                f"accuracy >= champion's {champ['accuracy']:.4f} - {cfg.max_accuracy_drop}",
+            ),
+            (
+                "vs_champion_robust_accuracy",
+                cand["robust_accuracy"],
+                champ["robust_accuracy"] - cfg.max_robust_drop,
+                True,
+                f"robust accuracy >= champion's {champ['robust_accuracy']:.4f} - "
+                f"{cfg.max_robust_drop}",
+            ),
+        ]
+    out = [
+        {
+            "rule": r,
+            "value": v,
+            "threshold": t,
+            "passed": bool(v >= t if at_least else v <= t),
+            "what": w,
+        }
+        for r, v, t, at_least, w in rules
+    ]
+    for r in out:
+        over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
+        if r["rule"] == "min_robust_accuracy" and not r["passed"] and over_budget:
+            r.update(passed=True, waived=True)
+            r["what"] += " (waived: robustness at harden.eps costs more than the budget)"
+    return out
+
+
+HINTS = {
+    "min_accuracy": "the model is below gate.min_accuracy: more data or train.epochs / "
+    "tune.n_trials, or a floor that fits your data",
+    "vs_baseline": "the network trails a scikit-learn baseline: raise train.epochs, try "
+    "tune.n_trials: 30, or raise gate.max_baseline_gap",
+    "clean_budget": "hardening cost more clean accuracy than harden.max_clean_drop",
+    "min_robust_accuracy": "robust accuracy is below gate.min_robust_accuracy: raise "
+    "harden.epochs, lower harden.eps, or lower the floor",
+    "max_ece": "probabilities are miscalibrated: see metrics/robustness.json calibration",
+    "max_p99_latency_ms": "too slow: set gate.variant: int8, a smaller train.hidden, or "
+    "raise gate.max_p99_latency_ms",
+}
+
+
+def hints(rules: list[dict[str, Any]], eps: float, max_clean_drop: float) -> list[str]:
+    """What to change, for each failed or waived rule."""
+    out = []
+    for r in rules:
+        if r.get("waived"):
+            out.append(
+                f"robust accuracy {r['value']:.4f} is below gate.min_robust_accuracy = "
+                f"{r['threshold']:g}, waived because robustness at harden.eps = {eps:g} costs "
+                f"more clean accuracy than harden.max_clean_drop = {max_clean_drop:g} allows: "
+                "raise harden.max_clean_drop to trade accuracy for robustness, lower harden.eps, "
+                "or set gate.robust_floor: strict to refuse such a model"
+            )
+        elif not r["passed"] and r["rule"] in HINTS:
+            out.append(f"{r['rule']}: {HINTS[r['rule']]}")
+    return out
