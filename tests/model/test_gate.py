@@ -23,7 +23,7 @@ from pipeline.learning import gate as gate_rules
 from pipeline.learning.model import Classifier, ModelConfig, build_net
 from pipeline.learning.tracking import Tracker
 from pipeline.learning.training import fit, load_inputs
-from tests.conftest import TINY, evaluate_args, export_args, repo_params
+from tests.conftest import TINY, evaluate_args, export_args, repo_params, tracking_db
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
         return run_evaluate(stage_inputs, candidate, model_pt, exported, trained, params, tmp_path)
 
     link = tmp_path / "registry/champion"
-    tracker = Tracker(tmp_path / "mlflow.db")
+    tracker = Tracker(tracking_db(tmp_path / "mlflow.db"))
 
     d1 = run(first, trained / "model.pt")
     assert d1["promoted"] and d1["champion"] is None and d1["version"] == "1"

@@ -19,7 +19,6 @@ from monitoring.monitor import Monitor
 from monitoring.retrain import export_feedback
 from monitoring.shifts import shift_inputs
 from pipeline.contracts.schema import FEEDBACK
-from tests.conftest import assert_imports_no_torch
 from tests.monitoring.conftest import (
     Digits,
     Traffic,
@@ -182,10 +181,3 @@ def test_export_feedback_writes_the_labelled_rows_with_their_classes(
     df = pd.read_parquet(tmp_path / "fb.parquet")
     assert n == len(df) == 15
     assert json.loads(json.dumps(df[d.schema.target].tolist())) == df[d.schema.target].tolist()
-
-
-def test_monitoring_imports_no_torch_and_no_training_module() -> None:
-    # DESIGN.md's layers: the monitor reads the log and the champion's files, never torch.
-    assert_imports_no_torch(
-        "monitoring.__main__", "monitoring.monitor", "monitoring.reports", "monitoring.simulate"
-    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, assert_imports_no_torch
+from tests.conftest import ROOT
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -60,8 +60,3 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
     ).is_file()
     assert (src / "params.yaml").is_file()
     assert "torch" not in (bento / "env/python/requirements.txt").read_text()
-
-
-def test_serving_imports_no_torch_and_no_training_module() -> None:
-    # DESIGN.md's layers: serving runs ONNX; torch and the training stages stay out of it.
-    assert_imports_no_torch("serving.service", "serving.__main__")

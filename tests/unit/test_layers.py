@@ -6,8 +6,8 @@
 - the Bento (``bentofile.yaml``) and the image (``Dockerfile``) ship only what serving imports.
 
 The walk is static (every ``import`` in a file, inside functions too), so a lazy import of the
-learning layer fails here even if no test runs it. The runtime check (a fresh process loads no
-torch) is ``tests/serving/test_packaging.py`` and ``tests/monitoring/test_monitor.py``.
+learning layer fails here even if no test runs it; the last test checks the same at run time (a
+fresh process that imports the service and the monitor loads no torch).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_imports_no_torch
 
 CONTRACTS = "pipeline.contracts"
 
@@ -190,3 +190,14 @@ def test_the_image_copies_only_the_contracts_of_pipeline() -> None:
 def test_each_layer_is_a_package_that_says_what_it_holds(folder: str) -> None:
     init = ROOT / folder / "__init__.py"
     assert init.is_file() and ast.get_docstring(ast.parse(init.read_text()))
+
+
+def test_the_service_and_the_monitor_load_no_torch_at_run_time() -> None:
+    assert_imports_no_torch(
+        "serving.service",
+        "serving.__main__",
+        "monitoring.__main__",
+        "monitoring.monitor",
+        "monitoring.reports",
+        "monitoring.simulate",
+    )

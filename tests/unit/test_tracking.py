@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.learning.tracking import Tracker, artifact_root, tracking_uri
+from tests.conftest import tracking_db
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_a_server_keeps_its_own_artifacts_and_other_databases_get_a_root() -> No
 
 
 def test_trackers_do_not_share_state(tmp_path: Path, elsewhere: Path) -> None:
-    a, b = Tracker(tmp_path / "a.db"), Tracker(tmp_path / "b.db")
+    a, b = Tracker(tracking_db(tmp_path / "a.db")), Tracker(tracking_db(tmp_path / "b.db"))
     with a.run("one"), b.run("two"):
         pass
     assert len(a.client.search_runs([a.experiment_id()])) == 1
@@ -75,7 +76,7 @@ def test_trackers_do_not_share_state(tmp_path: Path, elsewhere: Path) -> None:
 
 
 def test_a_failed_body_marks_the_run_failed(tmp_path: Path, elsewhere: Path) -> None:
-    tracker = Tracker(tmp_path / "mlflow.db")
+    tracker = Tracker(tracking_db(tmp_path / "mlflow.db"))
     with pytest.raises(RuntimeError), tracker.run("boom") as run:
         raise RuntimeError("boom")
     assert tracker.client.get_run(run.id).info.status == "FAILED"
