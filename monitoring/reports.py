@@ -3,9 +3,11 @@
     python -m monitoring check --report     # writes reports/drift/<time>.html and .json
 
 :func:`drift_report` runs Evidently 0.7's ``DataDriftPreset`` (current window first, reference
-second) and saves its HTML and JSON under ``monitor.reports``. The decision itself is the
-project's detector (calibrated, 1 ms); Evidently's per-column tests and charts are what a person
-reads to see *how* the window moved. The reference is sampled to at most 5,000 rows there.
+second), with a ``DataDefinition`` built from schema.json (numeric and categorical columns, the
+latter by their category names), and saves its HTML and JSON under ``monitor.reports``. The
+decision itself is the project's detector (calibrated, 1 ms); Evidently's per-column tests and
+charts are what a person reads to see *how* the window moved. The reference is sampled to at
+most 5,000 rows there.
 
 :func:`write_index` writes ``index.html``: drift (Bonferroni p and share of drifted features),
 the predicted class mix, feedback and estimated accuracy and response-time p50 / p99 per window,
@@ -30,6 +32,7 @@ from pipeline.contracts.io import atomic_outputs
 if TYPE_CHECKING:
     from pipeline.contracts.champion import Champion
     from pipeline.contracts.prodlog import Window
+    from pipeline.contracts.schema import Schema
 
 REFERENCE_ROWS = 5000
 
@@ -38,24 +41,51 @@ def drift_report(window: Window, champ: Champion, out_dir: Path) -> str:
     """Evidently's data-drift report of ``window`` against the champion's reference."""
     import warnings
 
-    from evidently import Report
+    from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    names = champ.schema.names
-    current = pd.DataFrame(window.X.astype(np.float64), columns=names)
-    reference = pd.read_parquet(champ.reference)[names].astype(np.float64)
+    schema = champ.schema
+    names = schema.names
+    current = readable(pd.DataFrame(window.X, columns=names), schema)
+    reference = readable(pd.read_parquet(champ.reference)[names], schema)
     if len(reference) > REFERENCE_ROWS:
         reference = reference.sample(REFERENCE_ROWS, random_state=0)
+    definition = data_definition(schema)
     stamp = dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: 0/0 in its stats
-        snapshot = Report([DataDriftPreset()]).run(current, reference)
+        snapshot = Report([DataDriftPreset()]).run(
+            Dataset.from_pandas(current, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition),
+        )
     html_path, json_path = out_dir / f"{stamp}.html", out_dir / f"{stamp}.json"
     with atomic_outputs(html_path, json_path) as (tmp_html, tmp_json):
         snapshot.save_html(str(tmp_html))
         snapshot.save_json(str(tmp_json))
     return html_path.name
+
+
+def data_definition(schema: Schema):  # -> evidently.DataDefinition
+    """What each column is, from schema.json: Evidently then picks its tests per kind (e.g.
+    chi-squared or Jensen-Shannon for a categorical column) instead of judging category indices
+    as numbers."""
+    from evidently import DataDefinition
+
+    return DataDefinition(
+        numerical_columns=[f.name for f in schema.features if f.kind != "categorical"],
+        categorical_columns=[f.name for f in schema.features if f.kind == "categorical"],
+    )
+
+
+def readable(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Encoded rows (categoricals as their index in schema.json) as a person reads them:
+    numbers as floats, categoricals as their category names (missing or unknown: NaN)."""
+    out = {}
+    for feat in schema.features:
+        col = frame[feat.name].to_numpy(np.float64)
+        out[feat.name] = pd.Series(feat.decode(col)) if feat.kind == "categorical" else col
+    return pd.DataFrame(out, columns=schema.names)
 
 
 def _figure(decisions: list[dict[str, Any]]) -> str:

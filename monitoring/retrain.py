@@ -99,11 +99,7 @@ def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:
     for j, feat in enumerate(schema.features):
         col = w.X[:, j].astype(np.float64)
         if feat.kind == "categorical":
-            cats = np.array(feat.categories or (), dtype=object)
-            ok = np.isfinite(col) & (col >= 0) & (col < len(cats))
-            values = np.full(len(col), None, dtype=object)
-            values[ok] = cats[col[ok].astype(np.int64)]
-            frame[feat.name] = pd.array(values, dtype="string")
+            frame[feat.name] = pd.array(feat.decode(col), dtype="string")
         else:
             frame[feat.name] = col
     frame[schema.target] = [schema.classes[c] for c in w.true_label]

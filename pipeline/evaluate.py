@@ -8,7 +8,8 @@
         --registry registry --tracking-db mlflow.db --metrics metrics/evaluate.json
 
 Candidate and champion are measured the same way on the same rows: accuracy, macro-F1, log loss,
-calibration (ECE) and p99 single-row latency in onnxruntime, and robust accuracy under PGD at
+calibration (ECE) and p99 single-row compute time in onnxruntime (one thread's CPU time, so the
+decision does not depend on machine load), and robust accuracy under PGD at
 ``harden.eps`` (on each model's PyTorch twin, which export proved equal to its graph). The
 candidate is registered in MLflow whatever the outcome; it is promoted (``champion`` alias, local
 champion directory swapped atomically) only if every rule in ``params.yaml: gate`` holds. With no
@@ -39,7 +40,7 @@ from pipeline import registry
 from pipeline.contracts import champion as champion_files
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, require_file
 from pipeline.contracts.params import GateConfig, HardenConfig
-from pipeline.contracts.runtime import latency_ms, predict, session
+from pipeline.contracts.runtime import compute_ms, predict, session
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning import stage
 from pipeline.learning.attacks import Box, square_attack, worst_case
@@ -52,7 +53,7 @@ from pipeline.learning.tracking import Tracker
 
 
 def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
-    return latency_ms(session(int8), X)["p50_ms"] / latency_ms(session(fp32), X)["p50_ms"]
+    return compute_ms(session(int8), X)["p50_ms"] / compute_ms(session(fp32), X)["p50_ms"]
 
 
 def measure(
@@ -82,7 +83,7 @@ def measure(
     out = {
         **{k: v for k, v in quality.items() if k != "per_class_recall"},
         "robust_accuracy": robust["worst_case"],
-        "p99_latency_ms": latency_ms(sess, X)["p99_ms"],
+        "p99_latency_ms": compute_ms(sess, X)["p99_ms"],
     }
     if cfg.square_queries:
         out.update(square_check(sess, X, y, box, robust["robust_rows"], cfg))

@@ -106,6 +106,7 @@ def timing(result: FitResult, wall: float, cfg: TrainConfig, run_id: str) -> dic
         "train_samples_per_second": result.samples_seen / max(result.train_seconds, 1e-9),
         "tta_target": cfg.tta_target,
         "time_to_accuracy_seconds": result.tta_seconds,
+        "autocast": result.autocast,  # bf16 on a CUDA device that supports it (train.amp)
         "mlflow_run_id": run_id,
     }
 

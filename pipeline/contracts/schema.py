@@ -36,6 +36,16 @@ class Feature:
     max: float | None = None
     categories: tuple[str, ...] | None = None
 
+    def decode(self, column: np.ndarray) -> np.ndarray:
+        """Encoded values of this categorical feature (indices into ``categories``) as the
+        category names, object dtype; a missing or unknown index is None."""
+        col = np.asarray(column, dtype=np.float64)
+        cats = np.array(list(self.categories or ()), dtype=object)
+        ok = np.isfinite(col) & (col >= 0) & (col < len(cats))
+        out = np.full(len(col), None, dtype=object)
+        out[ok] = cats[col[ok].astype(np.int64)]
+        return out
+
 
 @dataclasses.dataclass(frozen=True)
 class Schema:

@@ -89,7 +89,7 @@ def gate(
             cand["p99_latency_ms"],
             cfg.max_p99_latency_ms,
             False,
-            "p99 single-row latency <= budget",
+            "p99 single-row compute time (one thread's CPU time) <= budget",
         ),
     ]
     if ctx.baseline is not None and cfg.max_baseline_gap is not None:

@@ -50,6 +50,7 @@ class FitResult:
     train_seconds: float
     samples_seen: int
     tta_seconds: float | None
+    autocast: str | None = None  # "bfloat16" when the forward passes ran under bf16 autocast
 
 
 def load_split(path: Path, schema: Schema) -> Split:
@@ -313,7 +314,7 @@ def fit(
             break
     if best["state"] is not None:
         model.net.load_state_dict(best["state"])
-    return FitResult(history, len(history), elapsed, samples, tta)
+    return FitResult(history, len(history), elapsed, samples, tta, "bfloat16" if use_amp else None)
 
 
 def fit_baselines(

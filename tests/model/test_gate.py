@@ -14,12 +14,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline import evaluate, export, registry
 from pipeline.contracts.params import GateConfig, TrainConfig, overlay, section
+from pipeline.contracts.schema import Schema
 from pipeline.learning import gate as gate_rules
+from pipeline.learning.attacks import Box
 from pipeline.learning.model import Classifier, ModelConfig, build_net
 from pipeline.learning.tracking import Tracker
 from pipeline.learning.training import fit, load_inputs
@@ -241,3 +244,102 @@ def test_data_relative_floors_and_the_budget_waiver() -> None:
         "tune.n_trials" in h
         for h in gate_rules.hints(gate_rules.gate(cfg, worse, None, True, limited), 0.1, 0.01)
     )
+
+
+def test_the_production_holdout_rule() -> None:
+    """With labelled production rows kept out of training, the candidate may trail the champion
+    there by at most gate.max_accuracy_drop; without a champion or a holdout there is no rule."""
+    cfg = section(repo_params(), "gate", GateConfig)
+    base = {"accuracy": 0.99, "robust_accuracy": 0.8, "ece": 0.02, "p99_latency_ms": 1.0}
+    champ = {**base, "holdout_accuracy": 0.90}
+
+    def holdout_rule(cand: dict, champion: dict | None) -> dict | None:
+        rules = {r["rule"]: r for r in gate_rules.gate(cfg, cand, champion, True)}
+        return rules.get("vs_champion_holdout_accuracy")
+
+    worse = holdout_rule({**base, "holdout_accuracy": 0.90 - 2 * cfg.max_accuracy_drop}, champ)
+    assert worse is not None and not worse["passed"]
+    assert worse["threshold"] == pytest.approx(0.90 - cfg.max_accuracy_drop)
+    assert holdout_rule({**base, "holdout_accuracy": 0.90}, champ)["passed"]
+    assert holdout_rule({**base, "holdout_accuracy": 0.5}, None) is None  # first model
+    assert holdout_rule(base, {**base}) is None  # no labelled production rows yet
+
+
+class Graph:
+    """An onnxruntime-like session over a numpy classifier (the Square check's black box)."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.fn = fn
+
+    def run(self, _outputs: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        p = self.fn(feed["features"].astype(np.float64)).astype(np.float32)
+        return [p, p.argmax(1)]
+
+
+def test_square_flags_gradient_masking_that_the_gradient_attacks_missed() -> None:
+    """A model right only at exactly the clean points (flat, uninformative gradients around
+    them) survives gradient attacks by masking; the black-box search breaks it, marks
+    ``gradient_masking_suspected`` and lowers the robust figure. A truly robust model (the
+    answer does not depend on the input) is not flagged."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (20, 4))
+    y = rng.integers(0, 3, 20)
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": f"f{j}", "kind": "numeric", "dtype": "float64", "min": 0.0, "max": 1.0}
+                for j in range(4)
+            ],
+            "target": {"name": "y", "classes": [0, 1, 2]},
+        }
+    )
+    box = Box.from_schema(schema, 0.1)
+    cfg = section(repo_params(), "gate", GateConfig)
+    all_rows = np.ones(20, bool)  # what the gradient attacks left standing
+
+    def masked(Z: np.ndarray) -> np.ndarray:  # the true class only at the clean point itself
+        nearest = np.abs(Z[:, None, :] - X[None]).max(-1).argmin(1)
+        at_clean = np.abs(Z - X[nearest]).max(1) < 1e-9
+        label = np.where(at_clean, y[nearest], (y[nearest] + 1) % 3)
+        return np.eye(3)[label] * 0.9 + 0.1 / 3
+
+    out = evaluate.square_check(Graph(masked), X, y, box, all_rows, cfg)
+    assert out["gradient_masking_suspected"] and out["square"]["fooled"] == 20
+    assert out["robust_accuracy"] == 0.0
+    constant = evaluate.square_check(
+        Graph(lambda Z: np.tile(np.eye(3)[0], (len(Z), 1))),
+        X,
+        np.zeros(20, int),
+        box,
+        all_rows,
+        cfg,
+    )
+    assert not constant["gradient_masking_suspected"] and constant["robust_accuracy"] == 1.0
+
+
+def test_int8_ships_when_the_gate_chooses_it(
+    stage_inputs: Path,
+    trained: Path,
+    exported: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
+) -> None:
+    """The variant the gate chose is the graph the champion directory serves."""
+    params = write_params(
+        {
+            "gate.variant": "int8",
+            "gate.min_robust_accuracy": 0.0,
+            "gate.max_ece": 1.0,
+            "gate.max_accuracy_drop": 1.0,
+            "gate.max_robust_drop": 1.0,
+            "gate.max_baseline_gap": None,
+            "harden.max_clean_drop": 1.0,
+        }
+    )
+    decision = run_evaluate(
+        stage_inputs, exported, exported / "hardened.pt", exported, trained, params, tmp_path
+    )
+    assert decision["variant"] == "int8" and decision["promoted"], decision["reasons"]
+    served = (tmp_path / "registry/champion/model.onnx").read_bytes()
+    assert served == (exported / "model.int8.onnx").read_bytes()
+    assert served != (exported / "model.onnx").read_bytes()

@@ -48,6 +48,7 @@ def test_metrics_timing_and_history_are_written(trained: Path) -> None:
     # Wall-clock figures live in the timing side file only: train.json is a function of inputs.
     timing = json.loads((trained / "train_time.json").read_text())
     assert timing["train_seconds"] > 0 and timing["train_samples_per_second"] > 0
+    assert timing["autocast"] is None  # bf16 autocast is for CUDA only; the CPU trains in fp32
     assert timing["time_to_accuracy_seconds"] is None or (
         0 < timing["time_to_accuracy_seconds"] <= timing["train_seconds"]
     )
@@ -197,3 +198,6 @@ def test_trains_on_gpu_with_bf16(
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["device"] == "cuda"
     assert metrics["test"]["accuracy"] >= 0.97
+    timing = json.loads((tmp_path / "train_time.json").read_text())
+    expected = "bfloat16" if torch.cuda.is_bf16_supported() else None  # train.amp: true
+    assert timing["autocast"] == expected

@@ -8,17 +8,27 @@ Slow tier: an Evidently report takes seconds.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from monitoring.monitor import Monitor
+from monitoring.reports import drift_report
 from monitoring.shifts import shift_inputs
+from pipeline.contracts.champion import Champion
+from pipeline.contracts.prodlog import Window
+from pipeline.contracts.schema import Schema
+from tests.conftest import ROOT
 from tests.monitoring.conftest import Traffic, make_champion, monitor_config, simulate_config
 
 pytestmark = pytest.mark.slow
@@ -75,3 +85,64 @@ def test_the_drift_report_and_the_index_render_in_chromium(
     assert f'href="{report.name}"' in dom
     image = screenshot(index, tmp_path / "index.png")
     assert image[..., :3].std() > 0.05
+
+
+def test_check_report_writes_an_evidently_report_for_a_calm_window(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    """`python -m monitoring check --report`, as a person runs it: a report even without drift,
+    named in the decision and linked from the index page."""
+    d = traffic.d
+    make_champion(tmp_path / "registry", d)
+    traffic.serve(d.X_held[100:150], d.y_held[100:150])  # a window that does not drift
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["serving"]["log_url"] = str(tmp_path / "production.db")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLCYCLE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitoring", "--params", "params.yaml", "check", "--report"],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "50 rows: ok" in proc.stdout
+    (html,) = set((tmp_path / "reports/drift").glob("*.html")) - {
+        tmp_path / "reports/drift/index.html"
+    }
+    assert html.with_suffix(".json").is_file() and html.stat().st_size > 10_000
+    index = (tmp_path / "reports/drift/index.html").read_text()
+    assert f'href="{html.name}"' in index
+
+
+def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path) -> None:
+    """A categorical column (20 categories, stored as their indices) gets a categorical test
+    and is shown by its category names; a numeric one gets Kolmogorov-Smirnov."""
+    cats = [f"plan_{k}" for k in range(20)]
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": "x", "kind": "numeric", "dtype": "float64", "min": 0.0, "max": 1.0},
+                {"name": "plan", "kind": "categorical", "dtype": "object", "categories": cats},
+            ],
+            "target": {"name": "y", "classes": [0, 1]},
+        }
+    )
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({"x": rng.uniform(0, 1, 500), "plan": rng.integers(0, 20, 500)})
+    reference.astype(np.float32).to_parquet(tmp_path / "reference.parquet", index=False)
+    n = 100
+    X = np.stack([rng.uniform(0, 1, n), np.full(n, 3.0)], axis=1).astype(np.float32)
+    window = Window(
+        [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
+        np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
+    )  # fmt: skip
+    name = drift_report(window, Champion("1", tmp_path, schema, 0.9), tmp_path / "out")
+    report = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+    methods = {
+        m["config"]["column"]: (m["config"]["method"], m["value"])
+        for m in report["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    }
+    assert methods["x"][0].startswith("K-S") and methods["x"][1] > 0.05
+    assert methods["plan"][0].startswith("chi-square") and methods["plan"][1] < 1e-6
+    assert "plan_3" in (tmp_path / "out" / name).read_text()  # categories by name

@@ -87,8 +87,15 @@ def free_port() -> int:
 class Server:
     """`python -m serving` (so `bentoml serve`) as a subprocess on loopback."""
 
-    def __init__(self, state: Path, log_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        log_url: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.state = state
+        self.args = args  # more of `python -m serving`'s flags, e.g. ("--workers", "2")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state / f"server-{self.port}.log"
@@ -106,7 +113,7 @@ class Server:
 
     def start(self, timeout: float = 90) -> Server:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(self.port)],
+            [sys.executable, "-m", "serving", "--port", str(self.port), *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=self.log_path.open("w"),

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -255,3 +257,73 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
     print(f"schemathesis: {cases} generated cases\n{output[-1500:]}")
     assert proc.returncode == 0, output[-5000:]
     assert cases >= 1000
+
+
+def test_workers_n_runs_n_processes_that_share_the_log(served_state: Path, tmp_path: Path) -> None:
+    """`python -m serving --workers 2`: two processes answer (each request id carries its
+    process's prefix), and every answer of either is in the one production log."""
+    state = state_copy(served_state, tmp_path)
+    server = Server(state, str(tmp_path / "production.db"), args=("--workers", "2")).start()
+
+    def one(_: int) -> str:  # a connection per request: the kernel hands each to a free worker
+        r = httpx.post(f"{server.url}/predict", json={"records": [digit()]}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["request_id"]
+
+    try:
+        workers = [p for p in family(server.proc.pid) if b"serving.service" in _cmdline(p)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answered = set(pool.map(one, range(300)))
+    finally:
+        assert server.stop() == 0
+    assert len(workers) == 3, workers  # bentoml's server and its two workers
+    prefixes = {rid[:12] for rid in answered}  # State.next_id: 12 hex digits, then a counter
+    assert len(prefixes) == 2, f"one process answered everything: {prefixes}"
+    logged = ProductionLog(str(tmp_path / "production.db")).window()
+    assert set(logged.request_id) == answered and len(logged) == 300
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_full_log_queue_is_503_with_retry_after_and_loses_nothing(
+    served_state: Path, tmp_path: Path
+) -> None:
+    """The log's database held by another process: answers go on until serving.max_queue rows
+    wait, then 503 with Retry-After; once the database is free every answered row is written."""
+    db = tmp_path / "production.db"
+    state = state_copy(served_state, tmp_path, max_queue=20)
+    server = Server(state, str(db)).start()
+    holder = sqlite3.connect(db, timeout=30)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # the writer's commits wait (busy_timeout) and retry
+        statuses, ids = [], []
+        for _ in range(60):
+            r = post(f"{server.url}/predict", {"records": [digit()]})
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                ids.append(r.json()["request_id"])
+            else:
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert "production log is behind" in r.json()["error"]
+        assert statuses.count(200) == 20 and statuses[20:] == [503] * 40
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert re.search(r'mlcycle_rejected_requests_total\{reason="log_backlog"\} 40', metrics)
+        holder.rollback()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if post(f"{server.url}/predict", {"records": [digit()]}).status_code == 200:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the service did not recover once the log was free")
+    finally:
+        holder.close()
+        assert server.stop() == 0
+    logged = ProductionLog(str(db)).window()
+    assert set(ids) <= set(logged.request_id) and len(logged) == len(set(logged.request_id))
+    assert len(logged) == 21  # the 20 held back, then the first answer after the recovery

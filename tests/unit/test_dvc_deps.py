@@ -147,3 +147,21 @@ def test_the_checks_catch_a_removed_dependency(stage: str, dep: str, check: Any)
     dvc = dvc_file()
     dvc["stages"][stage]["deps"].remove(dep)
     assert dep in check(dvc)[stage]
+
+
+def test_each_plot_is_declared_once_with_a_title_and_is_a_stage_output() -> None:
+    """`dvc plots show` draws every declaration: a file both in the top-level ``plots:`` and in
+    a stage's ``plots:`` would be drawn twice."""
+    dvc = dvc_file()
+    assert not [name for name, st in dvc["stages"].items() if "plots" in st]
+    files: list[str] = []
+    for entry in dvc["plots"]:
+        if isinstance(entry, str):  # an image, drawn as it is
+            files.append(entry)
+            continue
+        ((title, spec),) = entry.items()
+        assert spec.get("x_label") and spec.get("y_label"), title
+        files += list(spec["y"])
+    outs = set().union(*(paths(st.get("outs")) for st in dvc["stages"].values()))
+    images = [f for f in files if f.endswith(".png")]
+    assert len(images) == len(set(images)) and set(files) <= outs
