@@ -22,22 +22,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.contracts import champion
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import GateConfig, read_params, section
-from pipeline.learning.tracking import CHAMPION, Tracker
+from pipeline.learning.tracking import Tracker
 
 PREVIOUS_TAG = "previous_champion"
 
 
-def champion_dir(registry: Path) -> Path | None:
-    """The local directory the champion alias points at, or None before the first promotion."""
-    link = registry / CHAMPION
-    return link.resolve() if link.exists() else None
-
-
 def stage_version_dir(registry: Path, version: str, files: dict[str, Path]) -> Path:
     """Copy ``files`` (name -> source) into ``registry/versions/<version>`` atomically."""
-    versions = registry / "versions"
+    versions = champion.versions(registry)
     versions.mkdir(parents=True, exist_ok=True)
     final = versions / version
     if final.exists():
@@ -55,10 +50,11 @@ def stage_version_dir(registry: Path, version: str, files: dict[str, Path]) -> P
 
 def point_champion_at(registry: Path, target: Path) -> None:
     """Atomically repoint ``registry/champion`` (a relative symlink) at ``target``."""
-    tmp = registry / f".{CHAMPION}.{os.getpid()}.tmp"
+    link = champion.link(registry)
+    tmp = registry / f".{link.name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(os.path.relpath(target, registry))
-    os.replace(tmp, registry / CHAMPION)
+    os.replace(tmp, link)
 
 
 def promote(
@@ -82,7 +78,7 @@ def rollback(tracker: Tracker, name: str, registry: Path) -> tuple[str, str]:
     previous = tracker.version_tags(name, current).get(PREVIOUS_TAG)
     if not previous:
         raise MlcycleError(f"champion version {current} of {name!r} has no previous champion")
-    target = registry / "versions" / previous
+    target = champion.versions(registry) / previous
     if not target.is_dir():
         raise MlcycleError(f"the files of version {previous} are missing from {target}")
     point_champion_at(registry, target)
@@ -106,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             old, new = rollback(tracker, name, registry)
             print(f"registry: champion of {name!r} rolled back from version {old} to {new}")
         else:
-            version = tracker.champion_version(name)
-            print(
-                f"registry: {name!r} champion = version {version}, files = {champion_dir(registry)}"
-            )
+            version, files = tracker.champion_version(name), champion.directory(registry)
+            print(f"registry: {name!r} champion = version {version}, files = {files}")
     except MlcycleError as exc:
         print(f"registry: error: {exc}", file=sys.stderr)
         return 2

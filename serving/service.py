@@ -59,6 +59,7 @@ from serving.asgi import (
     read_body,
     respond,
 )
+from serving.metrics import Metrics
 from serving.model import ChampionWatcher, LoadedModel
 from serving.openapi import openapi_spec
 from serving.prodlog import GroupCommitWriter
@@ -78,59 +79,6 @@ def settings() -> ServingConfig:
         if os.environ.get(var)
     }
     return overlay(cfg, "serving", **overrides)  # validated like the file's own values
-
-
-class Metrics:
-    """The service's Prometheus series (prometheus_client, aggregated over workers by BentoML)."""
-
-    def __init__(self, registry: Any = None) -> None:
-        """``registry``: prometheus_client's default unless given (tests use a fresh one)."""
-        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-
-        registry = REGISTRY if registry is None else registry
-        self.latency = Histogram(
-            "mlcycle_request_seconds",
-            "Time from request to answer, by endpoint",
-            ["endpoint"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
-            registry=registry,
-        )
-        self.predictions = Counter(
-            "mlcycle_predictions",
-            "Records answered, by predicted class",
-            ["label"],
-            registry=registry,
-        )
-        self.rejected = Counter(
-            "mlcycle_rejected_requests",
-            "Refused requests, by reason",
-            ["reason"],
-            registry=registry,
-        )
-        self.out_of_range = Counter(
-            "mlcycle_out_of_range_records",
-            "Records with a feature outside the training range",
-            registry=registry,
-        )
-        self.model = Gauge(
-            "mlcycle_model_version",
-            "1 for the model version being served",
-            ["version"],
-            multiprocess_mode="livemax",
-            registry=registry,
-        )
-        self.queue = Gauge(
-            "mlcycle_log_queue_rows",
-            "Log rows waiting to be written",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.written = Gauge(
-            "mlcycle_log_rows_written",
-            "Log rows written by this process",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
 
 
 class State:

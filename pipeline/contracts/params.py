@@ -216,16 +216,9 @@ class ComputeConfig(Section):
     threads: Positive
 
 
-TUNABLE = (
-    "lr",
-    "hidden",
-    "depth",
-    "channels",
-    "dropout",
-    "weight_decay",
-    "batch_size",
-    "label_smoothing",
-)
+# The train keys tune may search over.
+TUNABLE = ("lr", "hidden", "depth", "channels", "dropout", "weight_decay", "batch_size")
+TUNABLE += ("label_smoothing",)
 
 
 class TrainConfig(Section):

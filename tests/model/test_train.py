@@ -183,6 +183,9 @@ def test_torchrun_two_processes_matches_single_process(
         f"vs single {single['test']['accuracy']:.4f}"
     )
     assert ddp["world_size"] == 2
+    # Two ranks see the batches in another order, so the weights differ. Measured |difference|
+    # over train.seed 42 / 0 / 1: 0.0056 / 0 / 0 (2 of 360 test rows at worst); the bound is
+    # 3.6 rows.
     assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.01
 
 
