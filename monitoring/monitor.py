@@ -6,10 +6,13 @@
 Each window of served predictions is compared with the champion's reference (its training
 features, shipped as ``reference.parquet``) by :mod:`monitoring.detector`, and, where enough
 feedback labels exist, its accuracy is tested against the champion's test accuracy (one-sided
-binomial test: a concept shift, with unchanged inputs, is caught by labels alone). A window
-*alarms* when either fires. The trigger policy (``params.yaml: monitor``) then decides:
+binomial test: a concept shift, with unchanged inputs, is caught by labels alone); before labels
+arrive, the champion's label-free estimate (``estimate.json``) below the same floor is evidence
+of harm too. Retraining acts on harm, never on drift alone. The trigger policy
+(``params.yaml: monitor``, :mod:`monitoring.policy`) decides:
 
-- ``ok``: no alarm; ``alarm``: fewer than ``debounce`` alarming windows in a row so far;
+- ``ok``: no drift, no harm; ``drift``: the inputs drifted with no evidence of harm (recorded,
+  reported, never a retrain); ``alarm``: harm in fewer than ``debounce`` windows in a row so far;
 - ``waiting_for_labels``: fewer than ``min_feedback`` labelled rows arrived since the last retrain;
 - ``cooldown``: the last retrain was less than ``cooldown_s`` ago; ``busy``: another retrain holds
   the lock; ``dry_run``: a retrain was due, and only recorded;
@@ -33,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from monitoring.detector import Reference, cached_reference
-from monitoring.policy import RETRAINS, accuracy_figures, alarm_reasons, trigger, window_figures
+from monitoring.policy import (
+    RETRAINS,
+    accuracy_figures,
+    alarm_reasons,
+    harmless_drift,
+    trigger,
+    window_figures,
+)
 from monitoring.reports import drift_report, write_index
 from monitoring.retrain import retrain, retrain_lock
 from pipeline.contracts import champion
@@ -72,12 +82,13 @@ class Monitor:
         drift = self.reference(champ).test(window.X, self.cfg.alpha)
         figures = {
             **drift.figures(),
-            **accuracy_figures(window, champ.test_accuracy, self.cfg),
+            **accuracy_figures(window, champ.test_accuracy, self.cfg, champ.estimator),
             **window_figures(window, champ.schema.n_classes),
             "champion": champ.version,
             "champion_test_accuracy": champ.test_accuracy,
         }
-        figures["alarm"] = bool(drift.drifted or figures["accuracy_dropped"])
+        figures["harm"] = bool(figures["accuracy_dropped"] or figures["estimate_dropped"])
+        figures["alarm"] = bool(drift.drifted or figures["harm"])
         return figures
 
     def decide(
@@ -95,7 +106,10 @@ class Monitor:
         if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
             figures["report"] = self.write_report(window, champ)
         decision = "ok"
-        if figures["alarm"]:
+        if figures["drifted"] and not figures["harm"]:
+            decision, more = harmless_drift(figures, self.cfg)
+            reasons += more
+        elif figures["harm"]:
             decision, more = self._policy(dry_run or self.cfg.dry_run)
             reasons += more
             if decision in RETRAINS:

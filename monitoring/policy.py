@@ -3,7 +3,10 @@
 Pure functions over the figures :mod:`monitoring.monitor` measured and the decisions it
 recorded before; no I/O (labels are counted through the callable the monitor passes):
 
-- ``ok``: no alarm; ``alarm``: fewer than ``debounce`` alarming windows in a row so far;
+- ``ok``: no alarm; ``drift``: the inputs drifted, and neither labels nor the label-free
+  estimate say the champion is hurt: recorded, no retrain (input drift alone never retrains);
+- ``alarm``: the champion is hurt (feedback accuracy significantly below its test accuracy, or
+  the estimate below it), in fewer than ``debounce`` windows in a row so far;
 - ``cooldown``: the last retrain was less than ``cooldown_s`` ago;
 - ``waiting_for_labels``: fewer than ``min_feedback`` labelled rows arrived since the last retrain;
 - ``due``: a retrain is due (the monitor then records ``dry_run``, ``busy`` or runs it).
@@ -17,22 +20,33 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.params import MonitorConfig
 from pipeline.contracts.prodlog import Window
 
 RETRAINS = ("retrain_promoted", "retrain_rejected", "retrain_failed")
 
 
-def accuracy_figures(window: Window, expected: float, cfg: MonitorConfig) -> dict[str, Any]:
-    """Feedback accuracy of a window and whether it is significantly below ``expected - drop``."""
+def accuracy_figures(
+    window: Window,
+    expected: float,
+    cfg: MonitorConfig,
+    estimator: AccuracyEstimator | None = None,
+) -> dict[str, Any]:
+    """Feedback accuracy of a window and whether it is significantly below ``expected - drop``;
+    the label-free estimate (the champion's ``estimator``, else mean confidence) and whether it
+    is below ``expected - drop`` too (only with an estimator: mean confidence is no evidence)."""
     labelled = window.true_label >= 0
     n = int(labelled.sum())
+    confidence = float(window.probabilities.max(axis=1).mean()) if len(window) else None
+    estimate = estimator.estimate(window.probabilities) if estimator and len(window) else None
+    floor = max(expected - cfg.accuracy_drop, 0.0)
     out: dict[str, Any] = {
         "labelled": n,
-        # What the model expects of itself: mean top probability (meaningful if calibrated).
-        "estimated_accuracy": float(window.probabilities.max(axis=1).mean())
-        if len(window)
-        else None,
+        "estimated_accuracy": confidence if estimate is None else estimate,
+        "estimate_method": "confidence" if estimate is None else estimator.method,
+        "mean_confidence": confidence,
+        "estimate_dropped": bool(estimate is not None and estimate < floor),
         "accuracy": None,
         "accuracy_dropped": False,
     }
@@ -40,7 +54,6 @@ def accuracy_figures(window: Window, expected: float, cfg: MonitorConfig) -> dic
         correct = int((window.label[labelled] == window.true_label[labelled]).sum())
         out["accuracy"] = correct / n
         if n >= cfg.min_labels:
-            floor = max(expected - cfg.accuracy_drop, 0.0)
             p = float(stats.binom.cdf(correct, n, floor))  # P(this few correct | at the floor)
             out["accuracy_p"] = p
             out["accuracy_dropped"] = bool(p < cfg.alpha)
@@ -67,6 +80,12 @@ def alarm_reasons(f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
             f"{', '.join(f['drifted_features'][:3])} (min Bonferroni p {f['p_min']:.2g} < "
             f"alpha {cfg.alpha})"
         )
+    if f.get("estimate_dropped"):
+        out.append(
+            f"estimated accuracy {f['estimated_accuracy']:.3f} ({f['estimate_method']}, no "
+            f"labels) is below the champion's test accuracy {f['champion_test_accuracy']:.3f} - "
+            f"{cfg.accuracy_drop}"
+        )
     if f["accuracy_dropped"]:
         out.append(
             f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is below the "
@@ -89,11 +108,11 @@ def trigger(
     """
     streak = 1
     for d in reversed(history):
-        if d["decision"] in RETRAINS or not d["figures"].get("alarm"):
+        if d["decision"] in RETRAINS or not d["figures"].get("harm"):
             break
         streak += 1
     if streak < cfg.debounce:
-        return "alarm", [f"{streak} of {cfg.debounce} alarming windows in a row"]
+        return "alarm", [f"{streak} of {cfg.debounce} harmful windows in a row"]
     last = next((d for d in reversed(history) if d["decision"] in RETRAINS), None)
     since = last["ts"] if last else None
     if last and now - last["ts"] < cfg.cooldown_s:
@@ -106,3 +125,19 @@ def trigger(
             f"min_feedback {cfg.min_feedback}"
         ]
     return "due", [f"a retrain is due ({labels} new labels)"]
+
+
+def harmless_drift(f: dict[str, Any], cfg: MonitorConfig) -> tuple[str, list[str]]:
+    """The decision for a window whose inputs drifted with no evidence that the champion is hurt:
+    recorded, never a retrain (DESIGN.md: retraining acts on harm)."""
+    if f["labelled"] < cfg.min_labels:
+        return "drift", [
+            f"not retraining: {f['labelled']} labels in the window, min_labels "
+            f"{cfg.min_labels} to test its accuracy; estimated accuracy "
+            f"{f['estimated_accuracy']:.3f} ({f['estimate_method']})"
+        ]
+    return "drift", [
+        f"not retraining: feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is not "
+        f"significantly below the champion's test accuracy {f['champion_test_accuracy']:.3f} - "
+        f"{cfg.accuracy_drop}"
+    ]

@@ -123,8 +123,12 @@ def _figure(decisions: list[dict[str, Any]]) -> str:
     acc = [x.get("accuracy") for x in f]
     ax.plot(t, [np.nan if a is None else a for a in acc], marker="o", label="feedback accuracy")
     est = [x.get("estimated_accuracy") for x in f]
+    methods = sorted({x.get("estimate_method", "confidence") for x in f})
     ax.plot(
-        t, [np.nan if a is None else a for a in est], marker=".", label="estimated (confidence)"
+        t,
+        [np.nan if a is None else a for a in est],
+        marker=".",
+        label=f"estimated without labels ({', '.join(methods)})",
     )
     ref = [x.get("champion_test_accuracy") for x in f]
     ax.plot(t, [np.nan if a is None else a for a in ref], linestyle=":", label="champion on test")

@@ -2,7 +2,8 @@
 
     python -m pipeline.evaluate --params params.yaml --schema data/schema.json \
         --test data/prepared/test.parquet --holdout data/prepared/holdout.parquet \
-        --train data/prepared/train.parquet --model models/hardened.pt --onnx models/model.onnx \
+        --val data/prepared/val.parquet --train data/prepared/train.parquet \
+        --model models/hardened.pt --onnx models/model.onnx \
         --onnx-int8 models/model.int8.onnx --export-metrics metrics/export.json \
         --robustness metrics/robustness.json --train-metrics metrics/train.json \
         --registry registry --tracking-db mlflow.db --metrics metrics/evaluate.json
@@ -23,7 +24,9 @@ failed (or waived) rule go to the metrics and the model card.
 When labelled production rows exist, both models are also measured on the production holdout
 (``holdout.parquet``), and the candidate may trail the champion there by at most
 ``gate.max_accuracy_drop`` too. The champion directory also gets ``reference.parquet``, the train
-split's features, which the monitor compares production windows with.
+split's features, which the monitor compares production windows with, and ``estimate.json``, the
+label-free accuracy estimator (ATC, :mod:`pipeline.contracts.estimate`) fit on the validation
+split through the graph that ships, which the monitor reads before labels arrive.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 
 from pipeline import registry
 from pipeline.contracts import champion as champion_files
+from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, require_file
 from pipeline.contracts.params import GateConfig, HardenConfig
 from pipeline.contracts.runtime import compute_ms, predict, session
@@ -46,10 +50,31 @@ from pipeline.learning import stage
 from pipeline.learning.attacks import Box, square_attack, worst_case
 from pipeline.learning.card import model_card
 from pipeline.learning.checkpoint import load_checkpoint
-from pipeline.learning.gate import GateContext, choose_variant, gate, hints, robust_method
+from pipeline.learning.gate import (
+    GateContext,
+    champion_failing,
+    choose_variant,
+    gate,
+    hints,
+    robust_method,
+)
 from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import build
 from pipeline.learning.tracking import Tracker
+
+
+def in_production(champion: dict[str, Any] | None, cfg: GateConfig) -> dict[str, Any]:
+    """Whether the champion fails on the production holdout (see the gate's rules), and why."""
+    if champion is None or not champion.get("holdout_rows"):
+        return {"champion_failing": False, "why": "no champion or no labelled production rows"}
+    rows, acc = champion["holdout_rows"], champion["holdout_accuracy"]
+    failing, p = champion_failing(champion["accuracy"], round(acc * rows), rows, cfg)
+    why = (
+        f"holdout accuracy {acc:.4f} on {rows} rows vs test accuracy "
+        f"{champion['accuracy']:.4f} - {cfg.max_accuracy_drop} (binomial p {p:.2g}, "
+        f"gate.production_alpha {cfg.production_alpha})"
+    )
+    return {"champion_failing": failing, "p": p, "why": why}
 
 
 def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
@@ -127,16 +152,40 @@ def square_check(
     }
 
 
-def holdout_accuracy(onnx_path: Path, X: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy on the production holdout (labelled production rows kept out of training)."""
+def on_holdout(
+    onnx_path: Path,
+    twin: torch.nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    schema: Schema,
+    eps: float,
+    cfg: GateConfig,
+) -> dict[str, Any]:
+    """Accuracy and robust accuracy (the gate's worst case) on the production holdout: the
+    labelled production rows kept out of training."""
     proba, _ = predict(session(onnx_path), X)
-    return float((proba.argmax(axis=1) == y).mean())
+    robust = worst_case(
+        twin,
+        torch.as_tensor(X),
+        torch.as_tensor(y),
+        Box.from_schema(schema, eps),
+        n_iter=cfg.apgd_iter,
+        restarts=cfg.robust_restarts,
+        pgd_steps=cfg.robust_steps,
+        seed=cfg.seed,
+    )
+    return {
+        "holdout_accuracy": float((proba.argmax(axis=1) == y).mean()),
+        "holdout_robust_accuracy": robust["worst_case"],
+        "holdout_rows": len(y),
+    }
 
 
 FLAGS = (
     "--schema",
     "--test",
     "--holdout",
+    "--val",
     "--train",
     "--model",
     "--onnx",
@@ -166,11 +215,13 @@ def body(ctx: stage.Context) -> None:
     ckpt = load_checkpoint(args.model)
     train_metrics, robustness = load_json(args.train_metrics), load_json(args.robustness)
     candidate = measure(onnx_path, build(ckpt), X, y, schema, eps, cfg)
+    val = read_parquet(args.val)
+    val_proba, _ = predict(session(onnx_path), val[schema.names].to_numpy(np.float32))
+    estimator = AccuracyEstimator.fit(val_proba, val[LABEL].to_numpy())
     holdout = read_parquet(args.holdout)
     Xh, yh = holdout[schema.names].to_numpy(np.float32), holdout[LABEL].to_numpy()
     if len(yh):
-        candidate["holdout_accuracy"] = holdout_accuracy(onnx_path, Xh, yh)
-        candidate["holdout_rows"] = len(yh)
+        candidate.update(on_holdout(onnx_path, build(ckpt), Xh, yh, schema, eps, cfg))
 
     registry_dir = Path(args.registry)
     tracker = Tracker(args.tracking_db)
@@ -182,7 +233,8 @@ def body(ctx: stage.Context) -> None:
         champ_onnx = champ_dir / champion_files.ONNX
         champion = measure(champ_onnx, twin, X, y, schema, eps, cfg)
         if len(yh):
-            champion["holdout_accuracy"] = holdout_accuracy(champ_onnx, Xh, yh)
+            champion.update(on_holdout(champ_onnx, twin, Xh, yh, schema, eps, cfg))
+    production = in_production(champion, cfg)
 
     harden_cfg = ctx.section("harden", HardenConfig)
     baselines = train_metrics.get("baselines", {})
@@ -194,6 +246,7 @@ def body(ctx: stage.Context) -> None:
         max_clean_drop=harden_cfg.max_clean_drop
         + (cfg.max_int8_accuracy_drop if variant == "int8" else 0.0),
         budget_limited=bool(budget.get("limited", False)),
+        champion_failing=production["why"] if production["champion_failing"] else None,
     )
     rules = gate(cfg, candidate, champion, bool(export["parity"]["passed"]), context)
     passed = all(r["passed"] for r in rules)
@@ -216,12 +269,17 @@ def body(ctx: stage.Context) -> None:
         "candidate": candidate,
         "champion": champion,
         "champion_version_before": champ_version,
+        "production": production,  # is the champion failing there (the relative rules' waiver)
+        # What the monitor estimates accuracy with before labels arrive (bench/estimate.py).
+        "estimate": estimator.to_dict(),
     }
     card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / champion_files.CARD
         decision_path = Path(tmp) / champion_files.DECISION
         reference_path = Path(tmp) / champion_files.REFERENCE
+        estimate_path = Path(tmp) / champion_files.ESTIMATE
+        dump_json(estimator.to_dict(), estimate_path)
         card_path.write_text(card)
         reference = read_parquet(args.train)[schema.names].astype(np.float32)
         reference.to_parquet(reference_path, index=False)
@@ -234,6 +292,7 @@ def body(ctx: stage.Context) -> None:
             champion_files.DECISION: decision_path,
             champion_files.CARD: card_path,  # registered with the version, shipped if promoted
             champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
+            champion_files.ESTIMATE: estimate_path,  # the monitor's label-free estimate
         }
         version = register(tracker, decision, files, card, cfg)
         decision["version"] = version

@@ -342,6 +342,8 @@ def evaluate_args(
         f"{inputs}/data/prepared/test.parquet",
         "--holdout",
         f"{inputs}/data/prepared/holdout.parquet",
+        "--val",
+        f"{inputs}/data/prepared/val.parquet",
         "--train",
         f"{inputs}/data/prepared/train.parquet",
         "--model",

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.schema import Schema
 
 LINK = "champion"  # <registry>/champion -> versions/<version>
@@ -28,6 +29,7 @@ EXPORT = "export.json"  # parity and int8 figures
 DECISION = "evaluate.json"  # the gate's decision that promoted it
 CARD = "model_card.md"
 REFERENCE = "reference.parquet"  # the train split's features: the monitor's drift reference
+ESTIMATE = "estimate.json"  # the label-free accuracy estimator, fit on val (contracts.estimate)
 
 
 def link(registry: str | Path) -> Path:
@@ -53,12 +55,14 @@ def target(registry: str | Path) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Champion:
-    """What the monitor needs of the champion: its version, files, schema and test accuracy."""
+    """What the monitor needs of the champion: its version, files, schema, test accuracy and
+    label-free estimator (None for a champion promoted before it was shipped)."""
 
     version: str
     directory: Path
     schema: Schema
     test_accuracy: float
+    estimator: AccuracyEstimator | None = None
 
     @property
     def reference(self) -> Path:
@@ -81,4 +85,10 @@ def read(registry: str | Path) -> Champion:
             f"champion {where}: no {REFERENCE} (promoted by an older mlcycle); "
             "run `make repro` once to promote a model that ships it"
         )
-    return Champion(where.name, where, schema, float(gate["candidate"]["accuracy"]))
+    estimator = None
+    if (where / ESTIMATE).is_file():
+        try:
+            estimator = AccuracyEstimator.from_dict(json.loads((where / ESTIMATE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MlcycleError(f"champion {where}: {ESTIMATE} unreadable: {exc}") from None
+    return Champion(where.name, where, schema, float(gate["candidate"]["accuracy"]), estimator)

@@ -334,6 +334,7 @@ class GateConfig(Section):
     seed: int
     max_baseline_gap: float | None
     robust_floor: Literal["budget", "strict"]
+    production_alpha: Annotated[float, rule(lambda v: 0 < v < 1, "in (0, 1)")]
 
 
 class ServingConfig(Section):

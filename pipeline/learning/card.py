@@ -45,8 +45,8 @@ def model_card(
     ]
     champ = decision.get("champion") or {}
     keys = ["accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"]
-    if "holdout_accuracy" in c:
-        keys.append("holdout_accuracy")
+    if "holdout_accuracy" in c:  # labelled production rows kept out of training
+        keys += ["holdout_accuracy", "holdout_robust_accuracy"]
     for key in keys:
         lines.append(
             f"| {key} | {c[key]:.4f} | {champ[key]:.4f} |"
@@ -99,6 +99,9 @@ def model_card(
         f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
         for r in decision["rules"]
     ]
+    production = decision.get("production") or {}
+    if production.get("champion_failing"):
+        lines.append(f"- the champion fails in production: {production['why']}")
     lines += [f"- hint: {h}" for h in decision.get("hints", [])]
     lines += [
         "",

@@ -343,3 +343,40 @@ def test_int8_ships_when_the_gate_chooses_it(
     served = (tmp_path / "registry/champion/model.onnx").read_bytes()
     assert served == (exported / "model.int8.onnx").read_bytes()
     assert served != (exported / "model.onnx").read_bytes()
+
+
+def test_a_champion_failing_in_production_does_not_block_a_candidate_that_fixes_it() -> None:
+    """Blurred production: the champion answers 40 % of its holdout rows right against 98.6 % on
+    test. A candidate that is worse on the clean test split (hardened for another distribution)
+    but right in production passes the relative rules on test (waived, with the reason); the
+    holdout rule and the absolute floors still hold."""
+    cfg = section(repo_params(), "gate", GateConfig)
+    champ = {
+        "accuracy": 0.986, "robust_accuracy": 0.86, "ece": 0.01, "p99_latency_ms": 0.2,
+        "holdout_accuracy": 0.40, "holdout_rows": 286,
+    }  # fmt: skip
+    failing, p = gate_rules.champion_failing(0.986, round(0.40 * 286), 286, cfg)
+    assert failing and p < 1e-50
+    assert gate_rules.champion_failing(0.986, 282, 286, cfg) == (False, pytest.approx(1, abs=0.9))
+    cand = {
+        "accuracy": 0.975, "robust_accuracy": 0.80, "ece": 0.02, "p99_latency_ms": 0.2,
+        "holdout_accuracy": 0.95, "holdout_rows": 286,
+    }  # fmt: skip
+    blocked = {r["rule"] for r in gate_rules.gate(cfg, cand, champ, True) if not r["passed"]}
+    assert blocked == {"vs_champion_accuracy", "vs_champion_robust_accuracy"}
+    ctx = gate_rules.GateContext(champion_failing="holdout accuracy 0.40 on 286 rows")
+    rules = {r["rule"]: r for r in gate_rules.gate(cfg, cand, champ, True, ctx)}
+    assert all(r["passed"] for r in rules.values())
+    assert {k for k, r in rules.items() if r.get("waived")} == set(gate_rules.RELATIVE_ON_TEST)
+    assert "fails in production: holdout accuracy 0.40" in rules["vs_champion_accuracy"]["what"]
+    advice = gate_rules.hints(list(rules.values()), 0.1, 0.01)
+    assert len(advice) == 2 and all("waived" in h for h in advice)
+    # Not fixing production, or below an absolute floor: still rejected.
+    still_bad = {**cand, "holdout_accuracy": 0.40}
+    failed = {
+        r["rule"] for r in gate_rules.gate(cfg, still_bad, champ, True, ctx) if not r["passed"]
+    }
+    assert failed == {"vs_champion_accuracy", "vs_champion_robust_accuracy"}
+    fragile = {**cand, "robust_accuracy": cfg.min_robust_accuracy - 0.1}
+    failed = {r["rule"] for r in gate_rules.gate(cfg, fragile, champ, True, ctx) if not r["passed"]}
+    assert failed == {"min_robust_accuracy"}

@@ -19,6 +19,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.params import MonitorConfig, SimulateConfig, overlay, read_params, section
 from pipeline.contracts.prodlog import ProductionLog
 from pipeline.contracts.schema import Schema
@@ -45,10 +46,21 @@ def split(digits: tuple[pd.DataFrame, Schema]) -> Digits:
     return Digits(schema, X_ref, X_held, y_held, model)
 
 
-def make_champion(registry: Path, d: Digits, version: str = "1", accuracy: float = 0.97) -> Path:
-    """A champion directory with the files the monitor reads (no graph needed)."""
+def make_champion(
+    registry: Path,
+    d: Digits,
+    version: str = "1",
+    accuracy: float = 0.97,
+    estimator: bool = False,
+) -> Path:
+    """A champion directory with the files the monitor reads (no graph needed); ``estimator``:
+    with the label-free estimator the evaluate stage ships, fit on held-out rows 400 on."""
     directory = registry / "versions" / version
     directory.mkdir(parents=True)
+    if estimator:
+        proba = d.model.predict_proba(d.X_held[400:] / 16)
+        fitted = AccuracyEstimator.fit(proba, d.y_held[400:])
+        (directory / "estimate.json").write_text(json.dumps(fitted.to_dict()))
     (directory / "schema.json").write_text(json.dumps(d.schema.to_dict()))
     (directory / "evaluate.json").write_text(json.dumps({"candidate": {"accuracy": accuracy}}))
     pd.DataFrame(d.X_ref.astype(np.float32), columns=d.schema.names).to_parquet(

@@ -1,0 +1,79 @@
+"""Label-free accuracy estimates under shift: mean confidence against DoC and ATC, same windows.
+
+    python bench/estimate.py [--windows 50] [--registry registry] [--data data/prepared]
+
+After `make repro`: the champion's graph (``registry/champion/model.onnx``) answers windows of
+the frozen test split, shifted by each scenario of ``params.yaml: simulate`` (the simulator's
+own shifts); the estimators are fit on the validation split through the same graph, as the
+evaluate stage fits the one it ships. For each scenario and window size 50 / 200, over
+``--windows`` seeded windows: the realized accuracy (from the true labels) and, per method, the
+mean |estimate - realized| in points. A concept shift leaves the inputs as they are, so no
+label-free estimate can see it: labels catch it (the monitor's binomial test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monitoring.shifts import draw_rows, shift_inputs, true_labels  # noqa: E402
+from pipeline.contracts.estimate import METHODS, AccuracyEstimator  # noqa: E402
+from pipeline.contracts.params import SimulateConfig, overlay, read_params, section  # noqa: E402
+from pipeline.contracts.runtime import predict, session  # noqa: E402
+from pipeline.contracts.schema import LABEL, Schema  # noqa: E402
+
+SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "prior", "concept")
+SIZES = (50, 200)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=50)
+    parser.add_argument("--registry", default=str(ROOT / "registry"))
+    parser.add_argument("--data", default=str(ROOT / "data/prepared"))
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    args = parser.parse_args(argv)
+
+    champion = Path(args.registry) / "champion"
+    schema = Schema.from_dict(json.loads((champion / "schema.json").read_text()))
+    sess = session(champion / "model.onnx")
+    val = pd.read_parquet(Path(args.data) / "val.parquet")
+    test = pd.read_parquet(Path(args.data) / "test.parquet")
+    val_p, _ = predict(sess, val[schema.names].to_numpy(np.float32))
+    estimator = AccuracyEstimator.fit(val_p, val[LABEL].to_numpy())
+    X, y = test[schema.names].to_numpy(np.float64), test[LABEL].to_numpy()
+    base = section(read_params(args.params), "simulate", SimulateConfig)
+    print(
+        f"fit on {estimator.rows} validation rows (accuracy {estimator.accuracy:.4f}, mean "
+        f"confidence {estimator.mean_confidence:.4f}); windows from {len(y)} test rows\n"
+    )
+    print("| scenario | rows | realized | " + " | ".join(f"{m} error" for m in METHODS) + " |")
+    print("|---|---|---|" + "---|" * len(METHODS))
+    for scenario in SCENARIOS:
+        cfg = overlay(base, "simulate", scenario=scenario)
+        for size in SIZES:
+            realized, errors = [], {m: [] for m in METHODS}
+            for seed in range(args.windows):
+                rng = np.random.default_rng(seed)
+                rows = draw_rows(y, size, cfg, schema.n_classes, rng)
+                shifted = shift_inputs(X[rows], schema, cfg, rng)
+                proba, labels = predict(sess, shifted.astype(np.float32))
+                acc = float((labels == true_labels(y[rows], cfg, schema.n_classes)).mean())
+                realized.append(acc)
+                for method, est in estimator.all(proba).items():
+                    errors[method].append(abs(est - acc))
+            cells = " | ".join(f"{100 * np.mean(errors[m]):.1f}" for m in METHODS)
+            print(f"| {scenario} | {size} | {np.mean(realized):.3f} | {cells} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
