@@ -148,7 +148,11 @@ def test_drift_triggers_a_retrain_that_the_service_picks_up(tmp_path: Path) -> N
         log.close()
         assert retrain is not None, (decisions, (tmp_path / "watch.log").read_text()[-3000:])
         assert retrain["decision"] == "retrain_promoted", retrain["reasons"]
-        assert decisions[:2] == ["alarm", "retrain_promoted"], decisions
+        # Harm (the label-free estimate on the unlabelled blurred windows, or feedback accuracy
+        # on the labelled ones) in debounce = 2 windows in a row; drift alone never retrains.
+        first = decisions.index("retrain_promoted")
+        assert first >= 1 and decisions[first - 1] == "alarm", decisions
+        assert set(decisions[:first]) <= {"drift", "alarm"}, decisions
         # The service reloads version 2 by itself.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
