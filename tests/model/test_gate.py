@@ -317,6 +317,7 @@ def test_square_flags_gradient_masking_that_the_gradient_attacks_missed() -> Non
     assert not constant["gradient_masking_suspected"] and constant["robust_accuracy"] == 1.0
 
 
+@pytest.mark.slow  # another evaluate run; make test stays under 2 minutes
 def test_int8_ships_when_the_gate_chooses_it(
     stage_inputs: Path,
     trained: Path,

@@ -98,6 +98,7 @@ def short_params(stage_inputs: Path, tmp: Path, write: Callable[..., Path], **tr
     return write(overrides, name="short.yaml")
 
 
+@pytest.mark.slow  # 13 s: the killed subprocess pays torch's and MLflow's imports (make test)
 def test_killed_run_resumes_to_the_same_result(
     stage_inputs: Path,
     tmp_path: Path,
