@@ -22,4 +22,7 @@ def test_wall_time_counts_waiting_and_the_gates_compute_time_does_not() -> None:
     wall = latency_ms(Descheduled(), X, repeats=30, warmup=2)
     assert wall["p50_ms"] >= 2.0
     gate = compute_ms(Descheduled(), X)
-    assert gate["p99_ms"] < 0.5  # the sleeps are not the model's cost
+    # the sleeps are not the model's cost: the median is the call's own overhead (about 0.05 ms
+    # here), and no run, even one the kernel charged a slow wake-up to, counts a whole sleep
+    assert gate["p50_ms"] < 0.5
+    assert gate["p99_ms"] < wall["p50_ms"] / 2
