@@ -35,7 +35,7 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	ruff check . && ruff format --check .
-	pytest -m "not gpu"
+	pytest -m "not gpu" --durations=25
 
 test-gpu: $(STAMP)
 	pytest -m gpu

@@ -94,6 +94,7 @@ def train_seconds(inputs: Path, params: Path) -> float:
             "--model", str(out / "m.pt"), "--checkpoint", str(out / "c.pt"),
             "--metrics", str(out / "t.json"), "--history", str(out / "h.csv"),
             "--confusion", str(out / "c.png"), "--timing", str(out / "time.json"),
+            "--warm-start", str(ROOT / "data/warm_start.pt"),  # empty: from scratch
             "--tracking-db", str(out / "mlflow.db"),
         ]  # fmt: skip
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)

@@ -16,6 +16,9 @@ of harm too. Retraining acts on harm, never on drift alone. The trigger policy
 - ``waiting_for_labels``: fewer than ``min_feedback`` labelled rows arrived since the last retrain;
 - ``cooldown``: the last retrain was less than ``cooldown_s`` ago; ``busy``: another retrain holds
   the lock; ``dry_run``: a retrain was due, and only recorded;
+- ``superseded``: every row of the window was answered by an earlier version than the champion
+  (the backlog a promoted retrain leaves): its drift is recorded, its harm is that version's and
+  never counts against the champion or towards a retrain;
 - ``retrain_promoted`` / ``retrain_rejected`` / ``retrain_failed``: the labelled feedback was
   exported to ``data/feedback.parquet``, ``retrain_command`` (``dvc repro``) ran, and the gate
   decided; the running service hot-reloads a promoted champion by itself, and otherwise the old
@@ -106,7 +109,17 @@ class Monitor:
         if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
             figures["report"] = self.write_report(window, champ)
         decision = "ok"
-        if figures["drifted"] and not figures["harm"]:
+        served = sorted(set(window.model_version))
+        if champ.version not in served:
+            # Answered before the champion was promoted: not evidence about the champion.
+            figures["harm_of_served"], figures["harm"] = figures["harm"], False
+            decision = "superseded"
+            reasons = [
+                f"answered by version {', '.join(served)} before version {champ.version} became "
+                "champion: not counted against it"
+                + ("" if not reasons else f" ({'; '.join(reasons)})")
+            ]
+        elif figures["drifted"] and not figures["harm"]:
             decision, more = harmless_drift(figures, self.cfg)
             reasons += more
         elif figures["harm"]:

@@ -172,7 +172,7 @@ def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} .ok{{color:green}}
 .alarm,.waiting_for_labels,.cooldown{{color:#b60}} .retrain_promoted{{color:purple}}
-.retrain_rejected,.retrain_failed{{color:red}}</style></head><body>
+.superseded{{color:#888}} .retrain_rejected,.retrain_failed{{color:red}}</style></head><body>
 <h1>Production monitoring</h1>
 <p>{len(decisions)} windows checked; the drift test is per-feature KS with a Bonferroni
 correction (python -m monitoring). Newest first below.</p>

@@ -1,10 +1,12 @@
 """Retraining: the labelled feedback exported as training data, then the pipeline and its gate.
 
 :func:`export_feedback` writes every labelled production row, as source-like rows, to
-``monitor.feedback_path`` (``data/feedback.parquet``, a DVC dependency of ingest);
-:func:`retrain` runs ``monitor.retrain_command`` (``dvc repro``) under :func:`retrain_lock`,
-its output in ``<reports>/retrain/<time>.log``, and reads the gate's decision. The running
-service hot-reloads a promoted champion by itself. Called by the monitor's trigger policy.
+``monitor.feedback_path`` (``data/feedback.parquet``, a DVC dependency of ingest), and
+:func:`copy_warm_start` the champion's weights to ``monitor.warm_start_path``
+(``data/warm_start.pt``), which the train and harden stages start from; :func:`retrain` runs
+``monitor.retrain_command`` (``dvc repro``) under :func:`retrain_lock`, its output in
+``<reports>/retrain/<time>.log``, and reads the gate's decision. The running service
+hot-reloads a promoted champion by itself. Called by the monitor's trigger policy.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.contracts import champion as champion_files
 from pipeline.contracts.champion import Champion
 from pipeline.contracts.io import atomic_outputs, write_parquet
 from pipeline.contracts.params import MonitorConfig
@@ -50,12 +54,16 @@ def retrain(
 ) -> tuple[str, list[str]]:
     """Export feedback, run the pipeline, read the gate. Returns (decision, reasons)."""
     rows = export_feedback(log, champ.schema, project / cfg.feedback_path)
+    copy_warm_start(champ, project / cfg.warm_start_path)
     gate_path = project / cfg.gate_metrics
     before = gate_path.stat().st_mtime if gate_path.is_file() else None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     log_path = reports / "retrain" / f"{stamp}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    reasons = [f"exported {rows} labelled production rows to {cfg.feedback_path}"]
+    reasons = [
+        f"exported {rows} labelled production rows to {cfg.feedback_path}; training starts from "
+        f"version {champ.version}'s weights ({cfg.warm_start_path})"
+    ]
     print(f"monitor: retraining ({' '.join(cfg.retrain_command)}), log {log_path}")
     try:
         with log_path.open("w") as out:
@@ -110,3 +118,14 @@ def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:
     with atomic_outputs(path) as (tmp,):
         write_parquet(df, tmp)
     return len(df)
+
+
+def copy_warm_start(champ: Champion, path: Path) -> None:
+    """The champion's hardened checkpoint (its twin) to ``path`` (atomically), where the train
+    and harden stages start from it; a champion without one leaves ``path`` empty (scratch)."""
+    twin = champ.directory / champion_files.TWIN
+    with atomic_outputs(path) as (tmp,):
+        if twin.is_file():
+            shutil.copyfile(twin, tmp)
+        else:
+            Path(tmp).write_bytes(b"")

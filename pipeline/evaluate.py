@@ -24,7 +24,8 @@ failed (or waived) rule go to the metrics and the model card.
 When labelled production rows exist, both models are also measured on the production holdout
 (``holdout.parquet``), and the candidate may trail the champion there by at most
 ``gate.max_accuracy_drop`` too. The champion directory also gets ``reference.parquet``, the train
-split's features, which the monitor compares production windows with, and ``estimate.json``, the
+split's features (after a retrain on enough feedback, its production rows alone), which the
+monitor compares production windows with, and ``estimate.json``, the
 label-free accuracy estimator (ATC, :mod:`pipeline.contracts.estimate`) fit on the validation
 split through the graph that ships, which the monitor reads before labels arrive.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline import registry
@@ -45,7 +47,7 @@ from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, require_file
 from pipeline.contracts.params import GateConfig, HardenConfig
 from pipeline.contracts.runtime import compute_ms, predict, session
-from pipeline.contracts.schema import LABEL, Schema
+from pipeline.contracts.schema import FEEDBACK, LABEL, Schema
 from pipeline.learning import stage
 from pipeline.learning.attacks import Box, square_attack, worst_case
 from pipeline.learning.card import model_card
@@ -199,6 +201,22 @@ FLAGS = (
 )
 
 
+# A retrain's train split with at least this many production rows re-baselines the monitor on them.
+REBASELINE_ROWS = 200
+
+
+def drift_reference(train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The rows the monitor compares production windows with: the train split, or, once it holds
+    at least ``REBASELINE_ROWS`` labelled production rows (a retrain on feedback), those rows
+    alone: the model was refit on what production now sends, so the same shift would otherwise
+    alarm in every window after a successful retrain (the mix of source and production rows
+    differs from either)."""
+    production = train[FEEDBACK].notna() if FEEDBACK in train.columns else None
+    if production is not None and int(production.sum()) >= REBASELINE_ROWS:
+        train = train[production]
+    return train[schema.names].astype(np.float32)
+
+
 def body(ctx: stage.Context) -> None:
     args = ctx.args
     cfg = ctx.section("gate", GateConfig)
@@ -281,7 +299,7 @@ def body(ctx: stage.Context) -> None:
         estimate_path = Path(tmp) / champion_files.ESTIMATE
         dump_json(estimator.to_dict(), estimate_path)
         card_path.write_text(card)
-        reference = read_parquet(args.train)[schema.names].astype(np.float32)
+        reference = drift_reference(read_parquet(args.train), schema)
         reference.to_parquet(reference_path, index=False)
         dump_json(decision, decision_path)  # the figures GET /model shows
         files = {

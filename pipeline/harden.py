@@ -5,7 +5,7 @@
         --out models/hardened.pt --metrics metrics/robustness.json \
         --plot plots/robustness.csv --figure plots/robustness.png \
         --reliability plots/reliability.png --timing metrics/harden_time.json \
-        --tracking-db mlflow.db
+        --warm-start data/warm_start.pt --tracking-db mlflow.db
 
 Methods (``harden.method``): ``fgsm_rs`` (Wong et al. 2020, with the catastrophic-overfitting
 stop), ``n_fgsm`` (de Jorge et al. 2022: large noise, no projection), ``pgd`` (Madry et al.,
@@ -15,6 +15,12 @@ observed bounds, attacked through the feature transform and the network together
 and the hardened model are evaluated on the test split for every ``harden.eval_eps`` by the
 per-row worst case over PGD, APGD-CE and APGD-DLR (Croce & Hein 2020), and cross-checked at
 ``harden.eps`` by the Adversarial Robustness Toolbox's AutoProjectedGradientDescent.
+
+A retrain (``--warm-start`` holds the champion's hardened checkpoint, which the monitor copies
+there) hardens on from those weights for ``harden.warm_start_epochs``, with the trained model as
+the clean reference; the budget then holds on val's source rows and production rows apart, and
+the evaluation is clean plus the per-row worst case at ``eps`` with the gate's attacks (no sweep,
+no ART check: no decision reads them). An empty file (as in git) means a first run.
 
 The clean-accuracy budget (``max_clean_drop``) picks the epochs on val and is checked on test as
 the gate checks it (the most robust epoch that holds it there ships, else the trained weights).
@@ -33,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json
-from pipeline.contracts.params import HardenConfig
+from pipeline.contracts.params import GateConfig, HardenConfig, overlay
 from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
 from pipeline.learning.adversarial import (
@@ -44,7 +50,7 @@ from pipeline.learning.adversarial import (
     harden,
 )
 from pipeline.learning.calibration import calibrate
-from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_start
 from pipeline.learning.model import build
 from pipeline.learning.plots import plot_reliability, plot_robustness
 from pipeline.learning.robustness import evaluate_robustness, evaluation_method
@@ -61,6 +67,7 @@ FLAGS = (
     "--figure",
     "--reliability",
     "--timing",
+    "--warm-start",  # the champion's hardened checkpoint on a retrain; empty: from the trained
     "--tracking-db",
 )
 
@@ -76,8 +83,34 @@ def body(ctx: stage.Context) -> None:
     device = ctx.device()
     trained, hardened = build(checkpoint), build(checkpoint)
     history, seconds, selection = [], 0.0, Selection(kept="trained (harden.method none)")
+    warm, warm_note = warm_start(args.warm_start, checkpoint["model_config"])
+    if cfg.method == "none":
+        warm_note = "none (harden.method none)"
+    elif warm is not None:
+        # A retrain: harden on from the champion's robust weights (the trained model, fine-tuned
+        # on the new rows, stays the clean reference and the fallback), not from scratch.
+        hardened.net.load_state_dict(warm["net"])
+        # The loop's hot path evaluates what its decisions read: clean, and the per-row worst
+        # case at eps with the gate's attacks (gate.robust_steps, apgd_iter, robust_restarts),
+        # which the gate then runs on both models itself. The sweep over harden.eval_eps and
+        # the ART cross-check, which only a first run's report shows, are left out (README,
+        # Continuous learning).
+        gate = ctx.section("gate", GateConfig)
+        cfg = overlay(
+            cfg,
+            "harden",
+            epochs=cfg.warm_start_epochs,
+            eval_eps=(cfg.eps,),
+            eval_steps=gate.robust_steps,
+            eval_apgd_iter=gate.apgd_iter,
+            eval_restarts=gate.robust_restarts,
+            art_check=False,
+        )
+    print(f"harden: {warm_note}")
     if cfg.method != "none":
-        history, seconds, selection = harden(hardened, train, val, schema, cfg, device)
+        history, seconds, selection = harden(
+            hardened, train, val, schema, cfg, device, reference=trained
+        )
     budget = check_budget_on_test(trained, hardened, test, schema, cfg, selection)
     robustness = evaluate_robustness(
         {"trained": trained, "hardened": hardened}, test, schema, cfg, device
@@ -94,6 +127,7 @@ def body(ctx: stage.Context) -> None:
         "budget": budget,
         "calibration": calibration,
         "epochs_run": len(history),
+        "warm_start": warm_note,
         # Deterministic cost: gradient passes relative to training's (wall time: --timing).
         "harden_to_train_passes": gradient_passes(cfg, len(history), rows)
         / max(train_epochs * rows, 1),

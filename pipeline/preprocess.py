@@ -332,6 +332,8 @@ def preprocess(
     for name, part in parts.items():
         df = pd.DataFrame(X[part], columns=schema.names)
         df.insert(0, ROW, rows[part])
+        # The production row's key (null for source rows): harden budgets each slice apart.
+        df[FEEDBACK] = pd.array(keys.to_numpy()[rows[part]], dtype="string")
         df[LABEL] = y[part]
         # Evaluation is unweighted; a test file depending on train counts would not be frozen.
         df[WEIGHT] = (

@@ -5,14 +5,19 @@
         --model models/model.pt --checkpoint models/checkpoints/train.pt \
         --metrics metrics/train.json --history plots/train_history.csv \
         --confusion plots/confusion_matrix.png --timing metrics/train_time.json \
-        --tracking-db mlflow.db
+        --warm-start data/warm_start.pt --tracking-db mlflow.db
 
 Data-parallel on N processes (gloo on CPU, NCCL on GPUs); only rank 0 writes or logs:
 
     torchrun --nproc_per_node=2 -m pipeline.train <the same arguments>
 
-The loop lives in :mod:`pipeline.learning.training`. Outputs that later stages read (the model, the
-metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
+A retrain (``--warm-start`` holds the champion's checkpoint, which the monitor copies there)
+fine-tunes the champion's network for ``train.warm_start_epochs`` instead of training
+``train.epochs`` from scratch, if the network this run builds has its shape; an empty file (as in
+git) means a first run.
+
+The loop lives in :mod:`pipeline.learning.training`. Outputs that later stages read (the model,
+the metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
 ``--timing``, which no stage depends on. The stage also fits scikit-learn baselines on the same
 features.
 """
@@ -32,9 +37,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json
-from pipeline.contracts.params import TrainConfig
+from pipeline.contracts.params import TrainConfig, overlay
 from pipeline.learning import stage
-from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_start
 from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import Classifier, ModelConfig, build_net, transform_state_tensors
 from pipeline.learning.plots import plot_confusion, plot_curves
@@ -62,6 +67,7 @@ FLAGS = (
     "--history",
     "--confusion",
     "--timing",
+    "--warm-start",  # the champion's checkpoint on a retrain; empty: train from scratch
     "--tracking-db",
 )
 
@@ -136,6 +142,12 @@ def train(
     device = ctx.device()
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
     model = Classifier(inputs.transform.module(), build_net(mcfg))
+    warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg))
+    if warm is not None:  # a retrain: fine-tune the champion's network on the new data
+        model.net.load_state_dict(warm["net"])
+        cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs)
+    if rank == 0:
+        print(f"train: {warm_note}")
     checkpoint = Path(args.checkpoint)
 
     def run_fit(**logging: Any) -> FitResult:
@@ -178,6 +190,7 @@ def train(
         )
         wall = time.perf_counter() - start
         metrics = quality(model, inputs, cfg, result, device.type, world)
+        metrics["warm_start"] = warm_note
         test_proba = metrics.pop("_test_proba")
         saved = {
             "model_config": dataclasses.asdict(mcfg),

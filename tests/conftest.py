@@ -91,6 +91,7 @@ def write_params(tmp_path: Path) -> Callable[..., Path]:
 
 
 EMPTY_FEEDBACK = ROOT / "data/feedback.parquet"
+NO_WARM_START = ROOT / "data/warm_start.pt"  # empty: train and harden start from scratch
 # What the service and the monitor must never load: torch, MLflow, the learning layer and the
 # stages that use it.
 TRAINING_MODULES = (
@@ -169,12 +170,6 @@ def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_inputs(tmp_path_factory.mktemp("stages"), repo_params(TINY))
 
 
-@pytest.fixture(scope="session")
-def stage_inputs_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first three stages with the repo's params (slow tier)."""
-    return prepare_inputs(tmp_path_factory.mktemp("stages_full"), repo_params())
-
-
 @functools.cache
 def _empty_tracking_db() -> bytes:
     """An MLflow SQLite database with its schema and no experiment of ours (created once)."""
@@ -196,7 +191,11 @@ def tracking_db(path: Path) -> Path:
 
 
 def train_args(
-    inputs: Path, out: Path, params: Path | None = None, tuned: Path | None = None
+    inputs: Path,
+    out: Path,
+    params: Path | None = None,
+    tuned: Path | None = None,
+    warm: Path = NO_WARM_START,
 ) -> list[str]:
     """Arguments of ``pipeline.train`` reading ``inputs`` and writing under ``out``."""
     return [
@@ -222,6 +221,8 @@ def train_args(
         f"{out}/confusion.png",
         "--timing",
         f"{out}/train_time.json",
+        "--warm-start",
+        str(warm),
         "--tracking-db",
         str(tracking_db(out / "mlflow.db")),
     ]
@@ -234,7 +235,7 @@ def run_train(inputs: Path, out: Path) -> Path:
     return out
 
 
-def run_harden(inputs: Path, trained: Path, out: Path) -> Path:
+def run_harden(inputs: Path, trained: Path, out: Path, warm: Path = NO_WARM_START) -> Path:
     from pipeline import harden
 
     args = [
@@ -260,6 +261,8 @@ def run_harden(inputs: Path, trained: Path, out: Path) -> Path:
         f"{out}/reliability.png",
         "--timing",
         f"{out}/harden_time.json",
+        "--warm-start",
+        str(warm),
         "--tracking-db",
         str(tracking_db(out / "mlflow.db")),
     ]
@@ -280,17 +283,15 @@ def hardened(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
-def trained_full(stage_inputs_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The train stage with the repo's params (slow tier)."""
-    return run_train(stage_inputs_full, tmp_path_factory.mktemp("train_full"))
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the project after one `dvc repro` with the repo's params.yaml as it is
+    (slow tier): the quality floors read its metrics; the loop test serves a copy of it as
+    version 1. Read-only: a test that changes it works on a copy."""
+    from tests.e2e.test_dvc_pipeline import copy_pristine, dvc
 
-
-@pytest.fixture(scope="session")
-def hardened_full(
-    stage_inputs_full: Path, trained_full: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The harden stage with the repo's params (slow tier)."""
-    return run_harden(stage_inputs_full, trained_full, tmp_path_factory.mktemp("harden_full"))
+    project = copy_pristine(tmp_path_factory.mktemp("default_run") / "project")
+    dvc(project, "repro", timeout=1800)
+    return project
 
 
 def export_args(inputs: Path, model: Path, out: Path) -> list[str]:

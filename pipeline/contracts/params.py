@@ -246,6 +246,7 @@ class TrainConfig(Section):
     tta_target: float
     amp: bool
     baselines: Seq[Literal["logreg", "svm"]]
+    warm_start_epochs: Positive
 
 
 def _space_ok(spec: Any) -> bool:
@@ -305,6 +306,8 @@ class HardenConfig(Section):
     eval_apgd_iter: Positive
     eval_restarts: Positive
     art_check: bool
+    warm_start_epochs: Positive
+    production_weight: Unit
 
 
 class ExportConfig(Section):
@@ -374,6 +377,7 @@ class MonitorConfig(Section):
     reports: str
     report_on_drift: bool
     feedback_path: str
+    warm_start_path: str
     retrain_command: Annotated[Seq[str], rule(lambda v: len(v) > 0, "a non-empty list (argv)")]
     retrain_timeout_s: PositiveFloat
     gate_metrics: str

@@ -33,6 +33,7 @@ class Epoch:
 
     epoch: int
     robust: float  # val robust accuracy (PGD-10 at eps)
+    clean: float  # val clean accuracy
     state: dict[str, torch.Tensor] = dataclasses.field(repr=False)
 
 
@@ -54,6 +55,10 @@ class Selection:
     kept_epoch: int | None = None
     best_val_robust_any_epoch: float | None = None
     within: list[Epoch] = dataclasses.field(default_factory=list, repr=False)
+    # A retrain's slices: clean val accuracy of the reference on source and production rows,
+    # and the production rows' adversarial share after the last epoch.
+    val_clean_start_by_slice: dict[str, float] | None = None
+    production_weight_final: float | None = None
 
     @property
     def ran(self) -> bool:
@@ -70,6 +75,14 @@ class Selection:
             "kept_epoch": self.kept_epoch,
             "best_val_robust_any_epoch": self.best_val_robust_any_epoch,
             "limited": self.limited,
+            **(
+                {
+                    "val_clean_start_by_slice": self.val_clean_start_by_slice,
+                    "production_weight_final": self.production_weight_final,
+                }
+                if self.val_clean_start_by_slice is not None
+                else {}
+            ),
         }
 
 
@@ -80,8 +93,12 @@ def adversarial_loss(
     wb: torch.Tensor,
     cfg: HardenConfig,
     box: Box,
+    share: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The method's training loss on one batch; adversarial points are made in eval mode."""
+    """The method's training loss on one batch; adversarial points are made in eval mode.
+
+    ``share`` (per row, in [0, 1]): the adversarial part of each row's loss, the rest being the
+    clean loss (TRADES: the weight of its robustness term); None: adversarial only (1)."""
     model.eval()  # batch-norm statistics are not polluted by the attack's forward passes
     if cfg.method == "fgsm_rs":
         x_adv = fgsm_rs(model, xb, yb, box)
@@ -97,15 +114,43 @@ def adversarial_loss(
         kl = F.kl_div(
             F.log_softmax(model(x_adv).float(), 1), F.softmax(logits, 1), reduction="none"
         ).sum(1)
-        per_row = F.cross_entropy(logits, yb, reduction="none") + cfg.trades_beta * kl
+        beta = cfg.trades_beta if share is None else cfg.trades_beta * share
+        per_row = F.cross_entropy(logits, yb, reduction="none") + beta * kl
     else:
         per_row = F.cross_entropy(model(x_adv).float(), yb, reduction="none")
+        if share is not None:
+            clean = F.cross_entropy(model(xb).float(), yb, reduction="none")
+            per_row = share * per_row + (1 - share) * clean
     return (per_row * wb).sum() / wb.sum()
 
 
 def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy of ``state`` in host memory (``load_state_dict`` copies it back to the device)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def clean_by_slice(model: Classifier, split: Split) -> dict[str, float]:
+    """Clean accuracy on ``split``'s source rows and, where it has any, its production rows."""
+    correct = _correct_rows(model, split.X, split.y)
+    prod = split.production
+    if prod is None or not bool(prod.any()):
+        return {"source": float(correct.float().mean())}
+    return {
+        "source": float(correct[~prod].float().mean()) if bool((~prod).any()) else 1.0,
+        "production": float(correct[prod].float().mean()),
+    }
+
+
+def _correct_rows(model: Classifier, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat(
+            [
+                (model(X[i : i + 512].to(device)).argmax(1) == y[i : i + 512].to(device)).cpu()
+                for i in range(0, len(y), 512)
+            ]
+        )
 
 
 def harden(
@@ -115,25 +160,37 @@ def harden(
     schema: Schema,
     cfg: HardenConfig,
     device: torch.device,
+    reference: Classifier | None = None,
 ) -> tuple[list[dict[str, float]], float, Selection]:
     """Adversarially fine-tune ``model`` in place; returns the history, the seconds spent and
     how the kept weights were chosen.
 
-    Each epoch is scored on the validation split (clean, and PGD-10 at ``cfg.eps``). The weights
-    kept are the most robust ones whose clean accuracy stays within ``max_clean_drop`` of the
-    starting model, or the starting weights if no epoch stays within it. With ``ema_decay``
-    the weights scored and kept are the moving average's. fgsm_rs stops when
-    robust accuracy collapses (catastrophic overfitting). ``limited`` says the budget held
-    robustness back: an epoch over budget was more robust than the one kept.
+    ``reference``: the model before hardening, whose clean accuracy the budget is measured
+    against and whose weights ship when no epoch holds it (default: ``model`` as it starts; a
+    retrain passes the freshly trained model while ``model`` starts from the champion's
+    hardened weights). Each epoch is scored on the validation split (clean, and PGD-10 at
+    ``cfg.eps``). The budget (``max_clean_drop``) holds per slice: on val's source rows and, on a
+    retrain, on its production rows apart, so a shift that robustness makes costly cannot hide in
+    the mix. On production rows the loss is ``production_weight`` adversarial and the rest clean;
+    the weight halves after every epoch over budget there. The weights kept are the most robust
+    ones within budget on every slice. With ``ema_decay`` the weights scored and kept are the
+    moving average's. fgsm_rs stops when robust accuracy collapses (catastrophic overfitting).
+    ``limited`` says the budget held robustness back: an epoch over budget was more robust.
     """
     torch.manual_seed(cfg.seed)
     model.to(device)
-    start_state = copy.deepcopy(model.net.state_dict())
+    reference = reference.to(device) if reference is not None else model
+    fallback_state = copy.deepcopy(reference.net.state_dict())
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
     clean_box = Box.from_schema(schema, 0.0)
-    start_clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
-    start_robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
+    start_clean = robust_accuracy(reference, val.X, val.y, clean_box, 1, 1)
+    start_slices = clean_by_slice(reference, val)
+    start_robust = robust_accuracy(reference, val.X, val.y, val_box, 10, 1)
+    production = train.production if train.production is not None else None
+    if production is not None and not bool(production.any()):
+        production = None
+    weight = cfg.production_weight
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(train.y) + cfg.batch_size - 1) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -161,7 +218,10 @@ def harden(
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             xb, yb, wb = (t[idx].to(device) for t in (train.X, train.y, train.w))
-            loss = adversarial_loss(model, xb, yb, wb, cfg, train_box)
+            share = None
+            if production is not None:
+                share = torch.where(production[idx], weight, 1.0).to(device)
+            loss = adversarial_loss(model, xb, yb, wb, cfg, train_box, share)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -173,18 +233,19 @@ def harden(
         if ema is not None:
             model.net.load_state_dict(ema.module.state_dict())
         clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
+        slices = clean_by_slice(model, val)
         robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / len(order),
-                "val_clean": clean,
-                "val_robust": robust,
-            }
-        )
+        row = {"epoch": epoch, "train_loss": total / len(order), "val_clean": clean}
+        over = {k for k, v in slices.items() if v < start_slices[k] - cfg.max_clean_drop}
+        if "production" in slices:
+            row["val_clean_production"] = slices["production"]
+            row["production_weight"] = weight
+            if "production" in over:
+                weight /= 2  # robustness costs too much on the new rows: lean on clean loss
+        history.append({**row, "val_robust": robust})
         bar.set_postfix(val_clean=f"{clean:.3f}", val_robust=f"{robust:.3f}")
-        if clean >= start_clean - cfg.max_clean_drop:
-            within.append(Epoch(epoch, robust, cpu_copy(model.net.state_dict())))
+        if not over:
+            within.append(Epoch(epoch, robust, clean, cpu_copy(model.net.state_dict())))
         if live is not None:
             model.net.load_state_dict(live)  # training goes on from the live weights
         peak = max(peak, robust)
@@ -194,8 +255,9 @@ def harden(
                 f"(val robust {robust:.3f} after {peak:.3f}); stopping"
             )
             break
-    within.sort(key=lambda c: (-c.robust, c.epoch))  # most robust first, then earliest
-    model.net.load_state_dict(within[0].state if within else start_state)
+    # Most robust first; among equally robust epochs the more accurate, then the earlier.
+    within.sort(key=lambda c: (-c.robust, -c.clean, c.epoch))
+    model.net.load_state_dict(within[0].state if within else fallback_state)
     kept = max(within[0].robust, start_robust) if within else start_robust
     selection = Selection(
         kept="hardened" if within else "trained (no epoch within budget)",
@@ -206,6 +268,8 @@ def harden(
         kept_epoch=within[0].epoch if within else None,
         best_val_robust_any_epoch=peak,
         within=within,
+        val_clean_start_by_slice=start_slices if "production" in start_slices else None,
+        production_weight_final=weight if production is not None else None,
     )
     return history, time.perf_counter() - start, selection
 

@@ -32,3 +32,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MlcycleError(
             f"input file {str(path)!r} is not a readable checkpoint: {exc}"
         ) from None
+
+
+def warm_start(path: str | Path, model_config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The champion's checkpoint a retrain starts from, or None, with the reason either way.
+
+    ``path`` (``data/warm_start.pt``) is empty in git: a first run trains from scratch. The
+    monitor writes the champion's hardened checkpoint there before it retrains; it is used only
+    if its network has the shape this run builds (same architecture, inputs and classes), since
+    params or a different feature transform may have changed that since.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None, f"from scratch ({path} is empty: no champion to start from)"
+    saved = load_checkpoint(path)
+    ours, theirs = _plain(model_config), _plain(saved.get("model_config") or {})
+    if theirs != ours:
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        return None, (
+            f"from scratch ({path}: the champion's network differs in {', '.join(changed)})"
+        )
+    return saved, f"warm start from the champion's weights ({path})"
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, load_json, read_parquet, require_file
 from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
-from pipeline.contracts.schema import LABEL, WEIGHT, Schema
+from pipeline.contracts.schema import FEEDBACK, LABEL, WEIGHT, Schema
 from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learning.model import Classifier, ModelConfig
 from pipeline.learning.transforms import FeatureTransform
@@ -41,6 +41,7 @@ class Split:
     X: torch.Tensor  # (rows, features) raw encoded values, NaN for missing
     y: torch.Tensor  # (rows,) class index
     w: torch.Tensor  # (rows,) sample weight
+    production: torch.Tensor | None = None  # (rows,) bool: a labelled production row
 
 
 @dataclasses.dataclass
@@ -59,6 +60,7 @@ def load_split(path: Path, schema: Schema) -> Split:
         torch.tensor(df[schema.names].to_numpy(np.float32)),
         torch.tensor(df[LABEL].to_numpy(np.int64)),
         torch.tensor(df[WEIGHT].to_numpy(np.float32)),
+        torch.tensor(df[FEEDBACK].notna().to_numpy()) if FEEDBACK in df.columns else None,
     )
 
 

@@ -55,6 +55,11 @@ def test_feedback_never_reaches_the_test_split_and_the_holdout_is_stable(
     in_train = set(with_fb.splits["train"][ROW]) | set(with_fb.splits["val"][ROW])
     assert len(in_train & set(range(len(base), len(raw)))) > 150
     assert with_fb.metrics["feedback_rows_in"] == 300
+    # Each split names its production rows (harden budgets them apart): by their key.
+    for name, split in with_fb.splits.items():
+        production = (split[ROW] >= len(base)).to_numpy()
+        assert (split[FEEDBACK].notna().to_numpy() == production).all(), name
+    assert all(split[FEEDBACK].isna().all() for split in without.splits.values())
 
     # More feedback later (the first rows again, plus new ones): the first rows' holdout side is
     # unchanged, and the repeated rows are dropped as duplicates.

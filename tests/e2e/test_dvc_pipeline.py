@@ -39,7 +39,7 @@ def copy_pristine(dest: Path) -> Path:
     shutil.copytree(
         ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("dvc.yaml", "params.yaml", "data/feedback.parquet"):
+    for name in ("dvc.yaml", "params.yaml", "data/feedback.parquet", "data/warm_start.pt"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
     dvc(dest, "init", "--no-scm", "-q")
@@ -63,7 +63,7 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def dvc(cwd: Path, *args: str) -> str:
+def dvc(cwd: Path, *args: str, timeout: float = 600) -> str:
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -75,7 +75,7 @@ def dvc(cwd: Path, *args: str) -> str:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout

@@ -381,3 +381,24 @@ def test_a_champion_failing_in_production_does_not_block_a_candidate_that_fixes_
     fragile = {**cand, "robust_accuracy": cfg.min_robust_accuracy - 0.1}
     failed = {r["rule"] for r in gate_rules.gate(cfg, fragile, champ, True, ctx) if not r["passed"]}
     assert failed == {"min_robust_accuracy"}
+
+
+def test_the_drift_reference_is_rebaselined_on_enough_production_rows() -> None:
+    """The monitor's reference: the train split, or its production rows alone once a retrain has
+    at least REBASELINE_ROWS of them (else the same shift alarms forever after a retrain)."""
+    import types
+
+    import pandas as pd
+
+    from pipeline.contracts.schema import FEEDBACK
+    from pipeline.evaluate import REBASELINE_ROWS, drift_reference
+
+    schema = types.SimpleNamespace(names=["x"])  # all drift_reference reads of the schema
+    n = REBASELINE_ROWS
+    train = pd.DataFrame({"x": np.arange(2 * n, dtype=float)})
+    train[FEEDBACK] = pd.array([None] * n + [f"r{i}:0" for i in range(n)], dtype="string")
+    rebased = drift_reference(train, schema)  # type: ignore[arg-type]
+    assert list(rebased.columns) == ["x"] and rebased["x"].min() == n and len(rebased) == n
+    few = train.iloc[: n + n // 2]  # fewer production rows than that: every train row
+    assert len(drift_reference(few, schema)) == len(few)  # type: ignore[arg-type]
+    assert len(drift_reference(train.drop(columns=[FEEDBACK]), schema)) == 2 * n  # type: ignore[arg-type]

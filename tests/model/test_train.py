@@ -23,8 +23,8 @@ from tests.conftest import CPU, train_args
 
 
 @pytest.mark.slow
-def test_network_beats_floor_and_reports_baselines(trained_full: Path) -> None:
-    metrics = json.loads((trained_full / "train.json").read_text())
+def test_network_beats_floor_and_reports_baselines(default_run: Path) -> None:
+    metrics = json.loads((default_run / "metrics/train.json").read_text())
     # Measured on digits with the repo's params, seeds 0 / 1 / 2 / 42: CNN 0.9889 / 0.9944 /
     # 0.9861 / 0.9889, RBF SVM 0.981, logreg 0.967. The floor sits two test rows below the worst.
     assert metrics["test"]["accuracy"] >= 0.98
@@ -34,7 +34,7 @@ def test_network_beats_floor_and_reports_baselines(trained_full: Path) -> None:
     assert metrics["beat_baseline"] == (metrics["test"]["accuracy"] > best)
     assert 0 <= metrics["test"]["ece"] < 0.1
     assert len(metrics["test"]["per_class_recall"]) == 10
-    history = pd.read_csv(trained_full / "history.csv")
+    history = pd.read_csv(default_run / "plots/train_history.csv")
     assert len(history) == metrics["epochs_run"]
     assert history.val_loss.min() < history.val_loss.iloc[0]
 
@@ -156,9 +156,7 @@ def test_killed_run_resumes_to_the_same_result(
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_matches_single_process(
-    trained_full: Path, stage_inputs_full: Path, tmp_path: Path
-) -> None:
+def test_torchrun_two_processes_matches_single_process(default_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [
@@ -169,7 +167,7 @@ def test_torchrun_two_processes_matches_single_process(
             "--nproc_per_node=2",
             "-m",
             "pipeline.train",
-            *train_args(stage_inputs_full, out),
+            *train_args(default_run, out, default_run / "params.yaml"),
         ],
         capture_output=True,
         text=True,
@@ -178,7 +176,7 @@ def test_torchrun_two_processes_matches_single_process(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((out / "train.json").read_text())
-    single = json.loads((trained_full / "train.json").read_text())
+    single = json.loads((default_run / "metrics/train.json").read_text())
     print(
         f"torchrun x2 accuracy {ddp['test']['accuracy']:.4f} "
         f"vs single {single['test']['accuracy']:.4f}"

@@ -62,6 +62,7 @@ def make_champion(
         fitted = AccuracyEstimator.fit(proba, d.y_held[400:])
         (directory / "estimate.json").write_text(json.dumps(fitted.to_dict()))
     (directory / "schema.json").write_text(json.dumps(d.schema.to_dict()))
+    (directory / "model.pt").write_bytes(f"weights of version {version}".encode())  # copied only
     (directory / "evaluate.json").write_text(json.dumps({"candidate": {"accuracy": accuracy}}))
     pd.DataFrame(d.X_ref.astype(np.float32), columns=d.schema.names).to_parquet(
         directory / "reference.parquet"

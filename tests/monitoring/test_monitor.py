@@ -115,6 +115,9 @@ def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
         exported[d.schema.names].to_numpy(), blurred(d, slice(0, 200)), atol=1e-6
     )
     assert exported[d.schema.target].tolist() == [d.schema.classes[c] for c in d.y_held[:200]]
+    # The retrain starts from the champion's weights, copied where train and harden read them.
+    assert (tmp_path / "data/warm_start.pt").read_bytes() == b"weights of version 1"
+    assert any("starts from version 1's weights" in r for r in decisions[1]["reasons"])
 
 
 @pytest.mark.parametrize(
@@ -210,3 +213,23 @@ def test_the_label_free_estimate_is_evidence_of_harm_before_labels_arrive(
     assert [x["decision"] for x in shifted] == ["alarm", "waiting_for_labels"]
     assert all(x["figures"]["estimate_dropped"] and x["figures"]["labelled"] == 0 for x in shifted)
     assert any("estimated accuracy" in r and "atc_ne" in r for r in shifted[-1]["reasons"])
+
+
+def test_windows_answered_before_a_promotion_never_count_against_the_new_champion(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    """The backlog a promoted retrain leaves (windows the old version answered, badly) is recorded
+    as ``superseded``: its drift is kept, its harm is the old version's, and no retrain follows;
+    the new champion's own windows are judged as usual."""
+    m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), cooldown_s=0.0)
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150])  # harmful, answered by version 1
+    make_champion(tmp_path / "registry", d, version="2")  # then version 2 is promoted
+    decisions = m.step()
+    assert [x["decision"] for x in decisions] == ["superseded"] * 3
+    assert all(x["figures"]["harm_of_served"] and not x["figures"]["harm"] for x in decisions)
+    assert all(x["figures"]["drifted"] for x in decisions)
+    assert "answered by version 1 before version 2 became champion" in decisions[0]["reasons"][0]
+    assert calls(tmp_path) == 0
+    traffic.serve(blurred(d, slice(150, 250)), d.y_held[150:250], version="2")
+    assert {x["decision"] for x in m.step()} <= {"alarm", "retrain_promoted"}  # judged again

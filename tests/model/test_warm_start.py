@@ -1,0 +1,48 @@
+"""A retrain starts from the champion's weights (``data/warm_start.pt``, which the monitor writes):
+empty means from scratch, a network of another shape is refused with the key that differs, and
+the train stage then fine-tunes for ``train.warm_start_epochs`` instead of ``train.epochs``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import train
+from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_start
+from tests.conftest import NO_WARM_START, train_args
+
+
+def test_empty_mismatched_and_matching_warm_starts(trained: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(trained / "model.pt")
+    config = ckpt["model_config"]
+    assert NO_WARM_START.stat().st_size == 0  # what git holds
+    saved, why = warm_start(NO_WARM_START, config)
+    assert saved is None and "from scratch" in why and "empty" in why
+
+    other = tmp_path / "other.pt"
+    save_checkpoint({**ckpt, "model_config": {**config, "hidden": config["hidden"] * 2}}, other)
+    saved, why = warm_start(other, config)
+    assert saved is None and "differs in hidden" in why
+
+    saved, why = warm_start(trained / "model.pt", config)
+    assert saved is not None and why.startswith("warm start")
+    assert all(torch.equal(saved["net"][k], v) for k, v in ckpt["net"].items())
+
+
+@pytest.mark.slow  # two train stage runs (16 s with their MLflow runs)
+def test_the_train_stage_fine_tunes_the_warm_start(
+    stage_inputs: Path, trained: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    params = write_params({"train.warm_start_epochs": 2, "train.patience": 100})
+    out = tmp_path / "warm"
+    assert train.main(train_args(stage_inputs, out, params, warm=trained / "model.pt")) == 0
+    metrics = json.loads((out / "train.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["warm_start"].startswith("warm start")
+    # From scratch the same params run train.epochs (the tiny profile's 3).
+    cold = tmp_path / "cold"
+    assert train.main(train_args(stage_inputs, cold, params)) == 0
+    assert json.loads((cold / "train.json").read_text())["epochs_run"] == 3
