@@ -158,11 +158,7 @@ def gate(project: Path, version: str) -> dict[str, Any]:
 
 def scenario_run(v1: Path, work: Path, scenario: str, requests: int, quiet: int) -> dict:
     project = work / scenario
-    shutil.copytree(v1, project, symlinks=True)
-    # The registry's champion link is absolute: point it at this copy's version 1.
-    link = project / "registry/champion"
-    link.unlink()
-    link.symlink_to((project / "registry/versions/1").resolve())
+    shutil.copytree(v1, project, symlinks=True)  # registry/champion is a relative link
     shutil.copy(project / "data/prepared/train.parquet", project / "traffic.parquet")
     shutil.copy(project / "data/prepared/test.parquet", project / "heldout.parquet")
     row: dict[str, Any] = {"scenario": scenario}
@@ -194,8 +190,8 @@ def scenario_run(v1: Path, work: Path, scenario: str, requests: int, quiet: int)
                 time.sleep(1)
             retrain = next((d for d in decided if d["decision"].startswith("retrain")), None)
             started = sorted((project / "reports/drift/retrain").glob("*.log"))
-            if retrain is not None and started:
-                begun = started[0].stat().st_ctime
+            if retrain is not None and started:  # the log is named by the retrain's start
+                begun = time.mktime(time.strptime(started[0].stem, "%Y%m%dT%H%M%S"))
                 row["watch_s"] = begun - t1
                 row["retrain_s"] = retrain["ts"] - begun
             t2 = time.monotonic()

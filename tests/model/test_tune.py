@@ -44,6 +44,7 @@ def run_tune(inputs: Path, params: Path, out: Path) -> dict:
     return json.loads((out / "tune.json").read_text())
 
 
+@pytest.mark.slow  # 8 Optuna trials, a second worker and a train run: 6 s (make test < 2 min)
 def test_hyperband_prunes_and_train_uses_the_best_params(
     stage_inputs: Path, tmp_path: Path, write_params: Callable[..., Path]
 ) -> None:
