@@ -192,6 +192,7 @@ def test_each_layer_is_a_package_that_says_what_it_holds(folder: str) -> None:
     assert init.is_file() and ast.get_docstring(ast.parse(init.read_text()))
 
 
+@pytest.mark.slow  # a fresh interpreter importing the service and the monitor: 3.5 s
 def test_the_service_and_the_monitor_load_no_torch_at_run_time() -> None:
     assert_imports_no_torch(
         "serving.service",

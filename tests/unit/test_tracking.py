@@ -34,6 +34,7 @@ def logged_artifact(tracker: Tracker, tmp_path: Path) -> tuple[str, list[Path]]:
     return uri, sorted(tmp_path.rglob("note.txt"))
 
 
+@pytest.mark.slow  # MLflow creates and migrates a real store: 3 s (make test < 2 min)
 def test_default_store_keeps_artifacts_beside_the_database(tmp_path: Path, elsewhere: Path) -> None:
     tracker = Tracker(tmp_path / "store/mlflow.db")
     assert tracker.uri == f"sqlite:///{tmp_path / 'store/mlflow.db'}"
@@ -43,6 +44,7 @@ def test_default_store_keeps_artifacts_beside_the_database(tmp_path: Path, elsew
     assert not (elsewhere / "mlruns").exists()
 
 
+@pytest.mark.slow  # two real stores: 4 s
 @pytest.mark.parametrize("form", ["relative", "absolute"])
 def test_a_user_sqlite_uri_keeps_artifacts_beside_its_file(
     form: str, tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
