@@ -129,13 +129,15 @@ def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def clean_by_slice(model: Classifier, split: Split) -> dict[str, float]:
-    """Clean accuracy on ``split``'s source rows and, where it has any, its production rows."""
+def clean_by_slice(model: Classifier, split: Split) -> tuple[float, dict[str, float]]:
+    """Clean accuracy on all of ``split``, and on its source rows and, where it has any, its
+    production rows (one forward pass over the split)."""
     correct = _correct_rows(model, split.X, split.y)
+    overall = int(correct.sum()) / len(correct)
     prod = split.production
     if prod is None or not bool(prod.any()):
-        return {"source": float(correct.float().mean())}
-    return {
+        return overall, {"source": float(correct.float().mean())}
+    return overall, {
         "source": float(correct[~prod].float().mean()) if bool((~prod).any()) else 1.0,
         "production": float(correct[prod].float().mean()),
     }
@@ -183,11 +185,9 @@ def harden(
     fallback_state = copy.deepcopy(reference.net.state_dict())
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
-    clean_box = Box.from_schema(schema, 0.0)
-    start_clean = robust_accuracy(reference, val.X, val.y, clean_box, 1, 1)
-    start_slices = clean_by_slice(reference, val)
+    start_clean, start_slices = clean_by_slice(reference, val)
     start_robust = robust_accuracy(reference, val.X, val.y, val_box, 10, 1)
-    production = train.production if train.production is not None else None
+    production = train.production
     if production is not None and not bool(production.any()):
         production = None
     weight = cfg.production_weight
@@ -232,8 +232,7 @@ def harden(
         live = copy.deepcopy(model.net.state_dict()) if ema is not None else None
         if ema is not None:
             model.net.load_state_dict(ema.module.state_dict())
-        clean = robust_accuracy(model, val.X, val.y, clean_box, 1, 1)
-        slices = clean_by_slice(model, val)
+        clean, slices = clean_by_slice(model, val)
         robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
         row = {"epoch": epoch, "train_loss": total / len(order), "val_clean": clean}
         over = {k for k, v in slices.items() if v < start_slices[k] - cfg.max_clean_drop}
