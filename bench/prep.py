@@ -32,7 +32,7 @@ STAGES = {
     "--noise-report {d}/noise.csv --metrics {d}/preprocess.json",
     "features": "--schema {d}/schema.json --train {d}/prepared/train.parquet "
     "--out-arrays {d}/features.npz --out-spec {d}/features.json --metrics {d}/features.json "
-    "--plot {d}/features.csv",
+    "--plot {d}/features.csv --warm-start {ws}",
 }
 
 
@@ -67,7 +67,9 @@ def run_stages(work: Path, csv: Path, overrides: dict) -> dict[str, float]:
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     seconds = {}
     for stage, flags in STAGES.items():
-        args = flags.format(fb=ROOT / "data/feedback.parquet", d=work).split()
+        args = flags.format(
+            fb=ROOT / "data/feedback.parquet", ws=ROOT / "data/warm_start.pt", d=work
+        ).split()
         start = time.perf_counter()
         proc = subprocess.run(
             [

@@ -107,7 +107,7 @@ class Monitor:
         figures = self.assess(window, champ)
         reasons = alarm_reasons(figures, self.cfg)
         if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
-            figures["report"] = self.write_report(window, champ)
+            figures["report"] = self.write_report(window, champ, figures["drifted_features"])
         decision = "ok"
         served = sorted(set(window.model_version))
         if champ.version not in served:
@@ -168,8 +168,8 @@ class Monitor:
     def write_index(self) -> None:
         write_index(self.log.decisions(last=10_000), self.reports)
 
-    def write_report(self, window: Window, champ: Champion) -> str:
-        return drift_report(window, champ, self.reports)
+    def write_report(self, window: Window, champ: Champion, drifted: list[str]) -> str:
+        return drift_report(window, champ, self.reports, drifted)
 
     # -- watch: consecutive windows ------------------------------------------------------------
     def new_windows(self) -> list[Window]:

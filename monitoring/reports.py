@@ -6,8 +6,11 @@
 second), with a ``DataDefinition`` built from schema.json (numeric and categorical columns, the
 latter by their category names), and saves its HTML and JSON under ``monitor.reports``. The
 decision itself is the project's detector (calibrated, 1 ms); Evidently's per-column tests and
-charts are what a person reads to see *how* the window moved. The reference is sampled to at
-most 5,000 rows there.
+charts are what a person reads to see *how* the window moved: of the features the detector found
+drifted, the ``REPORT_FEATURES`` most significant (every feature when none drifted or the table
+has no more), which also keeps a report of a wide table to seconds (all 64 pixels of the digits
+took 21 s; it runs while the monitor decides). The reference is sampled to at most 5,000 rows
+there.
 
 :func:`write_index` writes ``index.html``: drift (Bonferroni p and share of drifted features),
 the predicted class mix, feedback and estimated accuracy and response-time p50 / p99 per window,
@@ -35,22 +38,27 @@ if TYPE_CHECKING:
     from pipeline.contracts.schema import Schema
 
 REFERENCE_ROWS = 5000
+REPORT_FEATURES = 10  # per-feature panels in a report: the most drifted ones
 
 
-def drift_report(window: Window, champ: Champion, out_dir: Path) -> str:
-    """Evidently's data-drift report of ``window`` against the champion's reference."""
+def drift_report(
+    window: Window, champ: Champion, out_dir: Path, drifted: list[str] | None = None
+) -> str:
+    """Evidently's data-drift report of ``window`` against the champion's reference, over the
+    ``drifted`` features (most significant first; at most ``REPORT_FEATURES``) or, without
+    any, every feature."""
     import warnings
 
     from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
     schema = champ.schema
-    names = schema.names
-    current = readable(pd.DataFrame(window.X, columns=names), schema)
-    reference = readable(pd.read_parquet(champ.reference)[names], schema)
+    names = [n for n in schema.names if n in (drifted or [])[:REPORT_FEATURES]] or schema.names
+    current = readable(pd.DataFrame(window.X, columns=schema.names), schema)[names]
+    reference = readable(pd.read_parquet(champ.reference)[schema.names], schema)[names]
     if len(reference) > REFERENCE_ROWS:
         reference = reference.sample(REFERENCE_ROWS, random_state=0)
-    definition = data_definition(schema)
+    definition = data_definition(schema, names)
     stamp = dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -66,15 +74,17 @@ def drift_report(window: Window, champ: Champion, out_dir: Path) -> str:
     return html_path.name
 
 
-def data_definition(schema: Schema):  # -> evidently.DataDefinition
-    """What each column is, from schema.json: Evidently then picks its tests per kind (e.g.
-    chi-squared or Jensen-Shannon for a categorical column) instead of judging category indices
-    as numbers."""
+def data_definition(schema: Schema, names: list[str] | None = None):  # -> DataDefinition
+    """What each column (of ``names``; default all) is, from schema.json: Evidently then picks
+    its tests per kind (e.g. chi-squared or Jensen-Shannon for a categorical column) instead of
+    judging category indices as numbers."""
     from evidently import DataDefinition
 
+    keep = set(schema.names if names is None else names)
+    features = [f for f in schema.features if f.name in keep]
     return DataDefinition(
-        numerical_columns=[f.name for f in schema.features if f.kind != "categorical"],
-        categorical_columns=[f.name for f in schema.features if f.kind == "categorical"],
+        numerical_columns=[f.name for f in features if f.kind != "categorical"],
+        categorical_columns=[f.name for f in features if f.kind == "categorical"],
     )
 
 

@@ -11,6 +11,12 @@ cheapest (fewest output features, then list order) wins. Nothing is fit on val o
 large train split the search scores a stratified sample of ``features.search_rows`` rows (the
 metrics say how many); the chosen transform is then fit on every train row. Any single column
 that alone predicts the label almost perfectly is reported as a likely target leak.
+
+A retrain (``--warm-start`` holds the champion's checkpoint, which the monitor copies there;
+empty in git: a first run) keeps the champion's kind of transform, refit on the new train split,
+and skips the search: the network the retrain starts from reads that transform's outputs, so
+another kind would hand it inputs it was never trained on (and the search is a first run's cost
+the loop does not need). A transform that is no longer among ``features.candidates`` is searched.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_par
 from pipeline.contracts.params import FeaturesConfig
 from pipeline.contracts.schema import LABEL, WEIGHT, Schema
 from pipeline.learning import stage
+from pipeline.learning.checkpoint import warm_start_transform
 from pipeline.learning.sampling import stratified_sample
 from pipeline.learning.transforms import FeatureTransform
 
@@ -122,6 +129,25 @@ def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> lis
     return out
 
 
+def kept(
+    identity: dict[str, Any] | None, train: pd.DataFrame, schema: Schema, cfg: FeaturesConfig
+) -> tuple[FeatureTransform, list[dict[str, Any]], dict[str, Any]] | None:
+    """The champion's transform (``identity``: its kind and components) refit on the whole
+    train split, when it is still a candidate; else None (search)."""
+    X_all = train[schema.names].to_numpy(dtype=np.float64)
+    for cand in candidates(cfg, X_all.shape[1]) if identity else ():
+        if (cand.kind, cand.n_components) == (identity["kind"], identity["n_components"]):
+            transform = make_transform(cand, schema, cfg).fit(X_all)
+            chosen = {
+                "name": cand.name,
+                "cv_accuracy": None,
+                "n_features_out": transform.n_features_out_,
+                "search_rows": 0,
+            }
+            return transform, [], chosen
+    return None
+
+
 def search(
     train: pd.DataFrame, schema: Schema, cfg: FeaturesConfig
 ) -> tuple[FeatureTransform, list[dict[str, Any]], dict[str, Any]]:
@@ -146,7 +172,15 @@ def search(
     return make_transform(cand, schema, cfg).fit(X_all), table, {**chosen, "search_rows": len(y)}
 
 
-FLAGS = ("--schema", "--train", "--out-arrays", "--out-spec", "--metrics", "--plot")
+FLAGS = (
+    "--schema",
+    "--train",
+    "--out-arrays",
+    "--out-spec",
+    "--metrics",
+    "--plot",
+    "--warm-start",  # the champion's checkpoint on a retrain (its transform is kept); empty: search
+)
 
 
 def body(ctx: stage.Context) -> None:
@@ -154,7 +188,14 @@ def body(ctx: stage.Context) -> None:
     cfg = ctx.section("features", FeaturesConfig)
     schema = Schema.from_dict(load_json(args.schema))
     train = read_parquet(args.train)
-    transform, table, chosen = search(train, schema, cfg)
+    identity, note = warm_start_transform(args.warm_start)
+    found = kept(identity, train, schema, cfg)
+    transform, table, chosen = found or search(train, schema, cfg)
+    search_note = (
+        f"skipped: a retrain keeps the champion's {chosen['name']} ({note})"
+        if found
+        else f"{len(table)} candidates on {chosen['search_rows']} rows"
+    )
     leaks = likely_leaks(
         train[schema.names].to_numpy(dtype=np.float64), train[LABEL].to_numpy(), schema, cfg.seed
     )
@@ -181,13 +222,17 @@ def body(ctx: stage.Context) -> None:
                 "n_features_out": transform.n_features_out_,
                 "search_rows": chosen["search_rows"],
                 "train_rows": len(train),
-                "search_sampled": chosen["search_rows"] < len(train),
+                "search_sampled": bool(table) and chosen["search_rows"] < len(train),
+                "search_note": search_note,
                 "likely_leaks": leaks,
                 "search": table,
             },
             tmps[2],
         )
-        pd.DataFrame(table).to_csv(tmps[3], index=False)
+        pd.DataFrame(table, columns=["name", "cv_accuracy", "cv_std", "n_features_out"]).to_csv(
+            tmps[3], index=False
+        )
+    print(f"features: search {search_note}")
     for row in table:
         mark = "*" if row["name"] == chosen["name"] else " "
         print(

@@ -19,8 +19,9 @@ per-row worst case over PGD, APGD-CE and APGD-DLR (Croce & Hein 2020), and cross
 A retrain (``--warm-start`` holds the champion's hardened checkpoint, which the monitor copies
 there) hardens on from those weights for ``harden.warm_start_epochs``, with the trained model as
 the clean reference; the budget then holds on val's source rows and production rows apart, and
-the evaluation is clean plus the per-row worst case at ``eps`` with the gate's attacks (no sweep,
-no ART check: no decision reads them). An empty file (as in git) means a first run.
+the evaluation on test is clean accuracy only: the per-row worst case at ``eps`` is the gate's,
+which the evaluate stage measures on both models (no sweep, no ART check: no decision reads
+them). An empty file (as in git) means a first run.
 
 The clean-accuracy budget (``max_clean_drop``) picks the epochs on val and is checked on test as
 the gate checks it (the most robust epoch that holds it there ships, else the trained weights).
@@ -39,7 +40,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json
-from pipeline.contracts.params import GateConfig, HardenConfig, overlay
+from pipeline.contracts.params import HardenConfig, overlay
 from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
 from pipeline.learning.adversarial import (
@@ -83,29 +84,21 @@ def body(ctx: stage.Context) -> None:
     device = ctx.device()
     trained, hardened = build(checkpoint), build(checkpoint)
     history, seconds, selection = [], 0.0, Selection(kept="trained (harden.method none)")
-    warm, warm_note = warm_start(args.warm_start, checkpoint["model_config"])
+    warm, warm_note = warm_start(
+        args.warm_start, checkpoint["model_config"], checkpoint.get("transform")
+    )
     if cfg.method == "none":
         warm_note = "none (harden.method none)"
     elif warm is not None:
         # A retrain: harden on from the champion's robust weights (the trained model, fine-tuned
         # on the new rows, stays the clean reference and the fallback), not from scratch.
         hardened.net.load_state_dict(warm["net"])
-        # The loop's hot path evaluates what its decisions read: clean, and the per-row worst
-        # case at eps with the gate's attacks (gate.robust_steps, apgd_iter, robust_restarts),
-        # which the gate then runs on both models itself. The sweep over harden.eval_eps and
-        # the ART cross-check, which only a first run's report shows, are left out (README,
-        # Continuous learning).
-        gate = ctx.section("gate", GateConfig)
-        cfg = overlay(
-            cfg,
-            "harden",
-            epochs=cfg.warm_start_epochs,
-            eval_eps=(cfg.eps,),
-            eval_steps=gate.robust_steps,
-            eval_apgd_iter=gate.apgd_iter,
-            eval_restarts=gate.robust_restarts,
-            art_check=False,
-        )
+        # The loop's hot path evaluates what its decisions read: clean accuracy here (the
+        # budget), and the per-row worst case at eps, which the gate measures on both models
+        # with its own attacks. The sweep over harden.eval_eps and the ART cross-check, which
+        # only a first run's report shows, are left out (README, Continuous learning).
+        cfg = overlay(cfg, "harden", epochs=cfg.warm_start_epochs)
+    attack = warm is None
     print(f"harden: {warm_note}")
     if cfg.method != "none":
         history, seconds, selection = harden(
@@ -113,14 +106,20 @@ def body(ctx: stage.Context) -> None:
         )
     budget = check_budget_on_test(trained, hardened, test, schema, cfg, selection)
     robustness = evaluate_robustness(
-        {"trained": trained, "hardened": hardened}, test, schema, cfg, device
+        {"trained": trained, "hardened": hardened}, test, schema, cfg, device, attack
     )
     temperature, calibration, curves = calibrate(trained, hardened, val, test)
     rows = len(train.y)
+    production = train.production
+    attacked = (
+        rows - int(production.sum())
+        if production is not None and cfg.production_weight == 0
+        else rows
+    )
     metrics = {
         "method": cfg.method,
         "eps": cfg.eps,
-        "evaluation": evaluation_method(cfg),
+        "evaluation": evaluation_method(cfg, attack),
         **robustness,
         "clean_accuracy_drop": robustness["trained"]["clean_accuracy"]
         - robustness["hardened"]["clean_accuracy"],
@@ -129,7 +128,7 @@ def body(ctx: stage.Context) -> None:
         "epochs_run": len(history),
         "warm_start": warm_note,
         # Deterministic cost: gradient passes relative to training's (wall time: --timing).
-        "harden_to_train_passes": gradient_passes(cfg, len(history), rows)
+        "harden_to_train_passes": gradient_passes(cfg, len(history), rows, attacked)
         / max(train_epochs * rows, 1),
     }
     table = pd.DataFrame(
@@ -158,6 +157,12 @@ def body(ctx: stage.Context) -> None:
     log_to_mlflow(args, cfg, metrics, history, seconds)
     h, t = robustness["hardened"], robustness["trained"]
     art = h.get("art_robust_accuracy") or float("nan")
+    robust = (
+        f"eps={cfg.eps:g} worst-case robust accuracy {t['robust_accuracy']:.4f} -> "
+        f"{h['robust_accuracy']:.4f} (ART APGD-CE {art:.4f})"
+        if attack
+        else f"eps={cfg.eps:g} worst case: the gate's (a retrain)"
+    )
     for line in budget_notes(budget, cfg):
         print(f"harden: {line}")
     print(
@@ -165,9 +170,7 @@ def body(ctx: stage.Context) -> None:
         f"-> {calibration['test_ece_after']:.4f}"
     )
     print(
-        f"harden: eps={cfg.eps:g} worst-case robust accuracy {t['robust_accuracy']:.4f} -> "
-        f"{h['robust_accuracy']:.4f} (ART APGD-CE {art:.4f}), "
-        f"clean {t['clean_accuracy']:.4f} -> {h['clean_accuracy']:.4f}, "
+        f"harden: {robust}, clean {t['clean_accuracy']:.4f} -> {h['clean_accuracy']:.4f}, "
         f"{metrics['harden_to_train_passes']:.1f}x training's gradient passes, {seconds:.1f} s"
     )
 

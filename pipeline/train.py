@@ -39,7 +39,12 @@ import torch.distributed as dist
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json
 from pipeline.contracts.params import TrainConfig, overlay
 from pipeline.learning import stage
-from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_start
+from pipeline.learning.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    transform_identity,
+    warm_start,
+)
 from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import Classifier, ModelConfig, build_net, transform_state_tensors
 from pipeline.learning.plots import plot_confusion, plot_curves
@@ -142,7 +147,8 @@ def train(
     device = ctx.device()
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
     model = Classifier(inputs.transform.module(), build_net(mcfg))
-    warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg))
+    identity = transform_identity(inputs.transform.kind, inputs.transform.n_components)
+    warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg), identity)
     if warm is not None:  # a retrain: fine-tune the champion's network on the new data
         model.net.load_state_dict(warm["net"])
         cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs)
@@ -196,6 +202,7 @@ def train(
             "model_config": dataclasses.asdict(mcfg),
             "net": model.net.state_dict(),
             "transform_state": transform_state_tensors(inputs.transform.state()),
+            "transform": identity,  # a retrain keeps this transform (features --warm-start)
             "feature_names": inputs.schema.names,
             "classes": list(inputs.schema.classes),
             "train_config": cfg.model_dump(),

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.contracts.io import atomic_outputs, dump_json
 from pipeline.contracts.params import TrainConfig, TuneConfig, overlay
 from pipeline.learning import stage
-from pipeline.learning.model import Classifier, build_net
-from pipeline.learning.training import Inputs, fingerprint, fit, load_inputs, model_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.learning.training import Inputs
 
 
 def suggest(trial: Any, space: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
@@ -53,6 +54,10 @@ def tune(
 ) -> tuple[dict[str, Any], dict]:
     """Run (or join) the study; returns the best params and a summary."""
     import optuna
+    import torch
+
+    from pipeline.learning.model import Classifier, build_net
+    from pipeline.learning.training import fingerprint, fit, model_config
 
     name = f"{cfg.study}-" + fingerprint(
         cfg.space,
@@ -118,7 +123,9 @@ def body(ctx: stage.Context) -> None:
     base = ctx.section("train", TrainConfig)
     best: dict[str, Any] = {}
     summary: dict[str, Any] = {"n_trials": 0}
-    if cfg.n_trials > 0:
+    if cfg.n_trials > 0:  # torch is imported only then: off, the stage takes a second
+        from pipeline.learning.training import load_inputs, model_config
+
         inputs = load_inputs(args.schema, args.features, args.data)
         model_config(base, inputs.transform, inputs.schema, inputs.image_shape)
         best, summary = tune(cfg, base, inputs, ctx.device())

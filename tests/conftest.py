@@ -157,6 +157,8 @@ def prepare_inputs(root: Path, params: dict[str, Any]) -> Path:
         f"{root}/metrics/features.json",
         "--plot",
         f"{root}/plots/features.csv",
+        "--warm-start",
+        str(NO_WARM_START),
     ]
     assert features.main(feats) == 0
     (root / "params").mkdir()

@@ -98,17 +98,13 @@ def adversarial_loss(
     """The method's training loss on one batch; adversarial points are made in eval mode.
 
     ``share`` (per row, in [0, 1]): the adversarial part of each row's loss, the rest being the
-    clean loss (TRADES: the weight of its robustness term); None: adversarial only (1)."""
-    model.eval()  # batch-norm statistics are not polluted by the attack's forward passes
-    if cfg.method == "fgsm_rs":
-        x_adv = fgsm_rs(model, xb, yb, box)
-    elif cfg.method == "n_fgsm":
-        x_adv = n_fgsm(model, xb, yb, box)
-    elif cfg.method == "pgd":
-        x_adv = pgd(model, xb, yb, box, cfg.steps, step_frac=2.5 / cfg.steps)
-    else:
-        x_adv = trades_adv(model, xb, box, cfg.steps, step_frac=2.5 / cfg.steps)
-    model.train()
+    clean loss (TRADES: the weight of its robustness term); None: adversarial only (1). Rows of
+    share 0 (a retrain's production rows by default) are not attacked at all."""
+    if share is not None:
+        attacked = share > 0
+        if not bool(attacked.all()):
+            return _mixed_loss(model, xb, yb, wb, cfg, box, share, attacked)
+    x_adv = _attack(model, xb, yb, cfg, box)
     if cfg.method == "trades":
         logits = model(xb).float()
         kl = F.kl_div(
@@ -122,6 +118,55 @@ def adversarial_loss(
             clean = F.cross_entropy(model(xb).float(), yb, reduction="none")
             per_row = share * per_row + (1 - share) * clean
     return (per_row * wb).sum() / wb.sum()
+
+
+def _attack(
+    model: Classifier, xb: torch.Tensor, yb: torch.Tensor, cfg: HardenConfig, box: Box
+) -> torch.Tensor:
+    model.eval()  # batch-norm statistics are not polluted by the attack's forward passes
+    if cfg.method == "fgsm_rs":
+        x_adv = fgsm_rs(model, xb, yb, box)
+    elif cfg.method == "n_fgsm":
+        x_adv = n_fgsm(model, xb, yb, box)
+    elif cfg.method == "pgd":
+        x_adv = pgd(model, xb, yb, box, cfg.steps, step_frac=2.5 / cfg.steps)
+    else:
+        x_adv = trades_adv(model, xb, box, cfg.steps, step_frac=2.5 / cfg.steps)
+    model.train()
+    return x_adv
+
+
+def _mixed_loss(
+    model: Classifier,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    wb: torch.Tensor,
+    cfg: HardenConfig,
+    box: Box,
+    share: torch.Tensor,
+    attacked: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`adversarial_loss` for a batch where only the ``attacked`` rows (share > 0) get
+    adversarial points: every row's clean loss, plus the attacked rows' adversarial terms."""
+    logits = model(xb).float()
+    clean = F.cross_entropy(logits, yb, reduction="none")
+    # TRADES keeps every row's clean loss whole (share weighs its robustness term).
+    kept = clean if cfg.method == "trades" else (1 - share) * clean
+    total = (kept * wb).sum()
+    if bool(attacked.any()):
+        xa, ya, sa, wa = xb[attacked], yb[attacked], share[attacked], wb[attacked]
+        x_adv = _attack(model, xa, ya, cfg, box)
+        if cfg.method == "trades":
+            kl = F.kl_div(
+                F.log_softmax(model(x_adv).float(), 1),
+                F.softmax(logits[attacked], 1),
+                reduction="none",
+            ).sum(1)
+            total = total + (cfg.trades_beta * sa * kl * wa).sum()
+        else:
+            adv = F.cross_entropy(model(x_adv).float(), ya, reduction="none")
+            total = total + (sa * adv * wa).sum()
+    return total / wb.sum()
 
 
 def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -351,7 +396,10 @@ def budget_notes(budget: dict[str, Any], cfg: HardenConfig) -> list[str]:
     return notes
 
 
-def gradient_passes(cfg: HardenConfig, epochs: int, rows: int) -> int:
-    """Forward-backward passes of hardening: the attack's steps plus the update, per row."""
-    per_row = {"pgd": cfg.steps + 1, "trades": cfg.steps + 1, "fgsm_rs": 2, "n_fgsm": 2, "none": 0}
-    return per_row[cfg.method] * epochs * rows
+def gradient_passes(cfg: HardenConfig, epochs: int, rows: int, attacked: int | None = None) -> int:
+    """Forward-backward passes of hardening: the attack's steps on the ``attacked`` rows
+    (default: all; a retrain's production rows of share 0 are not), plus every row's update."""
+    steps = {"pgd": cfg.steps, "trades": cfg.steps, "fgsm_rs": 1, "n_fgsm": 1, "none": 0}
+    if cfg.method == "none":
+        return 0
+    return (steps[cfg.method] * (rows if attacked is None else attacked) + rows) * epochs

@@ -34,25 +34,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
-def warm_start(path: str | Path, model_config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def warm_start(
+    path: str | Path, model_config: dict[str, Any], transform: dict[str, Any] | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """The champion's checkpoint a retrain starts from, or None, with the reason either way.
 
     ``path`` (``data/warm_start.pt``) is empty in git: a first run trains from scratch. The
     monitor writes the champion's hardened checkpoint there before it retrains; it is used only
-    if its network has the shape this run builds (same architecture, inputs and classes), since
-    params or a different feature transform may have changed that since.
+    if its network has the shape this run builds (same architecture, inputs and classes) and,
+    given ``transform`` (:func:`transform_identity`), its inputs come from the same kind of
+    feature transform, since params may have changed either since.
     """
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return None, f"from scratch ({path} is empty: no champion to start from)"
     saved = load_checkpoint(path)
     ours, theirs = _plain(model_config), _plain(saved.get("model_config") or {})
+    if transform is not None and "transform" in saved:  # older checkpoints do not record it
+        ours["transform"], theirs["transform"] = transform, saved["transform"]
     if theirs != ours:
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         return None, (
             f"from scratch ({path}: the champion's network differs in {', '.join(changed)})"
         )
     return saved, f"warm start from the champion's weights ({path})"
+
+
+def transform_identity(kind: str, n_components: int | None) -> dict[str, Any]:
+    """What a checkpoint records of the feature transform its network reads (``transform``):
+    a retrain's features stage keeps it, and a warm start needs it unchanged."""
+    return {"kind": kind, "n_components": n_components}
+
+
+def warm_start_transform(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """The feature transform (:func:`transform_identity`) of the checkpoint at ``path``, which a
+    retrain's features stage keeps, or None (an empty file, or a checkpoint that does not record
+    it), with the reason either way. torch is imported only for a non-empty file."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None, f"{path} is empty: a first run"
+    identity = load_checkpoint(path).get("transform")
+    if not identity:
+        return None, f"{path} does not record its feature transform"
+    return dict(identity), f"its network reads it ({path})"
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,10 @@ def gate(
     ``min_robust_accuracy`` is waived (passed, marked ``waived``) when ``gate.robust_floor`` is
     ``budget`` and harden reports that robustness at eps costs more clean accuracy than its
     budget allows: the model ships, and the hints say which parameter trades accuracy for
-    robustness. ``strict`` always enforces the floor.
+    robustness. ``strict`` always enforces the floor, and so does a champion that meets it: the
+    waiver is for data whose robustness the budget cannot buy (a first run, or a champion that
+    was waived too), never for a retrain that would replace a robust champion with a model
+    below the floor (say, harden's fallback to the unhardened weights).
     """
     ctx = ctx or GateContext()
     # (rule, value, threshold, value must be at least the threshold (else at most), what)
@@ -182,9 +185,16 @@ def gate(
         and champ is not None
         and cand.get("holdout_accuracy", 0.0) > champ["holdout_accuracy"] + cfg.max_accuracy_drop
     )
+    champion_meets_floor = champ is not None and champ["robust_accuracy"] >= cfg.min_robust_accuracy
+    over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
     for r in out:
-        over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
         if r["rule"] == "min_robust_accuracy" and not r["passed"] and over_budget:
+            if champion_meets_floor:
+                r["what"] += (
+                    f" (not waived: the champion meets it, robust {champ['robust_accuracy']:.4f};"
+                    " gate.robust_floor: budget waives it only where no model has)"
+                )
+                continue
             r.update(passed=True, waived=True)
             r["what"] += " (waived: robustness at harden.eps costs more than the budget)"
         if r["rule"] in RELATIVE_ON_TEST and fixes and not r["passed"]:

@@ -16,9 +16,10 @@ from pipeline import features
 from pipeline.contracts.io import dump_json
 from pipeline.contracts.params import PreprocessConfig, section
 from pipeline.contracts.schema import Schema
+from pipeline.learning.checkpoint import save_checkpoint, transform_identity
 from pipeline.learning.transforms import FeatureTransform
 from pipeline.preprocess import preprocess
-from tests.conftest import CPU, repo_params
+from tests.conftest import CPU, NO_WARM_START, repo_params
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def prepared(
     return root, splits, schema
 
 
-def run_features(root: Path, params: Path, out: Path) -> FeatureTransform:
+def run_features(
+    root: Path, params: Path, out: Path, warm: Path = NO_WARM_START
+) -> FeatureTransform:
     code = features.main(
         [
             "--params",
@@ -56,6 +59,8 @@ def run_features(root: Path, params: Path, out: Path) -> FeatureTransform:
             str(out / "m.json"),
             "--plot",
             str(out / "p.csv"),
+            "--warm-start",
+            str(warm),
         ]
     )
     assert code == 0
@@ -163,3 +168,36 @@ def test_the_search_samples_a_large_train_split(
     assert metrics["search_sampled"] and 590 <= metrics["search_rows"] <= 610
     assert metrics["train_rows"] == len(splits["train"])
     assert metrics["likely_leaks"] == []  # no single pixel tells a digit
+
+
+@pytest.mark.parametrize(
+    ("champion", "expect"),
+    [
+        (transform_identity("quantile", None), "quantile"),  # kept, though not the best
+        (transform_identity("standardize", 16), "pca16"),
+        (transform_identity("standardize", 48), None),  # no longer a candidate: searched
+    ],
+)
+def test_a_retrain_keeps_the_champions_transform(
+    prepared: tuple[Path, dict[str, pd.DataFrame], Schema],
+    write_params: Callable[..., Path],
+    tmp_path: Path,
+    champion: dict,
+    expect: str | None,
+) -> None:
+    root, splits, _ = prepared
+    params = write_params({"features.cv_folds": 3}, profile=CPU)  # 3 folds: as cheap a search
+    warm = tmp_path / "warm_start.pt"
+    save_checkpoint({"transform": champion}, warm)
+    tf = run_features(root, params, tmp_path, warm)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    if expect is None:
+        assert len(metrics["search"]) == 5 and metrics["search_note"].startswith("5 candidates")
+        return
+    assert metrics["chosen"] == expect and metrics["search"] == []
+    assert metrics["search_note"].startswith(f"skipped: a retrain keeps the champion's {expect}")
+    assert (tf.kind, tf.n_components) == (champion["kind"], champion["n_components"])
+    # Refit on the new train split, as a first run fits the chosen one.
+    X = splits["train"][[c for c in splits["train"].columns if c.startswith("pixel")]]
+    assert tf.n_features_in_ == X.shape[1]
+    assert pd.read_csv(tmp_path / "p.csv").empty

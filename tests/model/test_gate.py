@@ -15,15 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipeline import evaluate, export, registry
 from pipeline.contracts.params import GateConfig, TrainConfig, overlay, section
-from pipeline.contracts.schema import Schema
+from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning import gate as gate_rules
 from pipeline.learning.attacks import Box
-from pipeline.learning.model import Classifier, ModelConfig, build_net
+from pipeline.learning.checkpoint import load_checkpoint
+from pipeline.learning.model import Classifier, ModelConfig, build, build_net
 from pipeline.learning.tracking import Tracker
 from pipeline.learning.training import fit, load_inputs
 from tests.conftest import TINY, evaluate_args, export_args, repo_params, tracking_db
@@ -127,11 +130,29 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     d3 = run(exported, exported / "hardened.pt")
     assert d3["promoted"] and d3["version"] == "3"
 
-    # The champion is measured as it was as a candidate: same rows, seeded attack, same figures.
+    # The champion's robust figures on the frozen test split come from its promotion record
+    # (the same files, rows and seeded attacks would give the same again); the rest is measured.
     def measured(m: dict) -> dict:
-        return {k: v for k, v in m.items() if k != "p99_latency_ms"}
+        return {k: v for k, v in m.items() if k not in ("p99_latency_ms", "robust_cached")}
 
     assert measured(d3["champion"]) == measured(d1["candidate"])
+    assert d3["champion"]["robust_cached"] and not d1["candidate"]["robust_cached"]
+    # The record is read only under its key: re-attacked when it does not match, the same figure.
+    v1 = tmp_path / "registry/versions/1"
+    schema = Schema.from_dict(json.loads((v1 / "schema.json").read_text()))
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
+    gcfg = section(yaml.safe_load(params.read_text()), "gate", GateConfig)
+    key = evaluate.gate_key(v1 / "model.onnx", v1 / "model.pt", X, y, 0.1, gcfg)
+    assert key == d1["candidate"]["gate_key"]
+    twin = build(load_checkpoint(v1 / "model.pt"))
+    fake = {**d1["candidate"], "robust_accuracy": 0.123}
+    cached = evaluate.measure(v1 / "model.onnx", twin, X, y, schema, 0.1, gcfg, key, fake)
+    assert cached["robust_accuracy"] == 0.123 and cached["robust_cached"]
+    stale = {**fake, "gate_key": "another split or attack"}
+    fresh = evaluate.measure(v1 / "model.onnx", twin, X, y, schema, 0.1, gcfg, key, stale)
+    assert fresh["robust_accuracy"] == d1["candidate"]["robust_accuracy"]
+    assert not fresh["robust_cached"]
     assert link.resolve() == (tmp_path / "registry/versions/3").resolve()
     assert tracker.champion_version("mlcycle") == "3"
     card = (link / "model_card.md").read_text()
@@ -244,6 +265,30 @@ def test_data_relative_floors_and_the_budget_waiver() -> None:
         "tune.n_trials" in h
         for h in gate_rules.hints(gate_rules.gate(cfg, worse, None, True, limited), 0.1, 0.01)
     )
+
+
+def test_the_budget_waiver_never_replaces_a_robust_champion() -> None:
+    """A retrain whose hardening fell back to the unhardened weights (budget limited, robust
+    accuracy far below the floor) is rejected on the floor when the champion meets it, even if
+    the champion fails in production; a champion below the floor itself (data whose robustness
+    the budget cannot buy) keeps the waiver for its successors."""
+    cfg = section(repo_params(), "gate", GateConfig)
+    floor = cfg.min_robust_accuracy
+    cand = {"accuracy": 0.99, "robust_accuracy": 0.006, "ece": 0.02, "p99_latency_ms": 1.0}
+    cand["holdout_accuracy"] = 0.97
+    robust_champ = {**cand, "robust_accuracy": floor + 0.1, "holdout_accuracy": 0.40}
+    ctx = gate_rules.GateContext(budget_limited=True, champion_failing="holdout 0.40")
+    rules = {r["rule"]: r for r in gate_rules.gate(cfg, cand, robust_champ, True, ctx)}
+    floor_rule = rules["min_robust_accuracy"]
+    assert not floor_rule["passed"] and not floor_rule.get("waived")
+    assert "not waived: the champion meets it" in floor_rule["what"]
+    # The relative rules on test are still waived: the champion fails where the candidate fixes.
+    assert rules["vs_champion_robust_accuracy"].get("waived")
+    advice = gate_rules.hints(list(rules.values()), 0.1, 0.01)
+    assert any(h.startswith("min_robust_accuracy: robust accuracy is below") for h in advice)
+    weak_champ = {**robust_champ, "robust_accuracy": floor - 0.1}
+    rules = {r["rule"]: r for r in gate_rules.gate(cfg, cand, weak_champ, True, ctx)}
+    assert rules["min_robust_accuracy"]["passed"] and rules["min_robust_accuracy"].get("waived")
 
 
 def test_the_production_holdout_rule() -> None:

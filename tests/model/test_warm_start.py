@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from pipeline import train
-from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_start
+from pipeline.learning.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    transform_identity,
+    warm_start,
+)
 from tests.conftest import NO_WARM_START, train_args
 
 
@@ -28,9 +33,19 @@ def test_empty_mismatched_and_matching_warm_starts(trained: Path, tmp_path: Path
     saved, why = warm_start(other, config)
     assert saved is None and "differs in hidden" in why
 
-    saved, why = warm_start(trained / "model.pt", config)
+    # The same network reading another transform's outputs is no warm start either.
+    assert ckpt["transform"] == transform_identity(ckpt["transform"]["kind"], None)
+    quantile = transform_identity("quantile", None)
+    saved, why = warm_start(trained / "model.pt", config, quantile)
+    assert saved is None and "differs in transform" in why
+
+    saved, why = warm_start(trained / "model.pt", config, ckpt["transform"])
     assert saved is not None and why.startswith("warm start")
     assert all(torch.equal(saved["net"][k], v) for k, v in ckpt["net"].items())
+    # A champion saved before checkpoints recorded their transform is still warm-started.
+    older = tmp_path / "older.pt"
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "transform"}, older)
+    assert warm_start(older, config, quantile)[0] is not None
 
 
 @pytest.mark.slow  # two train stage runs (16 s with their MLflow runs)

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from monitoring.monitor import Monitor
-from monitoring.reports import drift_report
+from monitoring.reports import REPORT_FEATURES, drift_report
 from monitoring.shifts import shift_inputs
 from pipeline.contracts.champion import Champion
 from pipeline.contracts.prodlog import Window
@@ -146,3 +146,44 @@ def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path
     assert methods["x"][0].startswith("K-S") and methods["x"][1] > 0.05
     assert methods["plan"][0].startswith("chi-square") and methods["plan"][1] < 1e-6
     assert "plan_3" in (tmp_path / "out" / name).read_text()  # categories by name
+
+
+def test_a_report_shows_the_most_drifted_features(tmp_path: Path) -> None:
+    """Given the detector's drifted features, the report's per-feature tests cover those (at
+    most REPORT_FEATURES of them), not every column of a wide table."""
+    width = REPORT_FEATURES + 5
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": f"f{j}", "kind": "numeric", "dtype": "float64", "min": 0.0, "max": 1.0}
+                for j in range(width)
+            ],
+            "target": {"name": "y", "classes": [0, 1]},
+        }
+    )
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.uniform(0, 1, (300, width)), columns=schema.names).astype(
+        np.float32
+    ).to_parquet(tmp_path / "reference.parquet", index=False)
+    n = 60
+    X = rng.uniform(0, 1, (n, width)).astype(np.float32)
+    window = Window(
+        [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
+        np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
+    )  # fmt: skip
+    champ = Champion("1", tmp_path, schema, 0.9)
+
+    def columns(name: str) -> set[str]:
+        report = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+        return {
+            m["config"]["column"]
+            for m in report["metrics"]
+            if m["config"]["type"].endswith("ValueDrift")
+        }
+
+    drifted = [f"f{j}" for j in reversed(range(width))]  # most significant first
+    assert columns(drift_report(window, champ, tmp_path / "out", drifted)) == set(
+        drifted[:REPORT_FEATURES]
+    )
+    assert columns(drift_report(window, champ, tmp_path / "out", ["f3"])) == {"f3"}
+    assert columns(drift_report(window, champ, tmp_path / "out", [])) == set(schema.names)
