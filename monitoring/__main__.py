@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = section(params, "monitor", MonitorConfig)
     log = ProductionLog(log_url)
-    monitor = Monitor(cfg, log, registry, project)
+    monitor = Monitor(cfg, log, registry, project, background_reports=args.command == "watch")
     try:
         if args.command == "check":
             if args.last is not None and (args.since is not None or args.until is not None):
@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         return _watch(monitor, args.max_seconds, args.dry_run)
     finally:
+        monitor.close()
         log.close()
 
 

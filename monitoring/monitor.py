@@ -31,8 +31,10 @@ Imports no torch and no training code (DESIGN.md's layers).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from monitoring.policy import (
     trigger,
     window_figures,
 )
-from monitoring.reports import drift_report, write_index
+from monitoring.reports import drift_report, report_name, write_index
 from monitoring.retrain import retrain, retrain_lock
 from pipeline.contracts import champion
 from pipeline.contracts.champion import Champion
@@ -60,14 +62,25 @@ class Monitor:
     """Checks windows and applies the trigger policy; one per process."""
 
     def __init__(
-        self, cfg: MonitorConfig, log: ProductionLog, registry: Path, project: Path
+        self,
+        cfg: MonitorConfig,
+        log: ProductionLog,
+        registry: Path,
+        project: Path,
+        background_reports: bool = False,
     ) -> None:
+        """``background_reports`` (``watch``): Evidently reports are written by a worker thread
+        while the monitor goes on deciding (a report takes seconds, the first one with
+        Evidently's import about 10: a retrain the same window calls for does not wait for it);
+        :meth:`close` waits for them."""
         self.cfg = cfg
         self.log = log
         self.registry = Path(registry)
         self.project = Path(project)
         self.reports = self.project / cfg.reports
         self._reference: tuple[str, Reference] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._background = background_reports
 
     # -- one window ---------------------------------------------------------------------------
     def reference(self, champ: Champion) -> Reference:
@@ -169,7 +182,22 @@ class Monitor:
         write_index(self.log.decisions(last=10_000), self.reports)
 
     def write_report(self, window: Window, champ: Champion, drifted: list[str]) -> str:
-        return drift_report(window, champ, self.reports, drifted)
+        """The report's file name; in the background it appears there once written (atomically:
+        never half a file)."""
+        if not self._background:
+            return drift_report(window, champ, self.reports, drifted)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-report")
+        name = report_name(window)
+        job = self._pool.submit(drift_report, window, champ, self.reports, drifted)
+        job.add_done_callback(lambda done: _report_failed(done, name))
+        return name
+
+    def close(self) -> None:
+        """Wait for the reports still being written."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- watch: consecutive windows ------------------------------------------------------------
     def new_windows(self) -> list[Window]:
@@ -192,6 +220,11 @@ class Monitor:
         if out:
             self.write_index()
         return out
+
+
+def _report_failed(job: Future, name: str) -> None:
+    if job.exception() is not None:
+        print(f"monitor: the drift report {name} failed: {job.exception()!r}", file=sys.stderr)
 
 
 def project_dir(params: Path) -> Path:

@@ -59,7 +59,7 @@ def drift_report(
     if len(reference) > REFERENCE_ROWS:
         reference = reference.sample(REFERENCE_ROWS, random_state=0)
     definition = data_definition(schema, names)
-    stamp = dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
+    stamp = report_name(window).removesuffix(".html")
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: 0/0 in its stats
@@ -72,6 +72,14 @@ def drift_report(
         snapshot.save_html(str(tmp_html))
         snapshot.save_json(str(tmp_json))
     return html_path.name
+
+
+def report_name(window: Window) -> str:
+    """The file name :func:`drift_report` gives ``window``'s report (by its last row's time)."""
+    return (
+        dt.datetime.fromtimestamp(float(window.ts[-1]), dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
+        + ".html"
+    )
 
 
 def data_definition(schema: Schema, names: list[str] | None = None):  # -> DataDefinition

@@ -216,12 +216,13 @@ def harden(
     against and whose weights ship when no epoch holds it (default: ``model`` as it starts; a
     retrain passes the freshly trained model while ``model`` starts from the champion's
     hardened weights). Each epoch is scored on the validation split (clean, and PGD-10 at
-    ``cfg.eps``). The budget (``max_clean_drop``) holds per slice: on val's source rows and, on a
-    retrain, on its production rows apart, so a shift that robustness makes costly cannot hide in
-    the mix. On production rows the loss is ``production_weight`` adversarial and the rest clean;
-    the weight halves after every epoch over budget there. The weights kept are the most robust
-    ones within budget on every slice. With ``ema_decay`` the weights scored and kept are the
-    moving average's. fgsm_rs stops when robust accuracy collapses (catastrophic overfitting).
+    ``cfg.eps``: on a retrain whose production rows train clean, on val's source rows). The
+    budget (``max_clean_drop``) holds per slice: on val's source rows and, on a retrain, on its
+    production rows apart, so a shift that robustness makes costly cannot hide in the mix. On
+    production rows the loss is ``production_weight`` adversarial and the rest clean; the weight
+    halves after every epoch over budget there. The weights kept are the most robust ones within
+    budget on every slice. With ``ema_decay`` the weights scored and kept are the moving
+    average's. fgsm_rs stops when robust accuracy collapses (catastrophic overfitting).
     ``limited`` says the budget held robustness back: an epoch over budget was more robust.
     """
     torch.manual_seed(cfg.seed)
@@ -231,7 +232,13 @@ def harden(
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
     start_clean, start_slices = clean_by_slice(reference, val)
-    start_robust = robust_accuracy(reference, val.X, val.y, val_box, 10, 1)
+    # Robustness is scored where it is trained: on a retrain whose production rows train clean
+    # (production_weight 0), on val's source rows alone (the frozen test split's distribution).
+    scored = val
+    if cfg.production_weight == 0 and val.production is not None and bool(val.production.any()):
+        keep = ~val.production
+        scored = Split(val.X[keep], val.y[keep], val.w[keep])
+    start_robust = robust_accuracy(reference, scored.X, scored.y, val_box, 10, 1)
     production = train.production
     if production is not None and not bool(production.any()):
         production = None
@@ -278,7 +285,7 @@ def harden(
         if ema is not None:
             model.net.load_state_dict(ema.module.state_dict())
         clean, slices = clean_by_slice(model, val)
-        robust = robust_accuracy(model, val.X, val.y, val_box, 10, 1)
+        robust = robust_accuracy(model, scored.X, scored.y, val_box, 10, 1)
         row = {"epoch": epoch, "train_loss": total / len(order), "val_clean": clean}
         over = {k for k, v in slices.items() if v < start_slices[k] - cfg.max_clean_drop}
         if "production" in slices:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from monitoring import monitor as monitor_module
 from monitoring.monitor import Monitor
+from monitoring.reports import report_name
 from monitoring.retrain import export_feedback
 from monitoring.shifts import shift_inputs
+from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import FEEDBACK
 from tests.monitoring.conftest import (
     Digits,
@@ -233,3 +237,41 @@ def test_windows_answered_before_a_promotion_never_count_against_the_new_champio
     assert calls(tmp_path) == 0
     traffic.serve(blurred(d, slice(150, 250)), d.y_held[150:250], version="2")
     assert {x["decision"] for x in m.step()} <= {"alarm", "retrain_promoted"}  # judged again
+
+
+def test_watch_writes_drift_reports_in_the_background(
+    tmp_path: Path, traffic: Traffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With background reports (``watch``) a drift onset's report is written by a worker while
+    the windows after it are decided: the decisions name the report before it exists, close()
+    waits for it."""
+    release, started, drifted = threading.Event(), threading.Event(), []
+
+    def slow_report(window: Window, champ: object, out_dir: Path, features: list) -> str:
+        started.set()
+        assert release.wait(30)
+        drifted.append(features)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / report_name(window)).write_text("<html>report</html>")
+        return report_name(window)
+
+    monkeypatch.setattr(monitor_module, "drift_report", slow_report)
+    make_champion(tmp_path / "registry", traffic.d)
+    m = Monitor(
+        monitor_config(window=50, report_on_drift=True),
+        traffic.log,
+        tmp_path / "registry",
+        tmp_path,
+        background_reports=True,
+    )
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150], feedback=0.0)
+    decisions = m.step()  # returns while the onset's report is still being written
+    assert [x["decision"] for x in decisions] == ["drift"] * 3
+    name = decisions[0]["figures"]["report"]
+    assert started.wait(30) and not (tmp_path / "reports/drift" / name).exists()
+    assert "report" not in decisions[1]["figures"]  # one report per drift episode
+    release.set()
+    m.close()
+    assert (tmp_path / "reports/drift" / name).is_file()
+    assert drifted == [decisions[0]["figures"]["drifted_features"]]
