@@ -196,8 +196,17 @@ def body(ctx: stage.Context) -> None:
         if found
         else f"{len(table)} candidates on {chosen['search_rows']} rows"
     )
-    leaks = likely_leaks(
-        train[schema.names].to_numpy(dtype=np.float64), train[LABEL].to_numpy(), schema, cfg.seed
+    # A leak is a property of the source's columns, which a retrain's rows share: the first run
+    # reported it (2.6 s on the digits' 64 columns, saved on a retrain).
+    leaks = (
+        []
+        if found
+        else likely_leaks(
+            train[schema.names].to_numpy(dtype=np.float64),
+            train[LABEL].to_numpy(),
+            schema,
+            cfg.seed,
+        )
     )
     for leak in leaks:
         print(
@@ -225,6 +234,9 @@ def body(ctx: stage.Context) -> None:
                 "search_sampled": bool(table) and chosen["search_rows"] < len(train),
                 "search_note": search_note,
                 "likely_leaks": leaks,
+                "leak_check": "skipped: a retrain (the first run checked these columns)"
+                if found
+                else f"{len(schema.names)} columns",
                 "search": table,
             },
             tmps[2],

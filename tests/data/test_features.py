@@ -195,9 +195,11 @@ def test_a_retrain_keeps_the_champions_transform(
     metrics = json.loads((tmp_path / "m.json").read_text())
     if expect is None:
         assert len(metrics["search"]) == 3 and metrics["search_note"].startswith("3 candidates")
+        assert metrics["leak_check"] == f"{len(tf.n_categories)} columns"
         return
     assert metrics["chosen"] == expect and metrics["search"] == []
     assert metrics["search_note"].startswith(f"skipped: a retrain keeps the champion's {expect}")
+    assert metrics["leak_check"].startswith("skipped: a retrain")
     assert (tf.kind, tf.n_components) == (champion["kind"], champion["n_components"])
     # Refit on the new train split, as a first run fits the chosen one.
     X = splits["train"][[c for c in splits["train"].columns if c.startswith("pixel")]]
