@@ -1,4 +1,4 @@
-"""Label-free accuracy estimates under shift: mean confidence against DoC and ATC, same windows.
+"""Label-free accuracy estimates under shift: mean confidence against DoC, ATC, COT and COTT.
 
     python bench/estimate.py [--windows 50] [--registry registry] [--data data/prepared]
 
@@ -7,8 +7,10 @@ the frozen test split, shifted by each scenario of ``params.yaml: simulate`` (th
 own shifts); the estimators are fit on the validation split through the same graph, as the
 evaluate stage fits the one it ships. For each scenario and window size 50 / 200, over
 ``--windows`` seeded windows: the realized accuracy (from the true labels) and, per method, the
-mean |estimate - realized| in points. A concept shift leaves the inputs as they are, so no
-label-free estimate can see it: labels catch it (the monitor's binomial test).
+mean |estimate - realized| in points, for every method of :mod:`pipeline.contracts.estimate`
+(``atc_cott``, the monitor's default, is ATC until ATC drops, then COTT). A concept shift leaves
+the inputs as they are, so no label-free estimate can see it: labels catch it (the monitor's
+binomial test).
 """
 
 from __future__ import annotations
