@@ -149,9 +149,15 @@ def test_changing_one_section_reruns_only_its_stages(project: Path) -> None:
     metrics = json.loads((project / "metrics/features.json").read_text())
     assert {"pca8", "pca24"} <= {row["name"] for row in metrics["search"]}
     test_before = (project / "data/prepared/test.parquet").read_bytes()
+    # A new split: preprocess re-runs alone here (the rest of the pipeline would re-run on it,
+    # as `dvc status` says, at the cost of a whole run) and the frozen test split keeps its bytes.
     edit_params(project, "preprocess", "val_size", 0.2)
-    assert ran(dvc(project, "repro")) == ALL - {"ingest"}
+    assert ran(dvc(project, "repro", "preprocess")) == {"source", "preprocess"}
     assert (project / "data/prepared/test.parquet").read_bytes() == test_before
+    stale = {line.rstrip(":") for line in dvc(project, "status").splitlines() if line[:1].isalpha()}
+    # source is always changed; export reads the frozen test split and the hardened model,
+    # which is stale only once harden has re-run.
+    assert stale == ALL - {"ingest", "preprocess", "export"}
 
 
 def test_failed_stage_keeps_previous_outputs(project: Path) -> None:
