@@ -12,6 +12,8 @@ Candidate and champion are measured the same way on the same rows: accuracy, mac
 calibration (ECE) and p99 single-row compute time in onnxruntime (one thread's CPU time, so the
 decision does not depend on machine load), and robust accuracy under PGD at
 ``harden.eps`` (on each model's PyTorch twin, which export proved equal to its graph). The
+champion's robust figures are read from its promotion record when they are a function of the
+same inputs (:func:`gate_key`: the frozen test split makes that the rule), not re-attacked. The
 candidate is registered in MLflow whatever the outcome; it is promoted (``champion`` alias, local
 champion directory swapped atomically) only if every rule in ``params.yaml: gate`` holds. With no
 champion yet, the absolute floors alone apply. Two floors are relative to the data: the
@@ -93,11 +95,13 @@ def gate_key(
     onnx_path: Path, twin_path: Path, X: np.ndarray, y: np.ndarray, eps: float, cfg: GateConfig
 ) -> str:
     """What the gate's robust figures on the test split are a function of: the graph and its
-    twin (their bytes), the rows, ``eps`` and the attacks' settings."""
+    twin (their bytes), the rows, ``eps``, the attacks' settings and the torch version that
+    runs them (kernels differ between versions)."""
     digest = hashlib.sha256()
     for part in (onnx_path.read_bytes(), twin_path.read_bytes(), X.tobytes(), y.tobytes()):
         digest.update(hashlib.sha256(part).digest())
     attacks = {
+        "torch": torch.__version__,
         "eps": eps,
         **{k: getattr(cfg, k) for k in ("robust_steps", "apgd_iter", "robust_restarts")},
         **{k: getattr(cfg, k) for k in ("seed", "square_queries")},
