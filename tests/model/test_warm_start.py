@@ -18,7 +18,7 @@ from pipeline.learning.checkpoint import (
     transform_identity,
     warm_start,
 )
-from tests.conftest import NO_WARM_START, train_args
+from tests.conftest import NO_WARM_START, repo_params, run_harden, train_args
 
 
 def test_empty_mismatched_and_matching_warm_starts(trained: Path, tmp_path: Path) -> None:
@@ -61,3 +61,23 @@ def test_the_train_stage_fine_tunes_the_warm_start(
     cold = tmp_path / "cold"
     assert train.main(train_args(stage_inputs, cold, params)) == 0
     assert json.loads((cold / "train.json").read_text())["epochs_run"] == 3
+
+
+@pytest.mark.slow  # a harden stage run of the repo's harden.warm_start_epochs (tiny MLP: ~10 s)
+def test_a_retrain_hardens_on_and_leaves_the_worst_case_to_the_gate(
+    stage_inputs: Path, trained: Path, hardened: Path, tmp_path: Path
+) -> None:
+    """With a warm start, harden runs harden.warm_start_epochs from the champion's weights and
+    measures the test split clean only (the gate's worst case covers both models); a first run
+    (the ``hardened`` fixture) sweeps its radii."""
+    out = run_harden(stage_inputs, trained, tmp_path, warm=trained / "model.pt")
+    m = json.loads((out / "robustness.json").read_text())
+    assert m["warm_start"].startswith("warm start")
+    assert m["epochs_run"] == repo_params()["harden"]["warm_start_epochs"]
+    assert m["evaluation"].startswith("clean accuracy only")
+    for model in ("trained", "hardened"):
+        assert m[model]["robust_accuracy"] is None and list(m[model]["by_eps"]) == ["0"]
+        assert "art_robust_accuracy" not in m[model]
+    first = json.loads((hardened / "robustness.json").read_text())
+    assert first["warm_start"].startswith("from scratch")
+    assert first["hardened"]["robust_accuracy"] is not None and len(first["hardened"]["by_eps"]) > 1
