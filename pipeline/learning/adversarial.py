@@ -107,9 +107,7 @@ def adversarial_loss(
     x_adv = _attack(model, xb, yb, cfg, box)
     if cfg.method == "trades":
         logits = model(xb).float()
-        kl = F.kl_div(
-            F.log_softmax(model(x_adv).float(), 1), F.softmax(logits, 1), reduction="none"
-        ).sum(1)
+        kl = _trades_kl(model, x_adv, logits)
         beta = cfg.trades_beta if share is None else cfg.trades_beta * share
         per_row = F.cross_entropy(logits, yb, reduction="none") + beta * kl
     else:
@@ -118,6 +116,13 @@ def adversarial_loss(
             clean = F.cross_entropy(model(xb).float(), yb, reduction="none")
             per_row = share * per_row + (1 - share) * clean
     return (per_row * wb).sum() / wb.sum()
+
+
+def _trades_kl(model: Classifier, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """TRADES' robustness term per row: KL(clean prediction || prediction at ``x_adv``)."""
+    return F.kl_div(
+        F.log_softmax(model(x_adv).float(), 1), F.softmax(logits, 1), reduction="none"
+    ).sum(1)
 
 
 def _attack(
@@ -157,11 +162,7 @@ def _mixed_loss(
         xa, ya, sa, wa = xb[attacked], yb[attacked], share[attacked], wb[attacked]
         x_adv = _attack(model, xa, ya, cfg, box)
         if cfg.method == "trades":
-            kl = F.kl_div(
-                F.log_softmax(model(x_adv).float(), 1),
-                F.softmax(logits[attacked], 1),
-                reduction="none",
-            ).sum(1)
+            kl = _trades_kl(model, x_adv, logits[attacked])
             total = total + (cfg.trades_beta * sa * kl * wa).sum()
         else:
             adv = F.cross_entropy(model(x_adv).float(), ya, reduction="none")
