@@ -261,7 +261,10 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
 
 def test_workers_n_runs_n_processes_that_share_the_log(served_state: Path, tmp_path: Path) -> None:
     """`python -m serving --workers 2`: two processes answer (each request id carries its
-    process's prefix), and every answer of either is in the one production log."""
+    process's prefix), and every answer of either is in the one production log.
+
+    The server is ready once one worker is; the other may still be importing on a busy machine,
+    so requests go in rounds of 100 until both have answered (a minute at most)."""
     state = state_copy(served_state, tmp_path)
     server = Server(state, str(tmp_path / "production.db"), args=("--workers", "2")).start()
 
@@ -270,17 +273,23 @@ def test_workers_n_runs_n_processes_that_share_the_log(served_state: Path, tmp_p
         assert r.status_code == 200, r.text
         return r.json()["request_id"]
 
+    answered: set[str] = set()
     try:
         workers = [p for p in family(server.proc.pid) if b"serving.service" in _cmdline(p)]
+        deadline = time.monotonic() + 60
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            answered = set(pool.map(one, range(300)))
+            while True:
+                answered |= set(pool.map(one, range(100)))
+                prefixes = {rid[:12] for rid in answered}  # State.next_id: 12 hex, a counter
+                if len(prefixes) > 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
     finally:
         assert server.stop() == 0
     assert len(workers) == 3, workers  # bentoml's server and its two workers
-    prefixes = {rid[:12] for rid in answered}  # State.next_id: 12 hex digits, then a counter
     assert len(prefixes) == 2, f"one process answered everything: {prefixes}"
     logged = ProductionLog(str(tmp_path / "production.db")).window()
-    assert set(logged.request_id) == answered and len(logged) == 300
+    assert set(logged.request_id) == answered and len(logged) == len(answered)
 
 
 def _cmdline(pid: int) -> bytes:
