@@ -4,7 +4,8 @@
 
 One `dvc repro` of a fresh copy of the project gives version 1; then, for each scenario, a copy
 of that state serves (`python -m serving` on loopback), receives `--requests` rows of the
-training split shifted by the simulator's scenario, each with its true label, and
+train and validation splits (each once per shuffled pass) shifted by the simulator's scenario,
+each with its true label, and
 `python -m monitoring watch` runs until it decides to retrain and the gate has decided (or, with
 no harm, until `--quiet-windows` windows are judged). Reported per scenario: accuracy of the
 model answering before and after on shifted rows of the frozen test split (never fed back) and
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +162,8 @@ def gate(project: Path, version: str) -> dict[str, Any]:
 def scenario_run(v1: Path, work: Path, scenario: str, requests: int, quiet: int) -> dict:
     project = work / scenario
     shutil.copytree(v1, project, symlinks=True)  # registry/champion is a relative link
-    shutil.copy(project / "data/prepared/train.parquet", project / "traffic.parquet")
+    splits = [pd.read_parquet(project / f"data/prepared/{s}.parquet") for s in ("train", "val")]
+    pd.concat(splits).to_parquet(project / "traffic.parquet")  # each row sent once, then again
     shutil.copy(project / "data/prepared/test.parquet", project / "heldout.parquet")
     row: dict[str, Any] = {"scenario": scenario}
     with serving(project) as url:
@@ -178,12 +181,13 @@ def scenario_run(v1: Path, work: Path, scenario: str, requests: int, quiet: int)
         )
         t1 = time.time()
         log = ProductionLog(str(project / "production.db"))
+        client = httpx.Client(base_url=url, timeout=5)  # one connection: a poll costs ~nothing
         try:
             decided: list[dict] = []
             deadline = time.monotonic() + 900
             answering_new = None  # when GET /model first names a later version (polled here)
             while time.monotonic() < deadline:
-                if answering_new is None and httpx.get(f"{url}/model").json()["version"] != "1":
+                if answering_new is None and client.get("/model").json()["version"] != "1":
                     answering_new = time.time()
                 decided = log.decisions(1000)
                 retrained = [d for d in decided if d["decision"].startswith("retrain")]
@@ -202,6 +206,7 @@ def scenario_run(v1: Path, work: Path, scenario: str, requests: int, quiet: int)
                 row["total_s"] = answering_new - wall0
             after = simulate(project, url, scenario, "heldout.parquet", 360, 0.0)
         finally:
+            client.close()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(watch.pid, signal.SIGTERM)
             watch.wait(60)

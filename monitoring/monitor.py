@@ -30,8 +30,10 @@ Imports no torch and no training code (DESIGN.md's layers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -187,7 +189,9 @@ class Monitor:
         if not self._background:
             return drift_report(window, champ, self.reports, drifted)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-report")
+            self._pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="drift-report", initializer=_background_priority
+            )
         name = report_name(window)
         job = self._pool.submit(drift_report, window, champ, self.reports, drifted)
         job.add_done_callback(lambda done: _report_failed(done, name))
@@ -220,6 +224,18 @@ class Monitor:
         if out:
             self.write_index()
         return out
+
+
+def _background_priority() -> None:
+    """The report thread yields the CPU to the retrain the same window may have started (on
+    Linux a thread has its own nice value; elsewhere this is a no-op)."""
+    if sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not permitted: the report competes as before
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + REPORT_NICE)
+
+
+REPORT_NICE = 10  # the drift-report thread's niceness (the retrain's stages keep 0)
 
 
 def _report_failed(job: Future, name: str) -> None:

@@ -61,7 +61,9 @@ def clip_to_schema(X: np.ndarray, schema: Schema) -> np.ndarray:
 def draw_rows(
     y: np.ndarray, n: int, cfg: SimulateConfig, n_classes: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Indices of ``n`` rows to replay: uniform, or from ``prior_classes`` only (prior shift)."""
+    """Indices of ``n`` rows to replay, in shuffled passes over the pool (every row once per
+    pass, as production sends each input once): all rows, or ``prior_classes``' only (prior
+    shift)."""
     pool = np.arange(len(y))
     if cfg.scenario == "prior":
         bad = [c for c in cfg.prior_classes if not 0 <= c < n_classes]
@@ -70,7 +72,8 @@ def draw_rows(
         pool = pool[np.isin(y, cfg.prior_classes)]
         if len(pool) == 0:
             raise MlcycleError("simulate.prior_classes: no held-out rows of these classes")
-    return rng.choice(pool, size=n, replace=True)
+    passes = -(-n // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:n]
 
 
 def true_labels(y: np.ndarray, cfg: SimulateConfig, n_classes: int) -> np.ndarray:

@@ -3,10 +3,11 @@
     python -m monitoring simulate --url http://127.0.0.1:3000 [--scenario blur] [--requests N]
 
 Replays ``simulate.rows_from`` (the validation split by default: the frozen test split must
-never come back as training data) through ``POST /predict`` over one keep-alive connection, with
-``simulate.scenario``'s shift applied (:mod:`monitoring.shifts`), and posts the true labels of a
-``feedback_rate`` share of the answered rows to ``POST /feedback`` ``feedback_delay_s`` later
-(bearer token from ``serving.feedback_token_env``). Bounded by ``requests`` and ``max_seconds``.
+never come back as training data), each row once per shuffled pass, through ``POST /predict``
+over one keep-alive connection, with ``simulate.scenario``'s shift applied
+(:mod:`monitoring.shifts`), and posts the true labels of a ``feedback_rate`` share of the
+answered rows to ``POST /feedback`` ``feedback_delay_s`` later (bearer token from
+``serving.feedback_token_env``). Bounded by ``requests`` and ``max_seconds``.
 Prints, and returns, the accuracy of the answers per model version.
 """
 
@@ -27,6 +28,8 @@ from monitoring.shifts import draw_rows, shift_inputs, true_labels
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import SimulateConfig
 from pipeline.contracts.schema import LABEL, Schema
+
+FEEDBACK_EVERY_S = 0.2  # due labels are posted together, this often at most
 
 
 def records(X: np.ndarray, schema: Schema) -> list[dict[str, Any]]:
@@ -96,19 +99,27 @@ def simulate(
     deadline = start + cfg.max_seconds
     k = cfg.records_per_request
 
+    last_post = [start]
+
     def flush(force: bool) -> None:
+        # Labels go out in batches, as a labelling system sends them: the due ones at most every
+        # FEEDBACK_EVERY_S (a POST per answer doubled the requests the traffic takes).
         now = time.monotonic()
+        if not force and now - last_post[0] < FEEDBACK_EVERY_S:
+            return
         batch = []
         while pending and (force or pending[0][0] <= now) and len(batch) < 1000:
             batch.append(pending.popleft()[1])
         if batch:
+            last_post[0] = now
             status, _ = client.post("/feedback", {"feedback": batch}, auth=True)
             feedback[status] += len(batch)
 
+    order = draw_rows(y, cfg.requests * k, cfg, schema.n_classes, rng)
     sent = 0
     try:
         while sent < cfg.requests and time.monotonic() < deadline:
-            idx = draw_rows(y, k, cfg, schema.n_classes, rng)
+            idx = order[sent * k : (sent + 1) * k]
             truth = true_labels(y[idx], cfg, schema.n_classes)
             status, body = client.post(
                 "/predict", {"records": records(shift_inputs(X[idx], schema, cfg, rng), schema)}
@@ -132,7 +143,8 @@ def simulate(
         while pending and time.monotonic() < deadline + cfg.feedback_delay_s:
             flush(force=False)
             time.sleep(0.01)
-        flush(force=True)
+        while pending:
+            flush(force=True)
     finally:
         client.close()
     by_version = {

@@ -97,3 +97,9 @@ def test_shifted_rows_are_valid_requests_and_concept_shift_remaps_labels(split: 
     assert np.array_equal(true_labels(d.y_held, cfg, 10), (d.y_held + 3) % 10)
     prior = overlay(cfg, "simulate", scenario="prior", prior_classes=(0, 1, 2))
     assert set(d.y_held[draw_rows(d.y_held, 300, prior, 10, rng)]) == {0, 1, 2}
+    # Shuffled passes: every row once before any comes again (production sends an input once).
+    n = len(d.y_held)
+    order = draw_rows(d.y_held, 2 * n + 7, cfg, 10, rng)
+    assert len(order) == 2 * n + 7 and not np.array_equal(order[:n], np.arange(n))
+    for part in (order[:n], order[n : 2 * n]):
+        assert np.array_equal(np.sort(part), np.arange(n))

@@ -3,8 +3,9 @@ traffic with feedback -> the monitor finds harm -> `dvc repro` retrains (warm-st
 -> the gate promotes -> the service answers with the new version; then more of the same traffic
 retrains nothing. Slow tier: two real pipeline runs.
 
-The shift is the simulator's Gaussian blur (sigma 1 px), which drops version 1 below 50 %. The
-traffic replays blurred rows of the training split with their labels; accuracy before and after
+The shift is the simulator's Gaussian blur (BLUR_SIGMA), which drops version 1 below 50 %. The
+traffic replays blurred rows of the train and validation splits with their labels (the issue's
+setting: 1,437 rows, each once); accuracy before and after
 is measured on blurred rows of the frozen test split, which never come back as feedback (in any
 form: their unblurred originals are not in training either), with the same seed.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -94,7 +96,8 @@ def test_strong_shift_is_recovered_with_default_params_and_the_loop_goes_quiet(
     shutil.copytree(default_run, project, symlinks=True)
     set_params(project, {"monitor": {"interval_s": 1}})  # ... but for how often watch looks
     prepared = project / "data/prepared"
-    shutil.copy(prepared / "train.parquet", project / "traffic.parquet")
+    splits = [pd.read_parquet(prepared / f"{name}.parquet") for name in ("train", "val")]
+    pd.concat(splits).to_parquet(project / "traffic.parquet")  # 1,437 rows, each sent once
     shutil.copy(prepared / "test.parquet", project / "heldout.parquet")
     v1 = versions_gate(project, "1")["candidate"]
 
@@ -130,14 +133,16 @@ def test_strong_shift_is_recovered_with_default_params_and_the_loop_goes_quiet(
             return [d for d in log.decisions(1000) if d["decision"].startswith("retrain")]
 
         # The loop's time ends when the service answers with version 2 (GET /model, polled
-        # in-process: no subprocess start-up counts); the decisions are read after that.
+        # in-process over one keep-alive connection: a new client per poll, with its TLS set-up,
+        # took a fifth of a core from the retrain it times); the decisions are read after that.
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and watch.poll() is None:
-            if httpx.get(f"{server.url}/model", timeout=5).json()["version"] == "2":
-                break
-            if retrains() and retrains()[0]["decision"] != "retrain_promoted":
-                break
-            time.sleep(0.2)
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            while time.monotonic() < deadline and watch.poll() is None:
+                if client.get("/model").json()["version"] == "2":
+                    break
+                if retrains() and retrains()[0]["decision"] != "retrain_promoted":
+                    break
+                time.sleep(0.2)
         loop_s = time.monotonic() - start
         while not retrains() and time.monotonic() < deadline:  # recorded after dvc exits
             time.sleep(0.2)
@@ -188,7 +193,9 @@ def test_strong_shift_is_recovered_with_default_params_and_the_loop_goes_quiet(
     # says why (no harm found in feedback accuracy or the estimate; not a cooldown).
     assert len(later) >= 10, later
     assert len(all_retrains) == 1, [d["decision"] for d in all_retrains]
-    assert {d["decision"] for d in later} <= {"ok", "drift"}, [d["decision"] for d in later]
+    # An alarm is one harmful-looking window (the label-free estimate on 50 rows is noisy): it
+    # retrains only after monitor.debounce of them in a row, and the labels then clear it.
+    assert {d["decision"] for d in later} <= {"ok", "drift", "alarm"}, later
     labelled = [d for d in later if d["figures"].get("labelled", 0) >= 30]
     assert labelled and all(not d["figures"]["harm"] for d in labelled)
     html = (project / "reports/drift/index.html").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -246,8 +247,10 @@ def test_watch_writes_drift_reports_in_the_background(
     the windows after it are decided: the decisions name the report before it exists, close()
     waits for it."""
     release, started, drifted = threading.Event(), threading.Event(), []
+    niceness: list[int] = []
 
     def slow_report(window: Window, champ: object, out_dir: Path, features: list) -> str:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         started.set()
         assert release.wait(30)
         drifted.append(features)
@@ -275,3 +278,6 @@ def test_watch_writes_drift_reports_in_the_background(
     m.close()
     assert (tmp_path / "reports/drift" / name).is_file()
     assert drifted == [decisions[0]["figures"]["drifted_features"]]
+    # The worker yields the CPU to a retrain; the watch loop's own thread keeps its priority.
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert niceness == [min(own + monitor_module.REPORT_NICE, 19)]

@@ -1,4 +1,4 @@
-"""Hardening's loss on a retrain's mixed batch: rows of adversarial share 0 are never attacked."""
+"""Hardening on a retrain: rows of adversarial share 0 are never attacked; the epoch kept."""
 
 from __future__ import annotations
 
@@ -58,3 +58,21 @@ def test_only_rows_with_a_share_are_attacked(method: str, monkeypatch: pytest.Mo
     zero = adversarial.adversarial_loss(model, xb, yb, wb, cfg, box, torch.zeros(6))
     assert shifted.rows == []  # type: ignore[attr-defined]
     assert zero.item() == pytest.approx(((clean * wb).sum() / wb.sum()).item(), rel=1e-6)
+
+
+def test_a_retrain_keeps_the_most_accurate_of_the_epochs_within_one_standard_error() -> None:
+    """The one-standard-error rule: robust 0.96 on 250 rows has an error of 0.0124, so 0.95 and
+    0.949 count as equally robust and the most accurate of them is kept; 0.94 does not."""
+
+    def epoch(n: int, robust: float, clean: float) -> adversarial.Epoch:
+        return adversarial.Epoch(n, robust, clean, {})
+
+    ranked = [epoch(8, 0.96, 0.973), epoch(19, 0.95, 0.983), epoch(16, 0.949, 0.986)]
+    ranked.append(epoch(3, 0.94, 0.99))  # the most accurate, but less robust than the error
+    kept = adversarial.retrain_choice(ranked, scored_rows=250)
+    assert [c.epoch for c in kept] == [16, 8, 19, 3]  # the rest keep their order
+    # With ten times the rows the error is 0.0039: only the most robust epoch is near enough.
+    assert adversarial.retrain_choice(ranked, scored_rows=2500)[0].epoch == 8
+    # Equally accurate: the more robust, then the later epoch.
+    tied = [epoch(4, 0.96, 0.98), epoch(9, 0.955, 0.98), epoch(12, 0.96, 0.98)]
+    assert adversarial.retrain_choice(tied, scored_rows=250)[0].epoch == 12

@@ -118,6 +118,15 @@ def test_worst_case_is_the_per_row_minimum_over_attacks() -> None:
     assert (again["robust_rows"] == result["robust_rows"]).all()  # seeded
     clean = worst_case(model, X, y, box(0.0), n_iter=10, restarts=1, pgd_steps=5)
     assert clean["worst_case"] == 1.0
+    # Cascaded (each attack on the rows the earlier ones left): cumulative per attack, the same
+    # worst case but for the random starts a shorter run draws differently.
+    cascaded = worst_case(
+        model, X, y, box(0.05), n_iter=10, restarts=1, pgd_steps=5, seed=1, cascade=True
+    )
+    steps = list(cascaded["by_attack"].values())
+    assert steps == sorted(steps, reverse=True) and steps[0] == accs["pgd"]
+    assert steps[-1] == cascaded["worst_case"] == cascaded["robust_rows"].mean()
+    assert abs(cascaded["worst_case"] - result["worst_case"]) <= 0.02
 
 
 def test_square_attack_needs_no_gradients_and_finds_the_breakable_points() -> None:
