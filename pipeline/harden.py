@@ -17,8 +17,9 @@ per-row worst case over PGD, APGD-CE and APGD-DLR (Croce & Hein 2020), and cross
 ``harden.eps`` by the Adversarial Robustness Toolbox's AutoProjectedGradientDescent.
 
 A retrain (``--warm-start`` holds the champion's hardened checkpoint, which the monitor copies
-there) hardens on from those weights for ``harden.warm_start_epochs``, with the trained model as
-the clean reference; the budget then holds on val's source rows and production rows apart, and
+there) hardens on from those weights for ``harden.warm_start_epochs`` (scoring and keeping a
+moving average of the weights, ``harden.warm_start_ema_decay``), with the trained model as the
+clean reference; the budget then holds on val's source rows and production rows apart, and
 the evaluation on test is clean accuracy only: the per-row worst case at ``eps`` is the gate's,
 which the evaluate stage measures on both models (no sweep, no ART check: no decision reads
 them). An empty file (as in git) means a first run.
@@ -97,7 +98,9 @@ def body(ctx: stage.Context) -> None:
         # budget), and the per-row worst case at eps, which the gate measures on both models
         # with its own attacks. The sweep over harden.eval_eps and the ART cross-check, which
         # only a first run's report shows, are left out (README, Continuous learning).
-        cfg = overlay(cfg, "harden", epochs=cfg.warm_start_epochs)
+        cfg = overlay(
+            cfg, "harden", epochs=cfg.warm_start_epochs, ema_decay=cfg.warm_start_ema_decay
+        )
     attack = warm is None
     print(f"harden: {warm_note}")
     if cfg.method != "none":
