@@ -1,5 +1,6 @@
 """The service's Prometheus series: request latency, predictions per class, refusals by reason,
-the served version, the log's queue depth and rows written. ``GET /metrics`` serves them
+the served version, the log's queue depth, rows written, failed writes, rows set aside and
+whether the log is writable. ``GET /metrics`` serves them
 (BentoML aggregates them over workers). Created by each worker's state in ``serving/service.py``.
 """
 
@@ -57,5 +58,26 @@ class Metrics:
             "mlcycle_log_rows_written",
             "Log rows written by this process",
             multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.log_errors = Counter(
+            "mlcycle_log_write_errors",
+            "Failed commits of the production log (the database away: retried)",
+            registry=registry,
+        )
+        self.log_rejected = Counter(
+            "mlcycle_log_rows_rejected",
+            "Log rows the database refused, set aside in its rejected table",
+            registry=registry,
+        )
+        self.log_replayed = Counter(
+            "mlcycle_log_rows_replayed",
+            "Log rows read back from an earlier shutdown's spill file",
+            registry=registry,
+        )
+        self.log_healthy = Gauge(
+            "mlcycle_log_writable",
+            "1 while the production log takes commits, 0 during an outage",
+            multiprocess_mode="livemin",
             registry=registry,
         )

@@ -17,7 +17,8 @@ answers. BentoML still gives the process model (workers), packaging (bentofile.y
 probes, the metrics endpoint and the other routes (mounted Starlette app).
 
 Settings come from the ``serving`` section of params.yaml (``MLCYCLE_PARAMS`` names another
-file; ``MLCYCLE_REGISTRY`` and ``MLCYCLE_LOG_URL`` override the two locations). Imports no torch
+file; ``MLCYCLE_REGISTRY``, ``MLCYCLE_LOG_URL`` and ``MLCYCLE_SPILL_DIR`` override the
+locations). Imports no torch
 and no training module.
 """
 
@@ -37,6 +38,7 @@ from typing import Any
 
 import bentoml
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -75,7 +77,11 @@ def settings() -> ServingConfig:
     cfg = section(params, "serving", ServingConfig)
     overrides = {
         key: os.environ[var]
-        for key, var in (("registry", "MLCYCLE_REGISTRY"), ("log_url", "MLCYCLE_LOG_URL"))
+        for key, var in (
+            ("registry", "MLCYCLE_REGISTRY"),
+            ("log_url", "MLCYCLE_LOG_URL"),
+            ("spill_dir", "MLCYCLE_SPILL_DIR"),
+        )
         if os.environ.get(var)
     }
     return overlay(cfg, "serving", **overrides)  # validated like the file's own values
@@ -99,10 +105,23 @@ class State:
             target = self.watcher.target() or f"{cfg.registry}/champion (missing)"
             why = self.watcher.refused.get(target, "no champion has been promoted yet")
             raise MlcycleError(f"cannot serve {target}: {why}; run `make repro` to promote one")
-        self.log = ProductionLog(cfg.log_url)
+        try:
+            self.log = ProductionLog(cfg.log_url)
+        except SQLAlchemyError as exc:
+            raise MlcycleError(
+                f"serving.log_url: cannot open the production log {cfg.log_url!r}: {exc}"
+            ) from None
         self.writer = GroupCommitWriter(
-            self.log, cfg.commit_interval_ms / 1000, cfg.max_queue, on_commit=self._committed
+            self.log,
+            cfg.commit_interval_ms / 1000,
+            cfg.max_queue,
+            spill_dir=Path(cfg.spill_dir),
+            on_commit=self._committed,
+            on_error=self._write_failed,
+            on_reject=lambda _, n: self.metrics.log_rejected.inc(n),
         )
+        self.metrics.log_healthy.set(1)
+        self.metrics.log_replayed.inc(self.writer.replayed)
         self.predict_latency = self.metrics.latency.labels(endpoint="predict")
         self.in_flight = 0
         self.token = os.environ.get(cfg.feedback_token_env) or None
@@ -123,10 +142,18 @@ class State:
     def _committed(self, writer: GroupCommitWriter) -> None:
         self.metrics.queue.set(writer.depth)
         self.metrics.written.set(writer.written)
+        self.metrics.log_healthy.set(1)
+
+    def _write_failed(self, writer: GroupCommitWriter, _: Exception) -> None:
+        self.metrics.log_errors.inc()
+        self.metrics.log_healthy.set(0)
+        self.metrics.queue.set(writer.depth)
 
     def close(self) -> None:
+        """SIGTERM: every accepted row is committed, or (the database away longer than
+        ``serving.shutdown_timeout_s``) kept in a spill file the next start replays."""
         self.watcher.stop()
-        self.writer.close()  # SIGTERM: every accepted row is committed before exit
+        self.writer.close(self.cfg.shutdown_timeout_s)
         self.metrics.written.set(self.writer.written)
         self.log.close()
 
@@ -157,7 +184,9 @@ class Mlcycle:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.state.watcher.current is not None
+        """Ready with a model loaded and the production log taking commits: during an outage
+        the service still answers while its queue has room, but asks for no new traffic."""
+        return self.state.watcher.current is not None and self.state.writer.healthy
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

@@ -357,6 +357,8 @@ class ServingConfig(Section):
     max_in_flight: Positive
     reload_interval_s: PositiveFloat
     feedback_token_env: str
+    spill_dir: str
+    shutdown_timeout_s: PositiveFloat
 
 
 class MonitorConfig(Section):

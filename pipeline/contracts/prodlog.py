@@ -16,12 +16,21 @@ Tables:
   Indexed by (time, model version) for the monitor's window queries.
 - ``feedback``: (request id, index) -> true class index and time; one label per prediction.
 - ``decisions``: what the monitor decided for a window, with its figures and reasons (JSON).
+- ``rejected``: prediction rows the database refused (a constraint, a value it cannot store),
+  set aside by the service's writer with the database's reason and the row as JSON, so they
+  block nothing behind them and a person (or ``python -m serving.prodlog --rejected``) can see
+  what was refused and why.
+
+Prediction rows are keyed by (request id, index) and inserted with ``ON CONFLICT DO NOTHING``:
+writing the same row again (a retried commit whose answer was lost, a spill file replayed after
+part of it was written) stores it once.
 
 Nothing here runs on import; ``python -m serving.prodlog --url production.db`` prints counts.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -50,6 +59,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError
 
 metadata = MetaData()
 
@@ -94,6 +104,21 @@ decisions = Table(
     Column("figures", Text, nullable=False),  # JSON
     Column("reasons", Text, nullable=False),  # JSON list
 )
+
+rejected = Table(
+    "rejected",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),  # when it was set aside
+    Column("reason", Text, nullable=False),  # the database's error
+    Column("row", Text, nullable=False),  # JSON: PREDICTION_COLUMNS -> value (bytes as base64)
+)
+
+# Errors that belong to the rows rather than to the database being away: a constraint or a
+# value the database cannot store. Retrying cannot help; everything else (connection refused,
+# locked, disk full) is an outage and is retried.
+REFUSALS = (IntegrityError, DataError)
 
 
 def database_url(value: str) -> str:
@@ -149,14 +174,18 @@ class ProductionLog:
         mark = {"qmark": "?", "numeric": ":1", "named": ":p"}.get(
             self.engine.dialect.paramstyle, "%s"
         )
+        self._sqlite = self.engine.dialect.name == "sqlite"
         self._insert_sql = self._values_sql(1, mark)
         self._multirow = self._values_sql(100) if mark == "?" else None
 
     @staticmethod
     def _values_sql(rows: int, mark: str = "?") -> str:
         one = f"({', '.join([mark] * len(PREDICTION_COLUMNS))})"
-        return f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) VALUES " + ", ".join(
-            [one] * rows
+        values = ", ".join([one] * rows)
+        columns = ", ".join(PREDICTION_COLUMNS)
+        return (
+            f"INSERT INTO predictions ({columns}) VALUES {values} "
+            "ON CONFLICT (request_id, idx) DO NOTHING"
         )
 
     def close(self) -> None:
@@ -164,6 +193,10 @@ class ProductionLog:
 
     def write_predictions(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert prediction rows (tuples in :data:`PREDICTION_COLUMNS` order), one transaction.
+
+        A row already stored under its (request id, index) is skipped. Raises one of
+        :data:`REFUSALS` if the database refuses a row (nothing of the batch is stored then), or
+        another SQLAlchemy error if it cannot be reached.
 
         Straight to the driver's ``executemany``: SQLAlchemy's per-row parameter processing cost
         more CPU than the inference it logs.
@@ -180,11 +213,40 @@ class ProductionLog:
                 sql = self._multirow if len(chunk) == 100 else self._values_sql(len(chunk))
                 conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
+    def set_aside(self, row: tuple[Any, ...], reason: str, now: float) -> None:
+        """Keep a refused prediction row in ``rejected`` with the database's reason."""
+        record = {
+            name: {"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
+            for name, v in zip(PREDICTION_COLUMNS, row, strict=True)
+        }
+        values = {
+            "request_id": str(row[0])[:64],
+            "idx": int(row[1]),
+            "ts": now,
+            "reason": reason,
+            "row": json.dumps(record, default=str),
+        }
+        if self._sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        with self.engine.begin() as conn:  # set aside once, however often it is refused
+            conn.execute(dialect_insert(rejected).values(values).on_conflict_do_nothing())
+
+    def rejected_rows(self, last: int = 100) -> list[dict[str, Any]]:
+        """The latest rows set aside, oldest first, each with its reason and values."""
+        query = select(rejected).order_by(rejected.c.ts.desc()).limit(last)
+        with self.engine.connect() as conn:
+            out = [dict(row._mapping) for row in conn.execute(query)]
+        for row in out:
+            row["row"] = json.loads(row["row"])
+        return out[::-1]
+
     def count(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (predictions, feedback, decisions)
+                for t in (predictions, feedback, decisions, rejected)
             }
 
     def add_feedback(self, items: Sequence[tuple[str, int, int]], now: float) -> dict[str, int]:

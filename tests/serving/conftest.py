@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,7 @@ class Server:
             "MLCYCLE_PARAMS": str(state / "params.yaml"),
             "MLCYCLE_REGISTRY": str(state / "registry"),
             "MLCYCLE_LOG_URL": log_url,
+            "MLCYCLE_SPILL_DIR": str(state / "spill"),
             "PYTHONUNBUFFERED": "1",
             "BENTOML_HOME": str(state / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "true",
@@ -162,3 +165,62 @@ def server(served_state: Path) -> Iterator[Server]:
     ).start()
     yield srv
     srv.stop()
+
+
+NAMES = [f"pixel_{i}_{j}" for i in range(8) for j in range(8)]
+
+
+def digit(value: float = 4.0) -> dict[str, float]:
+    return dict.fromkeys(NAMES, value)
+
+
+def state_copy(served_state: Path, dest: Path, **serving: Any) -> Path:
+    """A private copy of the served state (registry, params) with serving overrides."""
+    shutil.copytree(served_state / "registry", dest / "registry", symlinks=True)
+    params = yaml.safe_load((served_state / "params.yaml").read_text())
+    params["serving"].update(serving)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    return dest
+
+
+class Load:
+    """A client thread sending one-record requests until stopped; records every answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[tuple[float, int, str, str]] = []  # (time, status, request id, version)
+        self.errors: list[str] = []
+        self.refusals: list[tuple[int, str | None, str]] = []  # (status, Retry-After, error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post(f"{self.url}/predict", json={"records": [digit()]})
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+                    if self._stop.wait(0.01):
+                        return
+                    continue
+                body = r.json()
+                if r.status_code != 200:
+                    self.refusals.append(
+                        (r.status_code, r.headers.get("retry-after"), body.get("error", ""))
+                    )
+                self.answers.append(
+                    (time.time(), r.status_code, body.get("request_id", ""),
+                     body.get("model_version", ""))
+                )  # fmt: skip
+
+    def ok(self) -> list[tuple[float, int, str, str]]:
+        return [a for a in self.answers if a[1] == 200]

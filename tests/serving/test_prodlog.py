@@ -36,7 +36,7 @@ def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProductionLo
     plog = ProductionLog(url)
     if request.param == "postgresql":  # one server for the module: start each test empty
         with plog.engine.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE predictions, feedback, decisions")
+            conn.exec_driver_sql("TRUNCATE predictions, feedback, decisions, rejected")
     yield plog
     plog.close()
 
@@ -61,7 +61,7 @@ def test_windows_return_rows_oldest_first_with_their_feedback(log: ProductionLog
     assert len(log.window(since=150.0)) == 2 and len(log.window(until=150.0)) == 3
     assert log.window(model_version="2").request_id == ["b", "b"]
     assert log.window(labelled_only=True).request_id == ["a", "b"]
-    assert log.count() == {"predictions": 5, "feedback": 2, "decisions": 0}
+    assert log.count() == {"predictions": 5, "feedback": 2, "decisions": 0, "rejected": 0}
 
 
 def test_feedback_is_idempotent_and_all_or_nothing(log: ProductionLog) -> None:
@@ -128,3 +128,119 @@ def test_a_failed_write_is_retried_not_dropped(tmp_path: Path) -> None:
     writer.flush(timeout=10)
     writer.close()
     assert writer.errors == 2 and log.count()["predictions"] == 5
+
+
+def refuse_index(log: ProductionLog, idx: int) -> None:
+    """A constraint the database enforces: rows with index ``idx`` are refused."""
+    with log.engine.begin() as conn:
+        if log.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON predictions WHEN NEW.idx = {idx} "
+                "BEGIN SELECT RAISE(ABORT, 'index refused by policy'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                f"ALTER TABLE predictions ADD CONSTRAINT refuse CHECK (idx <> {idx}) NOT VALID"
+            )
+
+
+def test_writing_a_row_twice_stores_it_once(log: ProductionLog) -> None:
+    log.write_predictions(rows("a", 3, 1.0))
+    log.write_predictions(rows("a", 5, 1.0))  # a retried commit, a replayed spill file
+    assert log.count()["predictions"] == 5
+
+
+def test_a_refused_row_is_set_aside_and_blocks_nothing(log: ProductionLog) -> None:
+    refuse_index(log, 3)
+    try:
+        writer = GroupCommitWriter(log, interval_s=0.01, max_queue=10_000)
+        for k in range(40):
+            writer.put(rows(f"r{k}", 2 if k % 10 else 5, 1.0))  # r0, r10, r20, r30 have idx 3
+        writer.flush(timeout=20)
+        writer.close()
+        assert writer.rejected == 4 and writer.depth == 0 and writer.errors == 0
+        counts = log.count()
+        assert counts["predictions"] == 36 * 2 + 4 * 4 and counts["rejected"] == 4
+        refused = log.rejected_rows()
+        assert sorted(r["request_id"] for r in refused) == ["r0", "r10", "r20", "r30"]
+        assert all(r["idx"] == 3 for r in refused)
+        assert "refuse" in refused[0]["reason"]  # the database's own words
+        assert refused[0]["row"]["features"]["base64"]  # the values, to repair and re-insert
+    finally:
+        with log.engine.begin() as conn:
+            if log.engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("ALTER TABLE predictions DROP CONSTRAINT refuse")
+
+
+class DownLog:
+    """A database that is away until ``up`` is set, then the real one."""
+
+    def __init__(self, inner: ProductionLog) -> None:
+        self.inner, self.up, self.attempts = inner, False, 0
+
+    def write_predictions(self, batch: list) -> None:
+        self.attempts += 1
+        if not self.up:
+            raise OSError("connection refused")
+        self.inner.write_predictions(batch)
+
+    def set_aside(self, *args: object) -> None:
+        raise AssertionError("nothing is refused here")
+
+
+def test_an_outage_is_logged_once_then_every_row_is_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = ProductionLog(str(tmp_path / "log.db"))
+    down = DownLog(log)
+    writer = GroupCommitWriter(down, interval_s=0.01, max_queue=1000)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="mlcycle.serving.prodlog"):
+        for k in range(20):
+            writer.put(rows(f"r{k}", 2, 1.0))
+            time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while down.attempts < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not writer.healthy and writer.errors >= 3 and writer.depth == 40
+        assert "connection refused" in writer.last_error
+        down.up = True
+        writer.flush(timeout=10)
+    writer.close()
+    assert writer.healthy and log.count()["predictions"] == 40
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in messages) == 1, messages  # once per outage
+    assert sum("writable again" in m for m in messages) == 1, messages
+
+
+def test_close_during_an_outage_spills_and_the_next_start_replays(tmp_path: Path) -> None:
+    log = ProductionLog(str(tmp_path / "log.db"))
+    spill = tmp_path / "spill"
+    down = DownLog(log)
+    writer = GroupCommitWriter(down, interval_s=0.01, max_queue=1000, spill_dir=spill)  # type: ignore[arg-type]
+    for k in range(30):
+        writer.put(rows(f"r{k}", 3, 1.0))
+    log.write_predictions(rows("r0", 3, 1.0))  # committed, though its answer never came back
+    started = time.monotonic()
+    assert writer.close(timeout=0.5) == 90
+    assert time.monotonic() - started < 3  # bounded, however long the outage lasts
+    (path,) = spill.glob("prodlog-*.jsonl")
+    assert len(path.read_text().splitlines()) == 90
+    again = GroupCommitWriter(log, interval_s=0.01, max_queue=10, spill_dir=spill)
+    assert again.replayed == 90  # queued first, beyond max_queue: nothing answered is dropped
+    again.flush(timeout=10)
+    again.close()
+    assert log.count()["predictions"] == 90 and not list(spill.iterdir())
+    w = log.window()
+    assert len(set(zip(w.request_id, w.idx.tolist(), strict=True))) == 90
+    assert w.X.shape == (90, 3) and w.X[w.idx == 1][0].tolist() == [3.0, 4.0, 5.0]  # bytes intact
+
+
+def test_two_workers_never_replay_one_spill_file(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    from serving.prodlog import claim_spills, write_spill
+
+    write_spill(spill, rows("a", 2, 1.0))
+    write_spill(spill, rows("b", 2, 1.0))
+    first = list(claim_spills(spill))
+    assert sorted(r[0][0] for _, r in first) == ["a", "b"]
+    assert list(claim_spills(spill)) == []  # claimed by a live process: not taken again

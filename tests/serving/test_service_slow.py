@@ -12,37 +12,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from pipeline.contracts.prodlog import ProductionLog
 from pipeline.registry import point_champion_at
 from tests import postgres
-from tests.serving.conftest import Server, post, promote
+from tests.serving.conftest import Load, Server, digit, post, promote, state_copy
 
 pytestmark = pytest.mark.slow
-
-NAMES = [f"pixel_{i}_{j}" for i in range(8) for j in range(8)]
-
-
-def digit(value: float = 4.0) -> dict[str, float]:
-    return dict.fromkeys(NAMES, value)
-
-
-def state_copy(served_state: Path, dest: Path, **serving: Any) -> Path:
-    """A private copy of the served state (registry, params) with serving overrides."""
-    shutil.copytree(served_state / "registry", dest / "registry", symlinks=True)
-    params = yaml.safe_load((served_state / "params.yaml").read_text())
-    params["serving"].update(serving)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params))
-    return dest
 
 
 def family(pid: int) -> list[int]:
@@ -63,44 +45,6 @@ def family(pid: int) -> list[int]:
     return sorted(out)
 
 
-class Load:
-    """A client thread sending one-record requests until stopped; records every answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.answers: list[tuple[float, int, str, str]] = []  # (time, status, request id, version)
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(f"{self.url}/predict", json={"records": [digit()]})
-                except httpx.HTTPError as exc:
-                    self.errors.append(repr(exc))
-                    if self._stop.wait(0.01):
-                        return
-                    continue
-                body = r.json()
-                self.answers.append(
-                    (time.time(), r.status_code, body.get("request_id", ""),
-                     body.get("model_version", ""))
-                )  # fmt: skip
-
-    def ok(self) -> list[tuple[float, int, str, str]]:
-        return [a for a in self.answers if a[1] == 200]
-
-
 @pytest.fixture(scope="module")
 def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with postgres.postgres_server(tmp_path_factory.mktemp("pg")) as url:
@@ -114,7 +58,7 @@ def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("pg_url")
     plog = ProductionLog(url)
     with plog.engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE predictions, feedback, decisions")
+        conn.exec_driver_sql("TRUNCATE predictions, feedback, decisions, rejected")
     plog.close()
     return url
 
