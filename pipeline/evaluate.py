@@ -284,6 +284,8 @@ def body(ctx: stage.Context) -> None:
 
     registry_dir = Path(args.registry)
     tracker = Tracker(args.tracking_db)
+    for line in registry.repair(tracker, cfg.model_name, registry_dir):  # an interrupted promotion
+        print(f"evaluate: registry: {line}")
     champ_version = tracker.champion_version(cfg.model_name)
     champ_dir = champion_files.directory(registry_dir)
     champion = None
