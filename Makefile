@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# dvc repro with compute.kernels' environment (pipeline/contracts/kernels.py): the libraries read
+# it as they load, so it is set before dvc starts the stages.
+KERNELS := python -m pipeline.contracts.kernels --
+
 repro: $(STAMP)
-	dvc repro
+	$(KERNELS) dvc repro
 	@# A fresh clone whose dvc.lock already matches every input skips evaluate (it has no outputs
 	@# to rebuild) and so has no champion yet: then the gate runs alone and promotes one.
-	test -e registry/champion || dvc repro --force --single-item evaluate
+	test -e registry/champion || $(KERNELS) dvc repro --force --single-item evaluate
 
 serve: $(STAMP)
 	python -m serving --host 127.0.0.1 --port 3000

@@ -40,6 +40,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.contracts import kernels  # noqa: E402
+from pipeline.contracts.params import ComputeConfig, read_params, section  # noqa: E402
 from pipeline.contracts.prodlog import ProductionLog  # noqa: E402
 
 TOKEN = "bench-loop-token"
@@ -53,8 +55,11 @@ SETTINGS = {  # the simulator's settings per scenario: strong and mild, covariat
 
 
 def env(project: Path) -> dict[str, str]:
+    """As `make repro` runs: compute.kernels' environment set before dvc starts the stages."""
+    level = section(read_params(project / "params.yaml"), "compute", ComputeConfig).kernels
     return {
         **os.environ,
+        **kernels.environment(level),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(project),
         "MLCYCLE_FEEDBACK_TOKEN": TOKEN,

@@ -1,17 +1,24 @@
 """Benchmark: training samples/s of the train stage's loop against a bare PyTorch loop.
 
-    python bench/train.py [--epochs 10] [--inputs DIR]
+    python bench/train.py [--epochs 10] [--inputs DIR] [--kernels native|avx2]
+    python bench/train.py --compare-kernels      # compute.kernels avx2 against native, one run
 
 Both train the same model (feature transform + the configured network) on the same digits train
 split in one run; the ratio says what the stage's extras (weighted loss, augmentation, per-epoch
 validation, checkpoint every epoch) cost. ``--inputs`` is a folder holding data/ and models/
 from ``dvc repro`` (default: this repo). With CUDA present it also times the network on a large
-synthetic set on GPU against CPU.
+synthetic set on GPU against CPU. ``--kernels`` runs under that ``compute.kernels`` level
+(default: params.yaml's); ``--compare-kernels`` runs the benchmark under ``native`` and ``avx2``
+in turn (each in its own process: the libraries read the pins as they load) and prints what the
+pinning costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +30,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.contracts.params import TrainConfig, overlay, read_params, section  # noqa: E402
+from pipeline.contracts import kernels  # noqa: E402
+from pipeline.contracts.params import (  # noqa: E402
+    ComputeConfig,
+    TrainConfig,
+    overlay,
+    read_params,
+    section,
+)
 from pipeline.learning.model import Classifier, ModelConfig, build_net  # noqa: E402
 from pipeline.learning.training import Split, fit, load_inputs, model_config  # noqa: E402
 
@@ -88,8 +102,17 @@ def main() -> None:
     parser.add_argument("--inputs", type=Path, default=ROOT)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--synthetic-rows", type=int, default=200_000)
+    parser.add_argument("--kernels", choices=sorted(kernels.PINS), default=None)
+    parser.add_argument("--compare-kernels", action="store_true")
     args = parser.parse_args()
-    cfg = section(read_params(ROOT / "params.yaml"), "train", TrainConfig)
+    if args.compare_kernels:
+        return compare_kernels(args)
+    params = read_params(ROOT / "params.yaml")
+    level = args.kernels or section(params, "compute", ComputeConfig).kernels
+    if not kernels.pinned(level):  # the libraries read the pins as they load
+        env = {**os.environ, **kernels.environment(level)}
+        os.execve(sys.executable, [sys.executable, *sys.argv, "--kernels", level], env)
+    cfg = section(params, "train", TrainConfig)
     cfg = overlay(cfg, "train", epochs=args.epochs, patience=10**6)
     inputs = load_inputs(
         str(args.inputs / "data/schema.json"),
@@ -105,7 +128,9 @@ def main() -> None:
 
     print(
         f"model {mcfg.arch}, {len(inputs.train.y)} train rows, batch {cfg.batch_size}, "
-        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, best of {args.trials}"
+        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, best of {args.trials}, "
+        f"kernels {level} (ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN "
+        f"{'on' if torch.backends.mkldnn.enabled else 'off'})"
     )
     plain_cfg = overlay(cfg, "train", augment_shift=0)
     rates: dict[str, list[float]] = {"bare": [], "plain": [], "full": []}
@@ -142,6 +167,25 @@ def main() -> None:
         gpu_vs_cpu(mcfg, cfg, args.synthetic_rows)
     else:
         print("no CUDA device: GPU vs CPU comparison skipped")
+
+
+def compare_kernels(args: argparse.Namespace) -> None:
+    """The benchmark under compute.kernels native, then avx2; samples/s of each loop, ratio."""
+    rates: dict[str, dict[str, float]] = {}
+    clean = {k: v for k, v in os.environ.items() if k not in kernels.PINS["avx2"]}
+    for level in ("native", "avx2"):
+        cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--trials"]
+        cmd += [str(args.trials), "--inputs", str(args.inputs), "--kernels", level]
+        out = subprocess.run(cmd, env=clean, capture_output=True, text=True, check=True).stdout
+        print(out.splitlines()[0])
+        rates[level] = {
+            m.group(1).strip(): float(m.group(2))
+            for m in re.finditer(r"^(.{58})\s*(\d+)\s+[\d.]+x$", out, re.M)
+        }
+    print(f"{'loop':<58}{'native':>10}{'avx2':>10}{'avx2/native':>13}")
+    for name, native in rates["native"].items():
+        pinned = rates["avx2"][name]
+        print(f"{name:<58}{native:>10.0f}{pinned:>10.0f}{pinned / native:>12.2f}x")
 
 
 def gpu_vs_cpu(mcfg: ModelConfig, cfg: TrainConfig, rows: int) -> None:

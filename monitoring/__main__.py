@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import (
     MonitorConfig,
@@ -133,6 +135,10 @@ def _show(decision: dict) -> None:
     )
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _watch(monitor: Monitor, max_seconds: float | None, dry_run: bool) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,10 +146,22 @@ def _watch(monitor: Monitor, max_seconds: float | None, dry_run: bool) -> int:
     end = None if max_seconds is None else time.monotonic() + max_seconds
     interval = monitor.cfg.interval_s
     print(f"monitor: watching every {interval} s (SIGTERM or Ctrl-C stops)", flush=True)
+    away_since = None  # the production log's database unreachable since
     while not stop.is_set():
-        for decision in monitor.step(dry_run=dry_run, stop=stop.is_set):
-            _show(decision)
-            sys.stdout.flush()
+        try:
+            for decision in monitor.step(dry_run=dry_run, stop=stop.is_set):
+                _show(decision)
+                sys.stdout.flush()
+        except SQLAlchemyError as exc:  # the log's database went away: wait, then resume
+            if away_since is None:
+                away_since = time.monotonic()
+                why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+                _say(f"monitor: the production log is unreachable ({why}); retrying")
+        else:
+            if away_since is not None:
+                away = time.monotonic() - away_since
+                _say(f"monitor: the production log is back after {away:.0f} s")
+                away_since = None
         if end is not None and time.monotonic() >= end:
             break
         stop.wait(interval if end is None else max(0.0, min(interval, end - time.monotonic())))

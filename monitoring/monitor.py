@@ -160,9 +160,14 @@ class Monitor:
             return decision, reasons
         if dry_run:
             return "dry_run", [f"{reasons[0]}; dry run: not started"]
-        with retrain_lock(self.reports / "retrain.lock") as held:
+        with (
+            retrain_lock(self.reports / "retrain.lock") as held,
+            self.log.lease("retrain") as leased,
+        ):
             if not held:
                 return "busy", ["another retrain holds the lock"]
+            if not leased:
+                return "busy", ["another monitor sharing this production log is retraining"]
             champ = champion.read(self.registry)
             return retrain(self.cfg, self.log, champ, self.project, self.reports)
 

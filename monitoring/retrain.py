@@ -4,9 +4,17 @@
 ``monitor.feedback_path`` (``data/feedback.parquet``, a DVC dependency of ingest), and
 :func:`copy_warm_start` the champion's weights to ``monitor.warm_start_path``
 (``data/warm_start.pt``), which the train and harden stages start from; :func:`retrain` runs
-``monitor.retrain_command`` (``dvc repro``) under :func:`retrain_lock`, its output in
+``monitor.retrain_command`` (``dvc repro``) under :func:`retrain_lock` and the production log's
+retrain lease (one retrain at a time across machines that share a PostgreSQL log), its output in
 ``<reports>/retrain/<time>.log``, and reads the gate's decision. The running service
 hot-reloads a promoted champion by itself. Called by the monitor's trigger policy.
+
+The command runs in a process group of its own: past ``monitor.retrain_timeout_s`` the whole
+group (``dvc`` and the stage it is running) gets SIGTERM, then SIGKILL, so no stage outlives
+the retrain. A killed ``dvc repro`` leaves nothing that blocks the next one: DVC's locks belong
+to dead processes, the stage it was in re-runs (its outputs were deleted, ``dvc.lock`` not
+written), and an evaluate killed part way through a promotion is repaired by the next evaluate
+(:func:`pipeline.registry.repair`). The champion keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contracts import champion as champion_files
+from pipeline.contracts import kernels
 from pipeline.contracts.champion import Champion
 from pipeline.contracts.io import atomic_outputs, write_parquet
-from pipeline.contracts.params import MonitorConfig
+from pipeline.contracts.params import ComputeConfig, MonitorConfig, read_params, section
 from pipeline.contracts.prodlog import ProductionLog
 from pipeline.contracts.schema import FEEDBACK, Schema
 
@@ -65,25 +76,30 @@ def retrain(
         f"version {champ.version}'s weights ({cfg.warm_start_path})"
     ]
     print(f"monitor: retraining ({' '.join(cfg.retrain_command)}), log {log_path}")
+    # compute.kernels' environment, set before dvc starts the stages (pipeline/contracts/kernels.py)
+    params = project / "params.yaml"  # what `dvc repro` there reads (none: a custom command's)
+    level = (
+        section(read_params(params), "compute", ComputeConfig).kernels
+        if params.is_file()
+        else "native"
+    )
+    env = {**os.environ, **kernels.environment(level)}
     try:
-        with log_path.open("w") as out:
-            done = subprocess.run(
-                list(cfg.retrain_command),
-                cwd=project,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=cfg.retrain_timeout_s,
-                check=False,
-            )
-    except subprocess.TimeoutExpired:
-        return "retrain_failed", [*reasons, f"timed out after {cfg.retrain_timeout_s} s"]
+        code = run_group(list(cfg.retrain_command), project, log_path, cfg.retrain_timeout_s, env)
     except OSError as exc:
-        return "retrain_failed", [*reasons, f"{cfg.retrain_command[0]}: {exc}"]
-    if done.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        return "retrain_failed", [*reasons, f"{cfg.retrain_command[0]}: {exc}; log {log_path}"]
+    if code is None:
         return "retrain_failed", [
             *reasons,
-            f"exit {done.returncode}; the champion keeps serving; {log_path}: " + " | ".join(tail),
+            f"timed out after {cfg.retrain_timeout_s} s (monitor.retrain_timeout_s): stopped; "
+            f"the champion keeps serving; log {log_path}",
+        ]
+    if code != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        return "retrain_failed", [
+            *reasons,
+            f"{how}; the champion keeps serving; {log_path}: " + " | ".join(tail),
         ]
     if not gate_path.is_file() or gate_path.stat().st_mtime == before:
         return "retrain_failed", [*reasons, f"the gate did not run ({gate_path} unchanged)"]
@@ -100,12 +116,48 @@ def retrain(
     ]
 
 
+def run_group(
+    cmd: list[str], cwd: Path, log_path: Path, timeout: float, env: dict[str, str] | None = None
+) -> int | None:
+    """Run ``cmd`` in a new process group, output to ``log_path``; its exit status (negative:
+    the signal that killed it), or None if it ran past ``timeout`` and the group was stopped."""
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            out.write(f"\nmonitor: stopped after {timeout} s (monitor.retrain_timeout_s)\n")
+            return None
+        except BaseException:  # the monitor itself is stopping: take the retrain with it
+            stop_group(proc)
+            raise
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s group, SIGKILL to whatever is left after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):  # a stage that ignored dvc's exit
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
 def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:
     """Every labelled production row, as source-like rows, to ``path`` (atomically)."""
     w = log.window(labelled_only=True)
+    # No labelled rows (a retrain on the label-free estimate alone): an empty table, same columns.
+    X = w.X if len(w) else np.empty((0, len(schema.features)), np.float32)
     frame: dict[str, Any] = {}
     for j, feat in enumerate(schema.features):
-        col = w.X[:, j].astype(np.float64)
+        col = X[:, j].astype(np.float64)
         if feat.kind == "categorical":
             frame[feat.name] = pd.array(feat.decode(col), dtype="string")
         else:

@@ -123,15 +123,18 @@ def compare(
 ) -> dict[str, Any]:
     """Parity of the fp32 graph with PyTorch, and the int8 variant's size and accuracy.
 
-    Deterministic for the same graphs and rows; latencies are in :func:`latencies`.
+    Deterministic for the same graphs and rows on one CPU. The largest probability difference
+    itself depends on onnxruntime's kernels, which follow the CPU (no switch pins them): it is
+    returned apart, as ``max_abs_probability_diff``, for the side file; the report keeps only
+    what it decides (within ``atol``, labels equal). Latencies are in :func:`latencies`.
     """
     t_probs, t_labels = torch_predict(model, X, temperature)
     o_probs, o_labels = predict(session(fp32), X)
     diff = float(np.abs(o_probs - t_probs).max())
     report: dict[str, Any] = {
+        "max_abs_probability_diff": diff,  # popped into the side file by the stage
         "parity": {
             "rows": len(X),
-            "max_abs_probability_diff": diff,
             "labels_equal": bool(np.array_equal(o_labels, t_labels)),
             "atol": atol,
             "passed": bool(diff <= atol and np.array_equal(o_labels, t_labels)),
@@ -177,15 +180,18 @@ def body(ctx: stage.Context) -> None:
         report = compare(
             model, fp32, int8 if cfg.quantize else None, X, y, cfg.parity_atol, temperature
         )
+        diff = report.pop("max_abs_probability_diff")
         dump_json({"opset": cfg.opset, "temperature": temperature, **report}, metrics_tmp)
-        dump_json(latencies(fp32, int8 if cfg.quantize else None, X), timing_tmp)
+        # This machine's figures (onnxruntime's kernels follow the CPU): a side file.
+        timing = latencies(fp32, int8 if cfg.quantize else None, X)
+        dump_json({"parity_max_abs_probability_diff": diff, **timing}, timing_tmp)
         if not report["parity"]["passed"]:
             # The graph is kept (atomic_outputs still renames it) so the failure can be studied;
             # the gate refuses to promote a model whose parity failed.
             print(f"export: warning: parity failed: {report['parity']}", file=sys.stderr)
     p = report["parity"]
     print(
-        f"export: parity max |dp| = {p['max_abs_probability_diff']:.2e} on {p['rows']} rows, "
+        f"export: parity max |dp| = {diff:.2e} on {p['rows']} rows, "
         f"labels equal: {p['labels_equal']}"
         + (
             f"; int8 accuracy delta {report['int8']['accuracy_delta']:+.4f}, size x"

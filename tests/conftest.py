@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,22 @@ from pipeline.contracts.schema import Schema, infer_schema
 from pipeline.ingest import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_kernels() -> Iterator[None]:
+    """The stages the tests start as processes (``dvc repro``, servers) get the repo's
+    ``compute.kernels`` environment up front, as ``make repro`` gives it (otherwise each stage
+    would re-execute itself once to pick it up)."""
+    from pipeline.contracts import kernels
+    from pipeline.contracts.params import ComputeConfig, read_params, section
+
+    level = section(read_params(ROOT / "params.yaml"), "compute", ComputeConfig).kernels
+    saved = dict(os.environ)
+    os.environ.update(kernels.environment(level))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -206,14 +206,17 @@ class FeaturesConfig(Section):
 
 
 class ComputeConfig(Section):
-    """``compute``: where the stages run and with how many CPU threads.
+    """``compute``: where the stages run, with how many CPU threads and which CPU kernels.
 
     ``threads`` is fixed rather than left to each library: BLAS and PyTorch split reductions by
     thread count, so a different count gives different floats and different output hashes.
+    ``kernels``: the instruction set every library's CPU kernels are pinned to
+    (:mod:`pipeline.contracts.kernels`), for the same reason across CPUs.
     """
 
     device: Literal["auto", "cpu", "cuda"]
     threads: Positive
+    kernels: Literal["native", "avx2"]
 
 
 # The train keys tune may search over.

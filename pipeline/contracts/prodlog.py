@@ -31,11 +31,14 @@ Nothing here runs on import; ``python -m serving.prodlog --url production.db`` p
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +62,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 metadata = MetaData()
 
@@ -241,6 +244,41 @@ class ProductionLog:
         for row in out:
             row["row"] = json.loads(row["row"])
         return out[::-1]
+
+    @contextlib.contextmanager
+    def lease(self, name: str) -> Iterator[bool]:
+        """Hold the log-wide lease ``name`` while the block runs; yields False (nothing waits)
+        if another process holds it, on this machine or another sharing the database.
+
+        PostgreSQL: a session advisory lock on a connection kept open for the block (the server
+        drops it if the holder dies). SQLite (one machine): an exclusive ``flock`` on
+        ``<file>.<name>.lock``.
+        """
+        if self._sqlite:
+            path = Path(self.engine.url.database or "").with_suffix(f".{name}.lock")
+            with path.open("w") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+            return
+        key = int.from_bytes(hashlib.sha256(f"mlcycle:{name}".encode()).digest()[:8], "big") >> 1
+        with self.engine.connect() as conn:
+            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                # A connection lost meanwhile took the lock with it: nothing to undo.
+                with contextlib.suppress(SQLAlchemyError):
+                    if got:
+                        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                        conn.commit()
 
     def count(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -88,8 +88,8 @@ def model_card(
         f"{cal.get('test_ece_after', float('nan')):.4f} (plots/reliability.png)",
         "",
         "## Export",
-        f"- parity: max |probability difference| "
-        f"{export['parity']['max_abs_probability_diff']:.2e}, labels equal "
+        f"- parity with PyTorch on {export['parity']['rows']} test rows: every probability "
+        f"within {export['parity']['atol']:g}: {export['parity']['passed']}, labels equal "
         f"{export['parity']['labels_equal']}",
         "",
         f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}",

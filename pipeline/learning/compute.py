@@ -3,7 +3,9 @@
 Called at the start of every stage (through :mod:`pipeline.learning.stage`), never at import time.
 ``compute.threads`` caps BLAS / OpenMP pools (threadpoolctl) and PyTorch's intra-op threads, so
 the same inputs give the same floats, hence the same output hashes, whatever the machine's core
-count. ``compute.device``: ``auto`` takes CUDA when present; tests pass ``cpu``.
+count (``compute.kernels``, the same across CPUs, is an environment set before the process
+starts: :mod:`pipeline.contracts.kernels`). ``compute.device``: ``auto`` takes CUDA when
+present; tests pass ``cpu``.
 """
 
 from __future__ import annotations

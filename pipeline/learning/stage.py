@@ -1,7 +1,10 @@
 """The one runner behind every stage's ``main``: arguments, params, compute set-up, exit codes.
 
 A stage module declares its flags and a body; :func:`run` parses ``argv``, reads params.yaml,
-applies the ``compute`` section (thread caps) and calls the body. Every :class:`MlcycleError`
+applies the ``compute`` section (thread caps, pinned CPU kernels) and calls the body. Started
+from the command line without ``compute.kernels``' environment (a bare ``dvc repro``; ``make
+repro`` and the monitor set it), a stage re-executes itself once with it, since the libraries
+read it when they load. Every :class:`MlcycleError`
 (bad params, bad data, a missing or unreadable input file) becomes one line on stderr and exit
 status 2, with no traceback; anything else is a bug and keeps its traceback.
 """
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from pipeline.contracts import kernels
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import ComputeConfig, read_params, section
 from pipeline.learning.compute import apply_threads
@@ -57,7 +62,15 @@ def run(
     try:
         ctx = Context(name, args, read_params(args.params))
         if compute:
-            apply_threads(ctx.section("compute", ComputeConfig).threads)
+            cfg = ctx.section("compute", ComputeConfig)
+            if argv is None and not kernels.pinned(cfg.kernels):  # before any library loads
+                sys.stdout.flush()
+                os.execve(
+                    sys.executable,
+                    [sys.executable, "-m", f"pipeline.{name}", *sys.argv[1:]],
+                    {**os.environ, **kernels.environment(cfg.kernels)},
+                )
+            apply_threads(cfg.threads)
         body(ctx)
     except MlcycleError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)

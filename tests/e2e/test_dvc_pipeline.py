@@ -66,11 +66,12 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def dvc(cwd: Path, *args: str, timeout: float = 600) -> str:
+def dvc(cwd: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         PYTHONPATH=str(cwd),
+        **(env or {}),
     )
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args],
@@ -192,9 +193,16 @@ def test_failed_stage_keeps_previous_outputs(project: Path) -> None:
     assert (project / "metrics/preprocess.json").read_bytes() == metrics_before
 
 
-def test_two_fresh_runs_give_the_same_bytes(first_run: tuple, tmp_path: Path) -> None:
+def test_two_fresh_runs_give_the_same_bytes_also_on_another_cpu(
+    first_run: tuple, tmp_path: Path
+) -> None:
+    """The second fresh run plays another CPU (each library's dispatch forced lower, as
+    tests/unit/test_kernels.py does) and is started as a bare `dvc repro` would be on it:
+    every stage re-executes itself with compute.kernels' pins and writes the same bytes."""
+    from tests.unit.test_kernels import OTHER_CPU
+
     again = copy_project(tmp_path)
-    assert ran(dvc(again, "repro")) == ALL
+    assert ran(dvc(again, "repro", env=OTHER_CPU)) == ALL
     first, second = first_run[2], lock_hashes(again)
     assert first.keys() == second.keys()
     differ = {p for p in first if first[p] != second[p]}
@@ -243,3 +251,60 @@ def test_user_csv_with_categoricals_runs_through_all_stages(tmp_path: Path) -> N
 
     ckpt = torch.load(project / "models/model.pt", weights_only=True)
     assert ckpt["model_config"]["arch"] == "mlp"  # train.model: auto, and no image shape
+
+
+def test_a_killed_retrain_leaves_the_champion_and_the_next_retrain_runs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor's retrain (a real `dvc repro`) stopped by ``monitor.retrain_timeout_s`` part
+    way through the pipeline: no stage outlives it, the champion and the registry are as they
+    were, and the next retrain runs to the gate. Last in the module: it retrains ``project``."""
+    from monitoring.retrain import retrain
+    from pipeline import registry
+    from pipeline.contracts import champion
+    from pipeline.contracts.params import MonitorConfig, overlay, read_params, section
+    from pipeline.contracts.prodlog import ProductionLog
+
+    # A gate every model here passes: the retrain's mechanics are tested, not the model.
+    for key, value in {"min_accuracy": 0.0, "min_robust_accuracy": 0.0, "max_ece": 1.0,
+                       "max_accuracy_drop": 1.0, "max_robust_drop": 1.0,
+                       "max_baseline_gap": None}.items():  # fmt: skip
+        edit_params(project, "gate", key, value)
+    assert ran(dvc(project, "repro")) == {"source", "evaluate"}  # promotes version 1
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(project))
+    base = section(read_params(project / "params.yaml"), "monitor", MonitorConfig)
+    command = (sys.executable, "-m", "dvc", "repro")
+    before = champion.read(project / "registry")
+    log = ProductionLog(str(tmp_path / "production.db"))
+    reports = project / base.reports
+    stopped = overlay(base, "monitor", retrain_command=command, retrain_timeout_s=15.0)
+    decision, reasons = retrain(stopped, log, before, project, reports)
+    assert decision == "retrain_failed", reasons
+    assert "timed out after 15.0 s" in reasons[-1] and "retrain/" in reasons[-1], reasons
+    ran_before_the_kill = ran(Path(reasons[-1].split("log ")[-1]).read_text())
+    print(f"killed after {sorted(ran_before_the_kill)}")
+    assert not [pid for pid in _processes_in(project)], "a stage outlived its retrain"
+    assert champion.read(project / "registry").version == before.version
+    status = ["status", "--params", str(project / "params.yaml"), "--registry",
+              str(project / "registry"), "--tracking-db", str(project / "mlflow.db")]  # fmt: skip
+    assert registry.main(status) == 0
+    again = overlay(base, "monitor", retrain_command=command, retrain_timeout_s=900.0)
+    decision, reasons = retrain(again, log, before, project, reports)
+    assert decision in ("retrain_promoted", "retrain_rejected"), reasons  # the gate decided
+    assert dvc(project, "status").split() == ["source:", "always", "changed"]  # the rest is done
+    log.close()
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is ``folder``."""
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if cwd.resolve() == folder.resolve() and int(cwd.parent.name) != os.getpid():
+                state = (cwd.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(cwd.parent.name))
+        except OSError:
+            continue
+    return found

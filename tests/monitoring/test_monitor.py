@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from monitoring.monitor import Monitor
 from monitoring.reports import report_name
 from monitoring.retrain import export_feedback
 from monitoring.shifts import shift_inputs
-from pipeline.contracts.prodlog import Window
+from pipeline.contracts.prodlog import ProductionLog, Window
 from pipeline.contracts.schema import FEEDBACK
 from tests.monitoring.conftest import (
     Digits,
@@ -165,11 +167,88 @@ def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffi
     with lock.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert m.decide(window)["decision"] == "busy"
+    other_machine = ProductionLog(traffic.log.url)  # another watch sharing the log
+    with other_machine.lease("retrain") as held:
+        assert held
+        busy = m.decide(window)
+    other_machine.close()
+    assert busy["decision"] == "busy" and "sharing this production log" in busy["reasons"][-1]
     assert calls(tmp_path) == 0
     decisions = traffic.log.decisions()
-    assert [x["decision"] for x in decisions] == ["dry_run", "busy"]
+    assert [x["decision"] for x in decisions] == ["dry_run", "busy", "busy"]
     index = (tmp_path / "reports/drift/index.html").read_text()
     assert "dry_run" in index and "busy" in index
+
+
+def test_a_retrain_past_its_timeout_is_stopped_with_every_process_it_started(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    """As `dvc repro` and the stage it runs: a child that starts a grandchild, both hanging."""
+    script = tmp_path / "hanging_retrain.py"
+    script.write_text(
+        "import pathlib, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(child.pid))\n"
+        "print('stage train: epoch 1', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    pid_file = tmp_path / "stage.pid"
+    command = (sys.executable, str(script), str(pid_file))
+    m = monitor(tmp_path, traffic, retrain_command=command, cooldown_s=0.0, retrain_timeout_s=2.0)
+    d = traffic.d
+    traffic.serve(blurred(d, slice(0, 100)), d.y_held[:100])
+    *_, last = m.step()
+    assert last["decision"] == "retrain_failed"
+    (log,) = (tmp_path / "reports/drift/retrain").glob("*.log")
+    assert "timed out after 2.0 s" in last["reasons"][-1] and str(log) in last["reasons"][-1]
+    assert "stage train: epoch 1" in log.read_text()
+    stage = int(pid_file.read_text())
+    deadline = time.monotonic() + 15
+    while _running(stage) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(stage), "the stage outlived its retrain"
+    # Nothing is left that blocks the next retrain: the locks are free again.
+    with monitor_module.retrain_lock(tmp_path / "reports/drift/retrain.lock") as free:
+        assert free
+    with traffic.log.lease("retrain") as leased:
+        assert leased
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_watch_waits_out_a_production_log_outage_and_resumes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from monitoring.__main__ import _watch
+
+    class Flaky:
+        """A monitor whose log is away for its second and third steps."""
+
+        cfg = monitor_config(interval_s=0.01)
+
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def step(self, dry_run: bool, stop: object) -> list[dict]:
+            self.steps += 1
+            if self.steps in (2, 3):
+                raise OperationalError("SELECT", {}, ConnectionRefusedError("connection refused"))
+            return []
+
+    flaky = Flaky()
+    assert _watch(flaky, max_seconds=0.5, dry_run=False) == 0  # type: ignore[arg-type]
+    assert flaky.steps > 4  # it went on deciding after the outage
+    err = capsys.readouterr().err
+    assert err.count("the production log is unreachable") == 1, err  # once per outage
+    assert "connection refused" in err and err.count("the production log is back") == 1
 
 
 def test_the_reference_is_computed_once_per_model_version(tmp_path: Path, traffic: Traffic) -> None:
@@ -281,3 +360,15 @@ def test_watch_writes_drift_reports_in_the_background(
     # The worker yields the CPU to a retrain; the watch loop's own thread keeps its priority.
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert niceness == [min(own + monitor_module.REPORT_NICE, 19)]
+
+
+def test_export_feedback_without_labels_writes_an_empty_table_with_the_columns(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    """A retrain on the label-free estimate alone (monitor.min_feedback 0) has no labelled rows."""
+    d = traffic.d
+    traffic.serve(d.X_held[:20], None)
+    path = tmp_path / "feedback.parquet"
+    assert export_feedback(traffic.log, d.schema, path) == 0
+    df = pd.read_parquet(path)
+    assert len(df) == 0 and list(df.columns) == [*d.schema.names, d.schema.target, FEEDBACK]

@@ -244,3 +244,19 @@ def test_two_workers_never_replay_one_spill_file(tmp_path: Path) -> None:
     first = list(claim_spills(spill))
     assert sorted(r[0][0] for _, r in first) == ["a", "b"]
     assert list(claim_spills(spill)) == []  # claimed by a live process: not taken again
+
+
+def test_one_lease_holder_at_a_time_across_connections(log: ProductionLog) -> None:
+    """The retrain lease: a second process (here a second engine, as another machine would
+    have) is refused while the first holds it, and gets it once it is released."""
+    other = ProductionLog(log.url)
+    try:
+        with log.lease("retrain") as first:
+            with other.lease("retrain") as second:
+                assert first and not second
+            with other.lease("another") as unrelated:
+                assert unrelated
+        with other.lease("retrain") as after:
+            assert after
+    finally:
+        other.close()
