@@ -31,7 +31,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     BENTOML_DO_NOT_TRACK=true \
     MLCYCLE_PARAMS=/app/params.yaml \
     MLCYCLE_REGISTRY=/app/registry \
-    MLCYCLE_LOG_URL=/app/log/production.db
+    MLCYCLE_LOG_URL=/app/log/production.db \
+    MLCYCLE_SPILL_DIR=/app/log/spill
 RUN groupadd --system --gid 10001 mlcycle \
     && useradd --system --uid 10001 --gid mlcycle --home-dir /app --no-create-home mlcycle \
     && mkdir -p /app/log /app/registry /app/.bentoml \

@@ -128,6 +128,11 @@ def _run(args: argparse.Namespace) -> int:
 def _show(decision: dict) -> None:
     f = decision["figures"]
     acc = "" if f.get("accuracy") is None else f", feedback accuracy {f['accuracy']:.3f}"
+    if f.get("log_rejected_rows"):
+        acc += (
+            f"; {f['log_rejected_rows']} log rows refused by the database, set aside "
+            "(python -m serving.prodlog --rejected)"
+        )
     print(
         f"monitor: {decision['rows']} rows: {decision['decision']} (min p {f['p_min']:.3g}, "
         f"{f['n_drifted_features']} drifted features{acc})"

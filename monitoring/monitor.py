@@ -15,7 +15,8 @@ of harm too. Retraining acts on harm, never on drift alone. The trigger policy
   reported, never a retrain); ``alarm``: harm in fewer than ``debounce`` windows in a row so far;
 - ``waiting_for_labels``: fewer than ``min_feedback`` labelled rows arrived since the last retrain;
 - ``cooldown``: the last retrain was less than ``cooldown_s`` ago; ``busy``: another retrain holds
-  the lock; ``dry_run``: a retrain was due, and only recorded;
+  the lock (this machine's file lock, or the production log's lease: another ``watch`` sharing a
+  PostgreSQL log on another machine); ``dry_run``: a retrain was due, and only recorded;
 - ``superseded``: every row of the window was answered by an earlier version than the champion
   (the backlog a promoted retrain leaves): its drift is recorded, its harm is that version's and
   never counts against the champion or towards a retrain;
@@ -104,6 +105,8 @@ class Monitor:
             **window_figures(window, champ.schema.n_classes),
             "champion": champ.version,
             "champion_test_accuracy": champ.test_accuracy,
+            # Rows the database refused, set aside by the service (not in any window).
+            "log_rejected_rows": self.log.rejected_count(),
         }
         figures["harm"] = bool(figures["accuracy_dropped"] or figures["estimate_dropped"])
         figures["alarm"] = bool(drift.drifted or figures["harm"])

@@ -5,7 +5,8 @@
 
 Endpoints: ``POST /predict``, ``POST /feedback`` (bearer token), ``GET /model``,
 ``GET /openapi.json`` (built from schema.json), and BentoML's ``/healthz``, ``/livez``,
-``/readyz`` (ready once a model is loaded) and ``/metrics`` (Prometheus).
+``/readyz`` (ready once a model is loaded and while the production log takes commits) and
+``/metrics`` (Prometheus).
 
 The hot routes (``/predict``, ``/feedback``) are raw ASGI handlers that :class:`FastPath` puts in
 front of BentoML's app: BentoML's typed APIs cost about 2 ms of pydantic and dispatch per request

@@ -236,6 +236,10 @@ class ProductionLog:
         with self.engine.begin() as conn:  # set aside once, however often it is refused
             conn.execute(dialect_insert(rejected).values(values).on_conflict_do_nothing())
 
+    def rejected_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(rejected)).scalar_one())
+
     def rejected_rows(self, last: int = 100) -> list[dict[str, Any]]:
         """The latest rows set aside, oldest first, each with its reason and values."""
         query = select(rejected).order_by(rejected.c.ts.desc()).limit(last)

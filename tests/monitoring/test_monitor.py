@@ -60,8 +60,10 @@ def test_an_unshifted_stream_never_retrains(tmp_path: Path, traffic: Traffic) ->
     m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), debounce=3)
     d = traffic.d
     traffic.serve(d.X_held[:500], d.y_held[:500])
+    refused = ("r", 0, 1.0, "1", b"\0" * 4, 0, b"\0" * 4, 0.1, "")
+    traffic.log.set_aside(refused, "IntegrityError: a policy", 2.0)  # the service set it aside
     decisions = m.step()
-    assert len(decisions) == 10
+    assert len(decisions) == 10 and decisions[-1]["figures"]["log_rejected_rows"] == 1
     assert {x["decision"] for x in decisions} <= {"ok", "drift"}
     assert sum(x["decision"] == "drift" for x in decisions) <= 2
     assert not any(x["figures"]["harm"] for x in decisions)
@@ -180,6 +182,7 @@ def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffi
     assert "dry_run" in index and "busy" in index
 
 
+@pytest.mark.slow  # a 2 s timeout and its process group's grace period
 def test_a_retrain_past_its_timeout_is_stopped_with_every_process_it_started(
     tmp_path: Path, traffic: Traffic
 ) -> None:
