@@ -16,11 +16,15 @@ import pytest
 import yaml
 
 from pipeline.source import fingerprint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pinned_env
 
 
 def dvc(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = {
+        **os.environ,
+        **pinned_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True
     )

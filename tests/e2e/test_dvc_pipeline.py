@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pinned_env
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +67,13 @@ def copy_project(dest: Path) -> Path:
 
 
 def dvc(cwd: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        PYTHONPATH=str(cwd),
+    env = {
+        **os.environ,
+        **pinned_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
         **(env or {}),
-    )
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=cwd,

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipeline import train
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning.model import build
-from tests.conftest import CPU, train_args
+from tests.conftest import CPU, pinned_env, train_args
 
 
 @pytest.mark.slow
@@ -108,6 +109,11 @@ def test_killed_run_resumes_to_the_same_result(
     # 12 short epochs (0.3 s each here): the kill lands early in the run, the polling below
     # looks every 20 ms, however fast or loaded the machine is.
     params = short_params(stage_inputs, tmp_path, write_params, epochs=12, patience=100)
+    # The runs in this process keep its own kernels: so does the killed one (no re-execution
+    # with compute.kernels' pins, which would give it other floats than the runs beside it).
+    doc = yaml.safe_load(params.read_text())
+    doc["compute"]["kernels"] = "native"
+    params.write_text(yaml.safe_dump(doc))
     cmd = [sys.executable, "-m", "pipeline.train"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
@@ -172,7 +178,7 @@ def test_torchrun_two_processes_matches_single_process(default_run: Path, tmp_pa
         capture_output=True,
         text=True,
         timeout=1200,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env={**os.environ, **pinned_env(), "OMP_NUM_THREADS": "1"},  # as default_run's dvc
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((out / "train.json").read_text())
