@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,15 @@ from pipeline.ingest import load_source
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _pinned_kernels() -> Iterator[None]:
-    """The stages the tests start as processes (``dvc repro``, servers) get the repo's
-    ``compute.kernels`` environment up front, as ``make repro`` gives it (otherwise each stage
-    would re-execute itself once to pick it up)."""
+def pinned_env() -> dict[str, str]:
+    """The repo's ``compute.kernels`` environment, for the ``dvc repro`` processes tests start
+    (as ``make repro`` gives it; without it each stage re-executes itself once to pick it up).
+    The test process itself keeps its own kernels."""
     from pipeline.contracts import kernels
     from pipeline.contracts.params import ComputeConfig, read_params, section
 
     level = section(read_params(ROOT / "params.yaml"), "compute", ComputeConfig).kernels
-    saved = dict(os.environ)
-    os.environ.update(kernels.environment(level))
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+    return kernels.environment(level)
 
 
 @pytest.fixture(autouse=True)
