@@ -196,6 +196,7 @@ def test_model_health_metrics_and_openapi(server: Server) -> None:
     assert len(record_schema["required"]) == 64 and not record_schema["additionalProperties"]
 
 
+@pytest.mark.slow  # 3 s: a `python -m serving` process of its own (make test keeps under 2 min)
 def test_without_a_champion_serving_exits_with_what_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     proc = subprocess.run(
