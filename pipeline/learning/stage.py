@@ -64,6 +64,12 @@ def run(
         if compute:
             cfg = ctx.section("compute", ComputeConfig)
             if argv is None and not kernels.pinned(cfg.kernels):  # before any library loads
+                print(
+                    f"{name}: restarting with compute.kernels {cfg.kernels}'s CPU pins (`make "
+                    "repro` starts dvc with them and skips this)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 sys.stdout.flush()
                 os.execve(
                     sys.executable,

@@ -62,8 +62,23 @@ def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path
     hinted = any("harden.max_clean_drop" in h for h in decision["hints"])
     assert hinted == below and ("hint: robust accuracy" in output) == below
 
-    # The served graph: calibrated probabilities over the frozen test split.
+    # The categoricals: inferred from text, encoded as schema indices, one-hot in the features.
     schema = json.loads((tmp_path / "data/schema.json").read_text())
+    kinds = {f["name"]: f["kind"] for f in schema["features"]}
+    assert kinds["region"] == kinds["plan"] == "categorical"
+    assert sum(k == "numeric" for k in kinds.values()) == 30
+    spec = json.loads((tmp_path / "models/features.json").read_text())
+    by_name = dict(zip(kinds, spec["params"]["n_categories"], strict=True))
+    # Four regions and two plans, both with missing cells (one more category if kept as one).
+    assert by_name["region"] in (4, 5) and by_name["plan"] in (2, 3) and by_name["x00"] == 0
+    train = pd.read_parquet(tmp_path / "data/prepared/train.parquet")
+    assert set(train["region"].dropna()) <= set(map(float, range(by_name["region"])))
+    import torch
+
+    ckpt = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "mlp"  # train.model: auto, and no image shape
+
+    # The served graph: calibrated probabilities over the frozen test split.
     assert schema["target"]["classes"] == ["no", "yes"]
     names = [f["name"] for f in schema["features"]]
     test = pd.read_parquet(tmp_path / "data/prepared/test.parquet")

@@ -183,7 +183,7 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "st"), "run", f"{server.url}/openapi.json",
-            "--checks", "not_a_server_error", "--max-examples", "600", "--seed", "1",
+            "--checks", "not_a_server_error", "--max-examples", "300", "--seed", "1",
             "--mode", "all", "-H", "Authorization: Bearer s3cret", "--workers", "2",
             "--report", "ndjson", "--report-ndjson-path", str(report), "--no-shrink",
             "--suppress-health-check", "all",
@@ -200,7 +200,7 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
                 cases += len(value["recorder"].get("cases", {}))
     print(f"schemathesis: {cases} generated cases\n{output[-1500:]}")
     assert proc.returncode == 0, output[-5000:]
-    assert cases >= 1000
+    assert cases >= 500
 
 
 def test_workers_n_runs_n_processes_that_share_the_log(served_state: Path, tmp_path: Path) -> None:
