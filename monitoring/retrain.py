@@ -20,14 +20,12 @@ written), and an evaluate killed part way through a promotion is repaired by the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +37,11 @@ from pipeline.contracts import kernels
 from pipeline.contracts.champion import Champion
 from pipeline.contracts.io import atomic_outputs, write_parquet
 from pipeline.contracts.params import ComputeConfig, MonitorConfig, read_params, section
-from pipeline.contracts.prodlog import ProductionLog
+from pipeline.contracts.prodlog import ProductionLog, file_lock
 from pipeline.contracts.schema import FEEDBACK, Schema
 
-
-@contextlib.contextmanager
-def retrain_lock(path: Path) -> Iterator[bool]:
-    """Hold the retrain lock file at ``path`` while the block runs; yields False if another
-    process holds it (nothing waits)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+# This machine's retrain lock (a file under the reports folder); yields False if it is held.
+retrain_lock = file_lock
 
 
 def retrain(

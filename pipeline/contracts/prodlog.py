@@ -259,17 +259,10 @@ class ProductionLog:
         ``<file>.<name>.lock``.
         """
         if self._sqlite:
-            path = Path(self.engine.url.database or "").with_suffix(f".{name}.lock")
-            with path.open("w") as fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    yield False
-                    return
-                try:
-                    yield True
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+            with file_lock(
+                Path(self.engine.url.database or "").with_suffix(f".{name}.lock")
+            ) as got:
+                yield got
             return
         key = int.from_bytes(hashlib.sha256(f"mlcycle:{name}".encode()).digest()[:8], "big") >> 1
         with self.engine.connect() as conn:
@@ -411,6 +404,23 @@ class ProductionLog:
         for row in out:
             row["figures"], row["reasons"] = json.loads(row["figures"]), json.loads(row["reasons"])
         return out[::-1]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` while the block runs; yields False if another
+    process holds it (nothing waits). The kernel drops it when its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
