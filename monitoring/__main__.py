@@ -33,6 +33,7 @@ from pipeline.contracts.params import (
     read_params,
     section,
 )
+from pipeline.contracts.prodlog import db_reason
 
 if TYPE_CHECKING:
     from monitoring.monitor import Monitor
@@ -160,8 +161,7 @@ def _watch(monitor: Monitor, max_seconds: float | None, dry_run: bool) -> int:
         except SQLAlchemyError as exc:  # the log's database went away: wait, then resume
             if away_since is None:
                 away_since = time.monotonic()
-                why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-                _say(f"monitor: the production log is unreachable ({why}); retrying")
+                _say(f"monitor: the production log is unreachable ({db_reason(exc)}); retrying")
         else:
             if away_since is not None:
                 away = time.monotonic() - away_since

@@ -18,7 +18,6 @@ commit to a spill file in ``serving.spill_dir``, which the next start replays.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -28,7 +27,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.contracts.prodlog import PREDICTION_COLUMNS, REFUSALS, ProductionLog
+from pipeline.contracts.prodlog import (
+    PREDICTION_COLUMNS,
+    REFUSALS,
+    ProductionLog,
+    db_reason,
+    decode_value,
+    encode_value,
+)
 
 log = logging.getLogger("mlcycle.serving.prodlog")
 Row = tuple[Any, ...]
@@ -211,7 +217,7 @@ class GroupCommitWriter:
                         with self._cond:
                             self._chunks[0:1] = [chunk[:mid], chunk[mid:]]
                         continue
-                    self._set_aside(chunk[0], _reason(exc))
+                    self._set_aside(chunk[0], db_reason(exc))
             except Exception as exc:  # the database is away: keep the rows, try again
                 self._attempt_since = None
                 self._failed(exc)
@@ -248,7 +254,11 @@ class GroupCommitWriter:
             if self.spill_dir is None:
                 raise
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            record = {"reason": reason, "set_aside_error": _reason(exc), "row": _encode_row(row)}
+            record = {
+                "reason": reason,
+                "set_aside_error": db_reason(exc),
+                "row": [encode_value(v) for v in row],
+            }
             with (self.spill_dir / "rejected.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
         self.rejected += 1
@@ -258,7 +268,7 @@ class GroupCommitWriter:
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
-        self.last_error = _reason(exc)
+        self.last_error = db_reason(exc)
         if self.failing_since is None:  # once per outage, with its cause
             self.failing_since = time.time()
             log.error(
@@ -270,13 +280,6 @@ class GroupCommitWriter:
             self.on_error(self, exc)
 
 
-def _reason(exc: BaseException) -> str:
-    """The database's own message, on one line."""
-    cause = getattr(exc, "orig", None) or exc
-    text = " ".join(str(cause).split())
-    return f"{type(cause).__name__}: {text[:300]}"
-
-
 def write_spill(folder: Path, rows: list[Row]) -> Path:
     """Rows to a new spill file (JSON lines, bytes as base64), written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -284,7 +287,7 @@ def write_spill(folder: Path, rows: list[Row]) -> Path:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
         for row in rows:
-            f.write(json.dumps(_encode_row(row)) + "\n")
+            f.write(json.dumps([encode_value(v) for v in row]) + "\n")
         f.flush()
         os.fsync(f.fileno())
     tmp.rename(path)
@@ -305,7 +308,7 @@ def claim_spills(folder: Path) -> Iterator[tuple[Path, list[Row]]]:
         except FileNotFoundError:  # another worker took it
             continue
         with claimed.open() as f:
-            rows = [tuple(_decode(v) for v in json.loads(line)) for line in f if line.strip()]
+            rows = [tuple(decode_value(v) for v in json.loads(line)) for line in f if line.strip()]
         if any(len(r) != len(PREDICTION_COLUMNS) for r in rows):
             raise ValueError(f"{claimed}: not a spill file of this version's prediction rows")
         yield claimed, rows
@@ -319,14 +322,6 @@ def _alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _encode_row(row: Row) -> list[Any]:
-    return [{"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for v in row]
-
-
-def _decode(value: Any) -> Any:
-    return base64.b64decode(value["base64"]) if isinstance(value, dict) else value
 
 
 def main(argv: list[str] | None = None) -> int:

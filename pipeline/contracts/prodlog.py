@@ -218,10 +218,7 @@ class ProductionLog:
 
     def set_aside(self, row: tuple[Any, ...], reason: str, now: float) -> None:
         """Keep a refused prediction row in ``rejected`` with the database's reason."""
-        record = {
-            name: {"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
-            for name, v in zip(PREDICTION_COLUMNS, row, strict=True)
-        }
+        record = dict(zip(PREDICTION_COLUMNS, map(encode_value, row), strict=True))
         values = {
             "request_id": str(row[0])[:64],
             "idx": int(row[1]),
@@ -404,6 +401,22 @@ class ProductionLog:
         for row in out:
             row["figures"], row["reasons"] = json.loads(row["figures"]), json.loads(row["reasons"])
         return out[::-1]
+
+
+def encode_value(value: Any) -> Any:
+    """A row value as JSON can hold it: bytes (features, probabilities) as base64."""
+    return {"base64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+
+
+def decode_value(value: Any) -> Any:
+    return base64.b64decode(value["base64"]) if isinstance(value, dict) else value
+
+
+def db_reason(exc: BaseException) -> str:
+    """The database driver's own message for ``exc``, on one line."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text[:300]}"
 
 
 @contextlib.contextmanager
