@@ -158,8 +158,10 @@ def _figure(decisions: list[dict[str, Any]]) -> str:
         ax.plot(t, [np.nan if x.get(key) is None else x[key] for x in f], marker=".", label=key)
     ax.set_title("Response time (ms, in the service)")
     ax.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured every label first, 0.9 s of the 1.4 s a figure took,
+    # paid on every decision `watch` records.
+    fig.autofmt_xdate(bottom=0.06)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.97, hspace=0.22)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)

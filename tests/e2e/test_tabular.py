@@ -1,11 +1,13 @@
 """A user's table through the whole pipeline with the default params (only ``data.*`` set):
 `dvc repro` ends with a promoted champion whose served probabilities are calibrated. Slow tier.
 
-Measured with tables of seeds 0 / 1 / 2 (5,000 rows + 10 duplicates, 30 numeric columns, two
-categoricals, 3 % missing): test accuracy of the champion 0.974 / 0.974 / 0.984, ECE of the
-served graph 0.012 / 0.011 / 0.006 (0.052 / 0.425 / 0.314 before temperature scaling), robust
+Measured with tables of seeds 0 / 1 / 2 (3,000 rows + 10 duplicates, 30 numeric columns, two
+categoricals, 3 % missing): test accuracy of the champion 0.977 / 0.983 / 0.973, ECE of the
+served graph 0.012 / 0.017 / 0.010 (0.092 / 0.398 / 0.084 before temperature scaling), robust
 accuracy at eps 0.1 far below the gate's 0.7 floor, which was waived with a hint each time
 (robustness at eps 0.1 of every column's range costs this data more than a 1-point budget).
+5,000 rows gave the same (0.974-0.984, ECE 0.006-0.012) in twice the time; at 2,000 rows seed 2
+was not promoted (ECE 0.062 after scaling on 400 test rows, over the gate's 0.05).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path: Path) -> None:
     copy_pristine(tmp_path)
-    churn_table(5000, seed=0).to_csv(tmp_path / "data/customers.csv", index=False)
+    churn_table(3000, seed=0).to_csv(tmp_path / "data/customers.csv", index=False)
     edit_params(tmp_path, "data", "source", "data/customers.csv")
     edit_params(tmp_path, "data", "target", "churn")
 
