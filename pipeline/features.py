@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedKFold
 from sklearn.tree import DecisionTreeClassifier
 from tqdm.auto import tqdm
 
@@ -119,11 +119,19 @@ def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> lis
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     if int(np.bincount(ys)[np.bincount(ys) > 0].min()) < 3:
         return []
+    # The folds depend on the labels only: cut once, and the trees fit directly (cross_val_score
+    # per column spent half its time setting up: digits' 64 columns 1.2 s -> 0.64 s, same scores).
+    splits = list(folds.split(Xs, ys))
     out = []
     for j, name in enumerate(schema.names):
         col = np.nan_to_num(Xs[:, j : j + 1], nan=np.nanmin(Xs[:, j], initial=0.0) - 1.0)
-        tree = DecisionTreeClassifier(max_depth=4, random_state=seed)
-        acc = float(cross_val_score(tree, col, ys, cv=folds).mean())
+        scores = [
+            DecisionTreeClassifier(max_depth=4, random_state=seed)
+            .fit(col[fit], ys[fit])
+            .score(col[held], ys[held])
+            for fit, held in splits
+        ]
+        acc = float(np.mean(scores))
         if acc >= LEAK_ACCURACY and acc > majority + 0.05:
             out.append({"feature": name, "cv_accuracy_alone": acc})
     return out
