@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,13 @@ def pinned_env() -> dict[str, str]:
 
     level = section(read_params(ROOT / "params.yaml"), "compute", ComputeConfig).kernels
     return kernels.environment(level)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the summary, the session's objects move to the collector's permanent generation,
+    so the interpreter's collections at exit skip them: over torch's, onnxscript's and MLflow's
+    heap those took 4-6 s after the last line (py-spy: gc_collect_main in finalization)."""
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)

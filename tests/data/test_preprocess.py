@@ -46,6 +46,7 @@ def test_label_noise_detector_precision_and_recall(
     assert not removed & kept
 
 
+@pytest.mark.slow  # preprocess 3 times (2 s); the e2e section-change test checks it on dvc repro
 def test_test_split_is_frozen_across_noise_settings(
     digits: tuple[pd.DataFrame, Schema], cfg: PreprocessConfig
 ) -> None:
