@@ -121,7 +121,9 @@ def run_group(
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM to ``proc``'s group, SIGKILL to whatever is left after ``grace_s``."""
+    """SIGTERM to ``proc``'s group, SIGKILL to whatever is left after ``grace_s``; returns once
+    no process of the group is running (dvc exits first, and a stage it started can still be
+    dying then: the next retrain must not start beside it)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
@@ -131,7 +133,29 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
         with contextlib.suppress(ProcessLookupError):  # a stage that ignored dvc's exit
             os.killpg(proc.pid, signal.SIGKILL)
-        return
+        break
+    deadline = time.monotonic() + 30.0
+    while group_running(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is alive (a zombie, already dead, is not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs: any member, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            return True
+    return False
 
 
 def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -205,11 +204,8 @@ def test_a_retrain_past_its_timeout_is_stopped_with_every_process_it_started(
     (log,) = (tmp_path / "reports/drift/retrain").glob("*.log")
     assert "timed out after 2.0 s" in last["reasons"][-1] and str(log) in last["reasons"][-1]
     assert "stage train: epoch 1" in log.read_text()
-    stage = int(pid_file.read_text())
-    deadline = time.monotonic() + 15
-    while _running(stage) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _running(stage), "the stage outlived its retrain"
+    # The decision comes once the group is gone, not while a killed stage is still exiting.
+    assert not _running(int(pid_file.read_text())), "the stage outlived its retrain"
     # Nothing is left that blocks the next retrain: the locks are free again.
     with monitor_module.retrain_lock(tmp_path / "reports/drift/retrain.lock") as free:
         assert free
