@@ -17,12 +17,13 @@ per-row worst case over PGD, APGD-CE and APGD-DLR (Croce & Hein 2020), and cross
 ``harden.eps`` by the Adversarial Robustness Toolbox's AutoProjectedGradientDescent.
 
 A retrain (``--warm-start`` holds the champion's hardened checkpoint, which the monitor copies
-there) hardens on from those weights for ``harden.warm_start_epochs`` (scoring and keeping a
-moving average of the weights, ``harden.warm_start_ema_decay``), with the trained model as the
-clean reference; the budget then holds on val's source rows and production rows apart, and
-the evaluation on test is clean accuracy only: the per-row worst case at ``eps`` is the gate's,
-which the evaluate stage measures on both models (no sweep, no ART check: no decision reads
-them). An empty file (as in git) means a first run.
+there) hardens on from those weights for ``harden.warm_start_epochs`` at
+``harden.warm_start_lr`` (scoring and keeping a moving average of the weights,
+``harden.warm_start_ema_decay``), with the trained model as the clean reference; the budget then
+holds on val's source rows and production rows apart, and the evaluation on test is clean
+accuracy only: the per-row worst case at ``eps`` is the gate's, which the evaluate stage
+measures on both models (no sweep, no ART check: no decision reads them). An empty file (as in
+git) means a first run.
 
 The clean-accuracy budget (``max_clean_drop``) picks the epochs on val and is checked on test as
 the gate checks it (the most robust epoch that holds it there ships, else the trained weights).
@@ -99,7 +100,11 @@ def body(ctx: stage.Context) -> None:
         # with its own attacks. The sweep over harden.eval_eps and the ART cross-check, which
         # only a first run's report shows, are left out (README, Continuous learning).
         cfg = overlay(
-            cfg, "harden", epochs=cfg.warm_start_epochs, ema_decay=cfg.warm_start_ema_decay
+            cfg,
+            "harden",
+            epochs=cfg.warm_start_epochs,
+            lr=cfg.warm_start_lr,
+            ema_decay=cfg.warm_start_ema_decay,
         )
     attack = warm is None
     print(f"harden: {warm_note}")

@@ -310,6 +310,7 @@ class HardenConfig(Section):
     eval_restarts: Positive
     art_check: bool
     warm_start_epochs: Positive
+    warm_start_lr: PositiveFloat
     warm_start_ema_decay: Annotated[float, rule(lambda v: 0 <= v < 1, "in [0, 1); 0 = off")]
     production_weight: Unit
 

@@ -76,9 +76,10 @@ def test_a_retrain_hardens_on_and_leaves_the_worst_case_to_the_gate(
     repo = repo_params()["harden"]
     assert m["epochs_run"] == repo["warm_start_epochs"]
     assert m["evaluation"].startswith("clean accuracy only")
-    # The weights kept are a moving average's, at the retrain's own decay.
+    # The weights kept are a moving average's, at the retrain's own decay and learning rate.
     ckpt = torch.load(out / "hardened.pt", weights_only=True)
     assert ckpt["harden_config"]["ema_decay"] == repo["warm_start_ema_decay"] > 0
+    assert ckpt["harden_config"]["lr"] == repo["warm_start_lr"] != repo["lr"]
     for model in ("trained", "hardened"):
         assert m[model]["robust_accuracy"] is None and list(m[model]["by_eps"]) == ["0"]
         assert "art_robust_accuracy" not in m[model]

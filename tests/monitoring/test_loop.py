@@ -183,11 +183,12 @@ def test_strong_shift_is_recovered_with_default_params_and_the_loop_goes_quiet(
         f"{v1['accuracy']:.4f} -> {v2['accuracy']:.4f}; robust {v1['robust_accuracy']:.4f} -> "
         f"{v2['robust_accuracy']:.4f}; later decisions {[d['decision'] for d in later]}"
     )
-    # Recovered on rows never fed back, within 2 points of v1's clean accuracy (0.966). Measured
-    # with the current params: 0.981 here, 0.967 in bench/loop.py, and 0.972, 0.972, 0.978 with
-    # harden re-run on three earlier retrain sets (without the retrain's moving average of the
-    # weights: 0.967-0.983 over six); the service's random request-id prefix moves rows between
-    # the production holdout and training from run to run.
+    # Recovered on rows never fed back, within 2 points of v1's clean accuracy (0.9889 since
+    # compute.kernels: the bar is 0.9689, 349 of 360 rows). Measured with the current params
+    # (harden.warm_start_lr 0.005) on seven retrain sets: 0.969-0.981 (two of them in this test:
+    # 0.972, 0.969); at harden.lr's 0.003 five of the same sets gave 0.967-0.975, and a CI run
+    # failed at 0.9667. The service's random request-id prefix moves rows between the production
+    # holdout and training from run to run.
     assert after["accuracy"] >= v1["accuracy"] - 0.02
     assert v2["accuracy"] >= v1["accuracy"] - 0.01  # the clean test split
     assert v2["robust_accuracy"] >= 0.80  # the gate's worst case at harden.eps, clean test
