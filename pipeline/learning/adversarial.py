@@ -340,7 +340,8 @@ def retrain_choice(within: list[Epoch], scored_rows: int, errors: float = 2.0) -
     it costs is the production rows' the retrain is for. The latest of the equally robust epochs
     is the end of the one-cycle schedule (and of the moving average), where accuracy on the new
     rows is still rising. Blur 1.2 px, seven retrain sets of the loop test, every epoch scored
-    on blurred test rows: they rose to the last epoch on every set; the most accurate epoch on
+    on blurred test rows: they rose to a plateau over the last epochs on every set (the last
+    within a row of the best); the most accurate epoch on
     val within one error had kept an earlier one 1-4 rows worse on four sets, and on one (a CI
     run's) every epoch after the 8th was 1.5-2 errors less robust on val than a spike at epoch 4,
     so one error kept epoch 7 (0.967) where the last reached 0.978."""
