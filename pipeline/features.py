@@ -10,7 +10,9 @@ train split alone. Candidates within ``features.tie_tolerance`` of the best coun
 cheapest (fewest output features, then list order) wins. Nothing is fit on val or test. On a
 large train split the search scores a stratified sample of ``features.search_rows`` rows (the
 metrics say how many); the chosen transform is then fit on every train row. Any single column
-that alone predicts the label almost perfectly is reported as a likely target leak.
+that alone predicts the label almost perfectly is reported as a likely target leak. A regression
+target (schema.json's task) is scored by cross-validated R² of a ridge model instead, on folds
+stratified by its quantile bins (``cv_r2`` in the metrics).
 
 A retrain (``--warm-start`` holds the champion's checkpoint, which the monitor copies there;
 empty in git: a first run) keeps the champion's kind of transform, refit on the new train split,
@@ -27,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import r2_score
 from sklearn.model_selection import StratifiedKFold
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from tqdm.auto import tqdm
 
 from pipeline.contracts.errors import MlcycleError
@@ -38,7 +41,7 @@ from pipeline.contracts.params import FeaturesConfig
 from pipeline.contracts.schema import LABEL, WEIGHT, Schema
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import warm_start_transform
-from pipeline.learning.sampling import stratified_sample
+from pipeline.learning.sampling import stratified_sample, target_bins
 from pipeline.learning.transforms import FeatureTransform
 
 
@@ -78,7 +81,10 @@ def make_transform(c: Candidate, schema: Schema, cfg: FeaturesConfig) -> Feature
 def score(
     c: Candidate, X: np.ndarray, y: np.ndarray, w: np.ndarray, schema: Schema, cfg: FeaturesConfig
 ) -> dict[str, Any]:
-    """Cross-validated accuracy of logistic regression on the candidate's output (train only)."""
+    """Cross-validated accuracy of logistic regression on the candidate's output (train only);
+    a regression target: R² of ridge regression, folds stratified by its quantile bins."""
+    if schema.regression:
+        return score_regression(c, X, y, w, schema, cfg)
     smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
     splitter = StratifiedKFold(
         n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
@@ -98,10 +104,35 @@ def score(
     }
 
 
-def choose(table: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """Best CV accuracy; among those within ``tolerance`` of it, fewest output features."""
-    best = max(r["cv_accuracy"] for r in table)
-    tied = [r for r in table if r["cv_accuracy"] >= best - tolerance]
+def score_regression(
+    c: Candidate, X: np.ndarray, y: np.ndarray, w: np.ndarray, schema: Schema, cfg: FeaturesConfig
+) -> dict[str, Any]:
+    bins = target_bins(y, y)
+    smallest = int(np.bincount(bins)[np.bincount(bins) > 0].min())
+    splitter = StratifiedKFold(
+        n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
+    )
+    scores, n_out = [], 0
+    for fit_idx, held_idx in splitter.split(X, bins):
+        tf = make_transform(c, schema, cfg).fit(X[fit_idx])
+        Z_fit, Z_held = tf.transform(X[fit_idx]), tf.transform(X[held_idx])
+        model = Ridge(alpha=1.0).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
+        scores.append(float(r2_score(y[held_idx], model.predict(Z_held))))
+        n_out = tf.n_features_out_
+    return {
+        "name": c.name,
+        "cv_r2": float(np.mean(scores)),
+        "cv_std": float(np.std(scores)),
+        "n_features_out": n_out,
+    }
+
+
+def choose(
+    table: list[dict[str, Any]], tolerance: float, key: str = "cv_accuracy"
+) -> dict[str, Any]:
+    """Best CV score (``key``); among those within ``tolerance`` of it, fewest output features."""
+    best = max(r[key] for r in table)
+    tied = [r for r in table if r[key] >= best - tolerance]
     return min(tied, key=lambda r: r["n_features_out"])  # min keeps list order on equal cost
 
 
@@ -112,8 +143,11 @@ LEAK_ROWS = 5000  # rows the leak check looks at (a stratified sample of train)
 def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> list[dict[str, Any]]:
     """Features that alone predict the label almost perfectly (3-fold CV of a depth-4 tree on
     that one column, missing values as their own bin): an id sorted by label, a column derived
-    from the target. Reported, not dropped: sometimes a feature really is that good."""
+    from the target. Reported, not dropped: sometimes a feature really is that good. A
+    regression target: a depth-4 regression tree's R² at least ``LEAK_ACCURACY``."""
     idx = stratified_sample(np.arange(len(y)), y, LEAK_ROWS, seed)
+    if schema.regression:
+        return leaks_regression(X, y, schema, seed)
     Xs, ys = X[idx], y[idx]
     majority = float(np.bincount(ys).max() / len(ys))
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
@@ -137,6 +171,31 @@ def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> lis
     return out
 
 
+def leaks_regression(
+    X: np.ndarray, y: np.ndarray, schema: Schema, seed: int
+) -> list[dict[str, Any]]:
+    bins = target_bins(y, y)
+    idx = stratified_sample(np.arange(len(y)), bins, LEAK_ROWS, seed)
+    Xs, ys = X[idx], y[idx]
+    splits = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=seed).split(Xs, bins[idx]))
+    out = []
+    for j, name in enumerate(schema.names):
+        col = np.nan_to_num(Xs[:, j : j + 1], nan=np.nanmin(Xs[:, j], initial=0.0) - 1.0)
+        r2 = float(
+            np.mean(
+                [
+                    DecisionTreeRegressor(max_depth=4, random_state=seed)
+                    .fit(col[fit], ys[fit])
+                    .score(col[held], ys[held])
+                    for fit, held in splits
+                ]
+            )
+        )
+        if r2 >= LEAK_ACCURACY:
+            out.append({"feature": name, "cv_r2_alone": r2})
+    return out
+
+
 def kept(
     identity: dict[str, Any] | None, train: pd.DataFrame, schema: Schema, cfg: FeaturesConfig
 ) -> tuple[FeatureTransform, list[dict[str, Any]], dict[str, Any]] | None:
@@ -148,7 +207,7 @@ def kept(
             transform = make_transform(cand, schema, cfg).fit(X_all)
             chosen = {
                 "name": cand.name,
-                "cv_accuracy": None,
+                "cv_r2" if schema.regression else "cv_accuracy": None,
                 "n_features_out": transform.n_features_out_,
                 "search_rows": 0,
             }
@@ -163,7 +222,8 @@ def search(
     fit the chosen one on the whole train split."""
     X_all = train[schema.names].to_numpy(dtype=np.float64)  # prepared splits: already encoded
     y_all = train[LABEL].to_numpy()
-    rows = stratified_sample(np.arange(len(y_all)), y_all, cfg.search_rows, cfg.seed)
+    strata = target_bins(y_all, y_all) if schema.regression else y_all
+    rows = stratified_sample(np.arange(len(y_all)), strata, cfg.search_rows, cfg.seed)
     X, y, w = X_all[rows], y_all[rows], train[WEIGHT].to_numpy()[rows]
     cands = candidates(cfg, X.shape[1])
     if not cands:
@@ -175,7 +235,7 @@ def search(
         score(c, X, y, w, schema, cfg)
         for c in tqdm(cands, desc="features: candidates", leave=False)
     ]
-    chosen = choose(table, cfg.tie_tolerance)
+    chosen = choose(table, cfg.tie_tolerance, "cv_r2" if schema.regression else "cv_accuracy")
     cand = next(c for c in cands if c.name == chosen["name"])
     return make_transform(cand, schema, cfg).fit(X_all), table, {**chosen, "search_rows": len(y)}
 
@@ -216,10 +276,16 @@ def body(ctx: stage.Context) -> None:
             cfg.seed,
         )
     )
+    key = "cv_r2" if schema.regression else "cv_accuracy"
     for leak in leaks:
+        alone = (
+            f"R² {leak['cv_r2_alone']:.3f}"
+            if schema.regression
+            else f"{leak['cv_accuracy_alone']:.1%} accuracy"
+        )
         print(
             f"features: warning: column {leak['feature']!r} alone predicts the label with "
-            f"{leak['cv_accuracy_alone']:.1%} accuracy: a likely target leak (an id sorted by "
+            f"{alone}: a likely target leak (an id sorted by "
             "label, a column computed from the target?); drop it from the source if so",
             file=sys.stderr,
         )
@@ -235,7 +301,7 @@ def body(ctx: stage.Context) -> None:
         dump_json(
             {
                 "chosen": chosen["name"],
-                "chosen_cv_accuracy": chosen["cv_accuracy"],
+                f"chosen_{key}": chosen[key],
                 "n_features_out": transform.n_features_out_,
                 "search_rows": chosen["search_rows"],
                 "train_rows": len(train),
@@ -249,15 +315,14 @@ def body(ctx: stage.Context) -> None:
             },
             tmps[2],
         )
-        pd.DataFrame(table, columns=["name", "cv_accuracy", "cv_std", "n_features_out"]).to_csv(
+        pd.DataFrame(table, columns=["name", key, "cv_std", "n_features_out"]).to_csv(
             tmps[3], index=False
         )
     print(f"features: search {search_note}")
     for row in table:
         mark = "*" if row["name"] == chosen["name"] else " "
         print(
-            f"features: {mark} {row['name']:<16} cv_accuracy={row['cv_accuracy']:.4f} "
-            f"out={row['n_features_out']}"
+            f"features: {mark} {row['name']:<16} {key}={row[key]:.4f} out={row['n_features_out']}"
         )
 
 

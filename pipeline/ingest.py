@@ -3,8 +3,10 @@
     python -m pipeline.ingest --params params.yaml --feedback data/feedback.parquet \
         --data data/raw.parquet --schema data/schema.json
 
-``data.source`` is ``digits`` (scikit-learn's bundled 8x8 handwritten digits, no network) or a
-path to a CSV or Parquet file whose ``data.target`` column holds the label. The schema is
+``data.source`` is ``digits`` (scikit-learn's bundled 8x8 handwritten digits, no network),
+``diabetes`` (scikit-learn's bundled diabetes progression, a regression target, no network) or a
+path to a CSV or Parquet file whose ``data.target`` column holds the label (``data.task``: a class
+or a number; auto decides from the values). The schema is
 inferred from the source alone. ``--feedback`` holds labelled production rows (written by
 ``python -m monitoring``; empty until then): the same feature columns and target, plus
 ``_feedback``, the "request_id:index" key. They are validated against the source's schema and
@@ -45,6 +47,10 @@ def load_source(source: str, decimal: str = ".") -> Source:
         from sklearn.datasets import load_digits
 
         return Source(load_digits(as_frame=True).frame, (8, 8))
+    if source == "diabetes":  # the raw (unscaled) columns, as a user's table would hold them
+        from sklearn.datasets import load_diabetes
+
+        return Source(load_diabetes(as_frame=True, scaled=False).frame)
     path = source_file(source)
     if path.stat().st_size == 0:
         raise MlcycleError(f"data.source: file {source!r} is empty")
@@ -59,7 +65,9 @@ def load_source(source: str, decimal: str = ".") -> Source:
         return Source(read_csv(path, source, head, decimal), first_line=2, unit="line")
     if suffix in (".parquet", ".pq"):
         return Source(read_parquet_source(path, source, head))
-    raise MlcycleError(f"data.source: {source!r} is neither 'digits' nor a .csv / .parquet file")
+    raise MlcycleError(
+        f"data.source: {source!r} is neither 'digits', 'diabetes' nor a .csv / .parquet file"
+    )
 
 
 PARQUET_MAGIC = b"PAR1"
@@ -165,6 +173,7 @@ def ingest(cfg: DataConfig, feedback: str | Path | None = None) -> tuple[pd.Data
         cfg.max_categories,
         src.image_shape,
         lambda i: f"{src.unit} {i + src.first_line}",
+        cfg.task,
     )
     df[FEEDBACK] = pd.Series([None] * len(df), index=df.index, dtype="string")
     if feedback is not None:
@@ -200,6 +209,8 @@ def read_feedback(path: Path, schema: Schema, columns: list[str]) -> pd.DataFram
     if fb[FEEDBACK].duplicated().any():
         key = fb[FEEDBACK][fb[FEEDBACK].duplicated()].iloc[0]
         raise MlcycleError(f"feedback {str(path)!r}: key {key!r} appears twice")
+    if schema.regression:
+        fb[schema.target] = pd.to_numeric(fb[schema.target], errors="coerce")
     try:
         schema.encode_labels(fb[schema.target])  # a class the source does not have: refused
     except MlcycleError as exc:
@@ -222,7 +233,12 @@ def body(ctx: stage.Context) -> None:
     n_feedback = int(df[FEEDBACK].notna().sum())
     print(
         f"ingest: {len(df)} rows ({n_feedback} from feedback), {len(schema.features)} features, "
-        f"{schema.n_classes} classes -> {args.data}, {args.schema}"
+        + (
+            f"regression target {schema.target!r} in [{schema.target_min:g}, {schema.target_max:g}]"
+            if schema.regression
+            else f"{schema.n_classes} classes"
+        )
+        + f" -> {args.data}, {args.schema}"
     )
 
 

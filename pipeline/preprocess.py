@@ -12,6 +12,12 @@ Noise is found by confident learning (cleanlab) on out-of-fold probabilities of 
 pool; de-biasing is a sample weight per class (balanced) times, with ``data.sensitive``, the
 Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split (the test split
 is weighted 1: evaluation is unweighted).
+
+A regression target (schema.json's task) is split stratified on its quantile bins (cut on the
+source rows, so the test split stays frozen); its label issues are cleanlab's regression
+``CleanLearning`` on out-of-fold predictions of the same cheap model kinds (regressors), capped
+at ``noise.max_share``; with ``data.sensitive`` the reweighing makes group and target bin
+independent (no class balancing: a regressor has no classes).
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, SVR
 from tqdm.auto import tqdm
 
 from pipeline.contracts.errors import MlcycleError
@@ -41,7 +47,7 @@ from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_par
 from pipeline.contracts.params import DataConfig, NoiseConfig, PreprocessConfig
 from pipeline.contracts.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
 from pipeline.learning import stage
-from pipeline.learning.sampling import stratified_sample
+from pipeline.learning.sampling import stratified_sample, target_bins
 
 SPLITS = ("train", "val", "test", "holdout")
 
@@ -56,7 +62,8 @@ class Prepared:
 
 
 def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
-    """The cheap classifier whose out-of-fold probabilities drive confident learning."""
+    """The cheap classifier (a regressor for a regression target) whose out-of-fold
+    probabilities (predictions) drive confident learning."""
     num = [j for j, f in enumerate(schema.features) if f.kind == "numeric"]
     cat = [j for j, f in enumerate(schema.features) if f.kind == "categorical"]
     columns = ColumnTransformer(
@@ -71,6 +78,13 @@ def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
             ),
         ]
     )
+    if schema.regression:
+        regressor = {
+            "logreg": Ridge(alpha=1.0),
+            "svm": SVR(C=10.0, gamma="scale"),
+            "knn": KNeighborsRegressor(n_neighbors=10, weights="distance"),
+        }[kind]
+        return Pipeline([("columns", columns), ("model", regressor)])
     model = {
         "logreg": LogisticRegression(max_iter=2000, C=1.0),
         "svm": CalibratedClassifierCV(
@@ -133,6 +147,43 @@ def find_noisy(
         remap[y], sub, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence"
     )
     return cap_per_class(np.asarray(ranked, dtype=np.int64), y, cfg.max_share), proba
+
+
+def find_noisy_regression(
+    X: np.ndarray, y: np.ndarray, strata: np.ndarray, schema: Schema, cfg: NoiseConfig, seed: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Likely mislabelled rows of a regression target, most suspicious first (at most
+    ``max_share`` of the rows), and cleanlab's table for them (given, predicted, quality).
+
+    cleanlab 2's regression ``CleanLearning`` fits the noise model out of fold (``folds``) and
+    picks how many rows to flag by how much removing them helps the model out of fold; the
+    target is standardised first so the model's defaults fit any unit. ``max_fit_rows`` caps the
+    rows it looks at (a stratified sample; beyond it no row is flagged)."""
+    from cleanlab.regression.learn import CleanLearning
+
+    rows = stratified_sample(np.arange(len(y)), strata, cfg.max_fit_rows, seed)
+    scale = float(np.std(y[rows])) or 1.0
+    z = (y[rows] - float(np.mean(y[rows]))) / scale
+    learner = CleanLearning(
+        noise_model(cfg.model, schema, seed),
+        cv_n_folds=max(2, min(cfg.folds, len(rows) // 10)),
+        n_boot=0,
+        include_aleatoric_uncertainty=False,
+        seed=seed,
+    )
+    table = learner.find_label_issues(X[rows], z)
+    flagged = np.flatnonzero(table["is_label_issue"].to_numpy())
+    order = flagged[np.argsort(table["label_quality"].to_numpy()[flagged], kind="stable")]
+    order = order[: int(cfg.max_share * len(y))]
+    found = rows[order]
+    report = pd.DataFrame(
+        {
+            "given": y[found],
+            "suggested": table["predicted_label"].to_numpy()[order] * scale + np.mean(y[rows]),
+            "self_confidence": table["label_quality"].to_numpy()[order],
+        }
+    )
+    return found.astype(np.int64), report
 
 
 def cap_per_class(ranked: np.ndarray, y: np.ndarray, max_share: float) -> np.ndarray:
@@ -265,8 +316,8 @@ def preprocess(
         X, y, rows = X[~has_missing], y[~has_missing], rows[~has_missing]
     counts["missing_strategy"] = cfg.missing
 
-    class_counts = np.bincount(y, minlength=schema.n_classes)
-    rare = np.flatnonzero((class_counts > 0) & (class_counts < 3))
+    class_counts = np.bincount(y, minlength=schema.n_classes) if not schema.regression else []
+    rare = np.flatnonzero((class_counts > 0) & (class_counts < 3)) if len(class_counts) else []
     if len(rare):
         c = rare[0]
         raise MlcycleError(
@@ -276,8 +327,11 @@ def preprocess(
             "class needs at least 3: one each for train, val and test"
         )
 
+    # The strata of every split: the class, or a regression target's quantile bin.
+    y_source = y
+    strata = target_bins(y_source, y) if schema.regression else y
     idx = np.arange(len(y))
-    pool, test = split(idx, y, cfg.test_size, cfg.seed, "test")
+    pool, test = split(idx, strata, cfg.test_size, cfg.seed, "test")
 
     # Production rows: after the source, never in test; duplicates of any earlier row dropped.
     holdout = np.empty(0, dtype=np.int64)
@@ -293,6 +347,7 @@ def preprocess(
         counts["feedback_duplicates_dropped"] = int((~new).sum())
         Xf, yf, fb_rows = Xf[new], yf[new], fb_rows[new]
         X, y, rows = np.vstack([X, Xf]), np.concatenate([y, yf]), np.concatenate([rows, fb_rows])
+        strata = target_bins(y_source, y) if schema.regression else y
         in_holdout = holdout_mask(keys.iloc[fb_rows], cfg.feedback_holdout)
         fb_idx = np.arange(n_source, len(y))
         holdout = fb_idx[in_holdout]
@@ -300,7 +355,19 @@ def preprocess(
 
     noisy = np.empty(0, dtype=np.int64)
     report = pd.DataFrame(columns=[ROW, "given", "suggested", "self_confidence"])
-    if cfg.noise.enabled:
+    val_share = cfg.val_size / (1.0 - cfg.test_size)
+    val = None
+    if schema.regression:
+        # val is cut first and never filtered: the interval is calibrated on it, so it must be
+        # drawn like the test split, large residuals included.
+        pool, val = split(pool, strata, val_share, cfg.seed, "validation")
+    if cfg.noise.enabled and schema.regression:
+        found, table = find_noisy_regression(
+            X[pool], y[pool], strata[pool], schema, cfg.noise, cfg.seed
+        )
+        noisy = pool[found]
+        report = table.assign(**{ROW: rows[noisy]})[[ROW, *table.columns]]
+    elif cfg.noise.enabled:
         found, proba = find_noisy(X[pool], y[pool], schema, cfg.noise, cfg.seed)
         noisy = pool[found]
         report = pd.DataFrame(
@@ -319,8 +386,10 @@ def preprocess(
         counts["feedback_noise_dropped"] = int((noisy >= n_source).sum())
     pool = np.setdiff1d(pool, noisy)
 
-    val_share = cfg.val_size / (1.0 - cfg.test_size)
-    train, val = split(pool, y, val_share, cfg.seed, "validation")
+    if val is None:
+        train, val = split(pool, strata, val_share, cfg.seed, "validation")
+    else:
+        train = pool
     parts = {"train": np.sort(train), "val": np.sort(val), "test": test, "holdout": holdout}
 
     groups = None
@@ -336,16 +405,18 @@ def preprocess(
         df[FEEDBACK] = pd.array(keys.to_numpy()[rows[part]], dtype="string")
         df[LABEL] = y[part]
         # Evaluation is unweighted; a test file depending on train counts would not be frozen.
+        # A regressor: the reweighing over (group, target bin), no balancing (no classes).
+        labels = strata if schema.regression else y
         df[WEIGHT] = (
             1.0
-            if name in ("test", "holdout")
+            if name in ("test", "holdout") or (schema.regression and groups is None)
             else bias_weights(
-                y[parts["train"]],
+                labels[parts["train"]],
                 g_train,
-                y[part],
+                labels[part],
                 groups[part] if groups is not None else None,
-                schema.n_classes,
-                cfg.class_weights == "balanced",
+                int(labels.max()) + 1 if schema.regression else schema.n_classes,
+                cfg.class_weights == "balanced" and not schema.regression,
             )
         )
         splits[name] = df

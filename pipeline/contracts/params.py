@@ -153,6 +153,7 @@ class DataConfig(Section):
 
     source: str
     target: str
+    task: Literal["auto", "classification", "regression"]
     sensitive: str | None
     categorical: Seq[str] | None
     max_missing_share: Share01
@@ -249,6 +250,10 @@ class TrainConfig(Section):
     tta_target: float
     amp: bool
     baselines: Seq[Literal["logreg", "svm"]]
+    regression_baselines: Seq[Literal["ridge", "hgb"]]
+    regression_loss: Literal["mse", "huber"]
+    huber_delta: PositiveFloat
+    log_target: Literal["auto", "never"]
     warm_start_epochs: Positive
 
 
@@ -343,6 +348,8 @@ class GateConfig(Section):
     max_baseline_gap: float | None
     robust_floor: Literal["budget", "strict"]
     production_alpha: Annotated[float, rule(lambda v: 0 < v < 1, "in (0, 1)")]
+    max_coverage_gap: Unit
+    max_robust_mae: PositiveFloat
 
 
 class ServingConfig(Section):
@@ -363,6 +370,7 @@ class ServingConfig(Section):
     feedback_token_env: str
     spill_dir: str
     shutdown_timeout_s: PositiveFloat
+    interval_coverage: Annotated[float, rule(lambda v: 0.5 <= v < 1, "in [0.5, 1)")]
 
 
 class MonitorConfig(Section):

@@ -1,8 +1,10 @@
 """``schema.json``: the single description of the data, inferred and validated by ingest.
 
-Feature names in order, kind (numeric / categorical), dtype, observed bounds, categories, target
-name and classes. Features, export, serving and monitoring read it; none re-derive it. Also holds
-the one encoding every later part shares: categorical values -> their index in ``categories``.
+Feature names in order, kind (numeric / categorical), dtype, observed bounds, categories, the
+task (classification or regression), the target's name and its classes (a classifier) or its
+observed bounds (a regressor). Features, export, serving and monitoring read it; none re-derive
+it. Also holds the one encoding every later part shares: categorical values -> their index in
+``categories``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 
 from pipeline.contracts.errors import MlcycleError
 
-LABEL = "_label"  # class index in prepared splits
+LABEL = "_label"  # class index (a regressor: the target value) in prepared splits
 WEIGHT = "_weight"  # de-biasing sample weight in prepared splits
 ROW = "_row"  # row position in data/raw.parquet, kept for traceability
 FEEDBACK = "_feedback"  # in raw.parquet: "request_id:index" of a production row, null for source
@@ -47,28 +49,44 @@ class Feature:
         return out
 
 
+TASKS = ("classification", "regression")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schema:
     features: tuple[Feature, ...]
     target: str
-    classes: tuple[Any, ...]
+    classes: tuple[Any, ...]  # a regressor has none
     image_shape: tuple[int, ...] | None = None
+    task: Literal["classification", "regression"] = "classification"
+    target_min: float | None = None  # a regressor's observed target bounds
+    target_max: float | None = None
 
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
     @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
     def n_classes(self) -> int:
         return len(self.classes)
 
     def to_dict(self) -> dict[str, Any]:
+        target: dict[str, Any] = {"name": self.target}
+        if self.regression:
+            target.update(min=self.target_min, max=self.target_max)
+        else:
+            target["classes"] = list(self.classes)
         return {
+            "task": self.task,
             "features": [
                 {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
                 for f in self.features
             ],
-            "target": {"name": self.target, "classes": list(self.classes)},
+            "target": target,
             "image_shape": list(self.image_shape) if self.image_shape else None,
         }
 
@@ -86,11 +104,15 @@ class Schema:
             for f in raw["features"]
         )
         shape = raw.get("image_shape")
+        target = raw["target"]
         return cls(
             features,
-            raw["target"]["name"],
-            tuple(raw["target"]["classes"]),
+            target["name"],
+            tuple(target.get("classes", ())),
             tuple(shape) if shape else None,
+            raw.get("task", "classification"),
+            target.get("min"),
+            target.get("max"),
         )
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
@@ -116,7 +138,17 @@ class Schema:
         return out
 
     def encode_labels(self, target: pd.Series) -> np.ndarray:
-        """Target values -> class index (int64); NaN-free input expected."""
+        """Target values -> class index (int64), or a regressor's values (float64); NaN-free
+        input expected."""
+        if self.regression:
+            values = pd.to_numeric(target, errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise MlcycleError(
+                    f"target column {self.target!r}: value {_native(target[bad].iloc[0])!r} is "
+                    "not a finite number (the task is regression)"
+                )
+            return values
         lookup = {c: i for i, c in enumerate(self.classes)}
         codes = target.map(lambda v: lookup.get(_native(v), -1)).to_numpy(dtype=np.int64)
         if (codes < 0).any():
@@ -161,8 +193,12 @@ def infer_schema(
     max_categories: int,
     image_shape: tuple[int, ...] | None = None,
     row_name: Callable[[int], str] | None = None,
+    task: str = "auto",
 ) -> tuple[pd.DataFrame, Schema]:
     """Validate ``df`` and describe it.
+
+    ``task`` (``data.task``): ``classification``, ``regression``, or ``auto``: regression when
+    the target looks continuous (numeric with fractional values or mostly distinct ones).
 
     Returns the cleaned frame (numeric columns as float64 with inf -> NaN, datetimes as float days
     since 1970-01-01 with NaT -> NaN, categoricals as stripped strings, row-index columns dropped)
@@ -196,15 +232,22 @@ def infer_schema(
 
     y = strip_text(df[target])
     n_labelled = int(y.notna().sum())
-    reject_continuous(y, target)
-    classes = sorted({_native(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
-    if len(classes) < 2:
-        seen = classes[0] if classes else None
-        raise MlcycleError(
-            f"target column {target!r} has a single class {seen!r} in {n_labelled} labelled rows;"
-            " a classifier needs at least 2"
-        )
-    warn_case_variants(classes, f"target column {target!r}", "classes")
+    if task == "auto":
+        task = "regression" if looks_continuous(y) is not None else "classification"
+    classes: list[Any] = []
+    bounds: tuple[float | None, float | None] = (None, None)
+    if task == "regression":
+        y, bounds = regression_target(y, target, row_name)
+    else:
+        reject_continuous(y, target)
+        classes = sorted({_native(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            seen = classes[0] if classes else None
+            raise MlcycleError(
+                f"target column {target!r} has a single class {seen!r} in {n_labelled} labelled "
+                "rows; a classifier needs at least 2"
+            )
+        warn_case_variants(classes, f"target column {target!r}", "classes")
 
     clean: dict[str, pd.Series] = {}
     features: list[Feature] = []
@@ -258,7 +301,9 @@ def infer_schema(
     if not features:
         raise MlcycleError("data.source: no feature columns besides the target")
     clean[target] = y
-    schema = Schema(tuple(features), str(target), tuple(classes), image_shape)
+    schema = Schema(
+        tuple(features), str(target), tuple(classes), image_shape, task, bounds[0], bounds[1]
+    )  # type: ignore[arg-type]
     return pd.DataFrame(clean), schema
 
 
@@ -312,22 +357,71 @@ def reject_nested(col: pd.Series, name: Any, row_name: Callable[[int], str]) -> 
         )
 
 
-def reject_continuous(y: pd.Series, target: str) -> None:
-    """A numeric target with fractional values or mostly distinct ones is a regression target."""
+def looks_continuous(y: pd.Series) -> str | None:
+    """Why a target looks like a regression target, or None: ``data.task: auto``'s rule.
+
+    Numeric, and either fractional with more than 10 distinct values, or mostly distinct, or
+    more than 50 distinct values most of which occur under 3 times (no split could hold every
+    such class: scikit-learn's diabetes target, 214 integers in 442 rows)."""
     values = pd.to_numeric(y.dropna(), errors="coerce")
     if len(values) == 0 or values.isna().any():
-        return
-    distinct = int(values.nunique())
+        return None
+    counts = values.value_counts()
+    distinct = len(counts)
     fractional = bool((values != np.round(values)).any())
-    if (fractional and distinct > 10) or distinct > max(50, len(values) // 2):
+    rare = distinct > 50 and float(counts.median()) < 3
+    if (fractional and distinct > 10) or distinct > max(50, len(values) // 2) or rare:
         example = _native(
             values[values != np.round(values)].iloc[0] if fractional else values.iloc[0]
         )
+        return f"{distinct} distinct values in {len(values)} rows, such as {example!r}"
+    return None
+
+
+def reject_continuous(y: pd.Series, target: str) -> None:
+    """``data.task: classification`` with a target that looks continuous: refused."""
+    why = looks_continuous(y)
+    if why is not None:
         raise MlcycleError(
-            f"target column {target!r} looks continuous ({distinct} distinct values in "
-            f"{len(values)} rows, such as {example!r}); mlcycle trains classifiers: bin it "
-            "into classes, or point data.target at a categorical column"
+            f"target column {target!r} looks continuous ({why}) but data.task is "
+            "classification: set data.task: regression (or auto), bin it into classes, or point "
+            "data.target at a categorical column"
         )
+
+
+MIN_REGRESSION_VALUES = 10  # distinct target values a regressor needs
+
+
+def regression_target(
+    y: pd.Series, target: str, row_name: Callable[[int], str]
+) -> tuple[pd.Series, tuple[float, float]]:
+    """A regression target as float64 (inf refused, missing kept: unlabelled rows), and its
+    observed bounds."""
+    if not pd.api.types.is_numeric_dtype(y):
+        parsed = pd.to_numeric(y, errors="coerce")
+        bad = parsed.isna() & y.notna()
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise MlcycleError(
+                f"target column {target!r} holds text {y.iloc[pos]!r} at {row_name(pos)}; "
+                "data.task is regression, which needs a number in every labelled row"
+            )
+        y = parsed
+    values = y.astype("float64")
+    inf = np.isinf(values.to_numpy())
+    if inf.any():
+        pos = int(np.flatnonzero(inf)[0])
+        raise MlcycleError(
+            f"target column {target!r} holds {values.iloc[pos]!r} at {row_name(pos)}; a "
+            "regression target must be finite"
+        )
+    distinct = int(values.nunique())
+    if distinct < MIN_REGRESSION_VALUES:
+        raise MlcycleError(
+            f"target column {target!r} has {distinct} distinct values; a regressor needs at "
+            f"least {MIN_REGRESSION_VALUES} (is it a class label? set data.task: classification)"
+        )
+    return values, (float(values.min()), float(values.max()))
 
 
 def warn_case_variants(values: list[Any], where: str, what: str) -> None:

@@ -1,7 +1,10 @@
 """Model definitions: an MLP and a small CNN behind the fitted feature transform. No I/O here.
 
 A checkpoint stores :class:`ModelConfig` and the transform's arrays beside the weights, so
-:func:`build` rebuilds the whole raw-features-to-logits model without any training code.
+:func:`build` rebuilds the whole raw-features-to-logits model without any training code. A
+regressor (checkpoint ``task: regression``) is the same network with one output, which
+:class:`Regressor` turns from the standardised (and, for a skewed positive target, logged)
+scale it learns in back into the target's units; its ``target_scaling`` is in the checkpoint.
 """
 
 from __future__ import annotations
@@ -107,15 +110,68 @@ class Classifier(nn.Module):
         return self.net(self.transform(x))
 
 
+@dataclasses.dataclass(frozen=True)
+class TargetScaling:
+    """How a regressor's network sees the target: ``(log1p(y - shift) if log else y)``, minus
+    ``center``, over ``scale``. Fit on the train split's targets."""
+
+    center: float
+    scale: float
+    log: bool = False
+    shift: float = 0.0
+
+    @classmethod
+    def fit(cls, y: np.ndarray, log: bool) -> TargetScaling:
+        y = np.asarray(y, dtype=np.float64)
+        shift = float(y.min()) - 1.0 if log else 0.0  # log1p of y - shift >= log1p(1)
+        v = np.log1p(y - shift) if log else y
+        return cls(float(v.mean()), float(v.std()) or 1.0, log, shift)
+
+
+class Regressor(nn.Module):
+    """The whole regressor: raw features (batch, features_in) -> prediction (batch,) in the
+    target's units. :meth:`standardized` is what the network outputs and the loss reads."""
+
+    def __init__(self, transform: TransformModule, net: nn.Module, scaling: TargetScaling) -> None:
+        super().__init__()
+        self.transform = transform
+        self.net = net
+        self.scaling = scaling
+        self.register_buffer("center", torch.tensor(scaling.center))
+        self.register_buffer("scale", torch.tensor(scaling.scale))
+        self.register_buffer("shift", torch.tensor(scaling.shift))
+
+    def standardized(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.transform(x)).squeeze(-1)
+
+    def standardize(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets in the target's units -> the scale the network learns in."""
+        v = torch.log1p(torch.clamp(y - self.shift, min=0.0)) if self.scaling.log else y
+        return (v - self.center) / self.scale
+
+    def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
+        v = z * self.scale + self.center
+        return torch.expm1(v) + self.shift if self.scaling.log else v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unstandardize(self.standardized(x))
+
+
 def build_net(cfg: ModelConfig) -> nn.Module:
     return CNN(cfg) if cfg.arch == "cnn" else MLP(cfg)
 
 
-def build(checkpoint: dict[str, Any]) -> Classifier:
-    """Rebuild the model saved by the train (or harden) stage, in eval mode."""
+def build(checkpoint: dict[str, Any]) -> Any:
+    """Rebuild the model saved by the train (or harden) stage, in eval mode: a
+    :class:`Classifier`, or a :class:`Regressor` for a checkpoint of task regression."""
     cfg = ModelConfig(**checkpoint["model_config"])
     state = {k: v.numpy() for k, v in checkpoint["transform_state"].items()}
-    model = Classifier(TransformModule(state), build_net(cfg))
+    model: nn.Module
+    if checkpoint.get("task") == "regression":
+        scaling = TargetScaling(**checkpoint["target_scaling"])
+        model = Regressor(TransformModule(state), build_net(cfg), scaling)
+    else:
+        model = Classifier(TransformModule(state), build_net(cfg))
     model.net.load_state_dict(checkpoint["net"])
     return model.eval()
 

@@ -156,12 +156,32 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], dict], str]] = {
         lambda d: {
             "data.source": _csv(_table(d).assign(y=np.linspace(-305.8, 90.1, 40)), d / "t.csv"),
             "data.target": "y",
+            "data.task": "classification",
         },
-        "target column 'y' looks continuous (40 distinct values in 40 rows, such as -305.8)",
+        "target column 'y' looks continuous (40 distinct values in 40 rows, such as -305.8) but "
+        "data.task is classification: set data.task: regression",
+    ),
+    "regression target with text": (
+        lambda d: {
+            "data.source": _csv(
+                _table(d).assign(y=[*np.linspace(0.5, 9.5, 39), "high"]), d / "t.csv"
+            ),
+            "data.target": "y",
+            "data.task": "regression",
+        },
+        "target column 'y' holds text 'high' at line 41; data.task is regression",
+    ),
+    "regression target with few values": (
+        lambda d: {
+            "data.source": _csv(_table(d).assign(y=[0.5, 1.5] * 20), d / "t.csv"),
+            "data.target": "y",
+            "data.task": "regression",
+        },
+        "target column 'y' has 2 distinct values; a regressor needs at least 10",
     ),
     "unsupported file type": (
         lambda d: {"data.source": _write(d / "t.xlsx", "x")},
-        "neither 'digits' nor",
+        "neither 'digits', 'diabetes' nor",
     ),
 }
 
