@@ -20,6 +20,12 @@ The loop lives in :mod:`pipeline.learning.training`. Outputs that later stages r
 the metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
 ``--timing``, which no stage depends on. The stage also fits scikit-learn baselines on the same
 features.
+
+A regression target (schema.json's task) trains the same network with one output on the
+standardised target (logged first when it is positive and skewed above 1, ``train.log_target``),
+with ``train.regression_loss``; metrics are RMSE, MAE and R², the baselines
+``train.regression_baselines`` (ridge, gradient-boosted trees), and ``--confusion`` holds its
+figure: predicted against true values and the residuals on the test split.
 """
 
 from __future__ import annotations
@@ -46,8 +52,15 @@ from pipeline.learning.checkpoint import (
     warm_start,
 )
 from pipeline.learning.metrics import classification_metrics
-from pipeline.learning.model import Classifier, ModelConfig, build_net, transform_state_tensors
-from pipeline.learning.plots import plot_confusion, plot_curves
+from pipeline.learning.model import (
+    Classifier,
+    ModelConfig,
+    Regressor,
+    TargetScaling,
+    build_net,
+    transform_state_tensors,
+)
+from pipeline.learning.plots import plot_confusion, plot_curves, plot_regression
 from pipeline.learning.training import (
     FitResult,
     Inputs,
@@ -110,6 +123,50 @@ def quality(
     }
 
 
+def quality_regression(
+    model: Regressor, inputs: Inputs, cfg: TrainConfig, result: FitResult, device: str, world: int
+) -> dict[str, Any]:
+    """A regressor's test / val RMSE, MAE, R² and its baselines' (no timings)."""
+    from pipeline.learning import regression as reg
+
+    model.cpu()
+    _, _, val_pred = reg.evaluate_regression(model, inputs.val)
+    _, _, test_pred = reg.evaluate_regression(model, inputs.test)
+    tf = inputs.transform
+    baselines = reg.fit_baselines(
+        cfg.regression_baselines,
+        tf.transform(inputs.train.X.numpy()),
+        inputs.train.y.numpy(),
+        inputs.train.w.numpy(),
+        tf.transform(inputs.test.X.numpy()),
+        inputs.test.y.numpy(),
+        cfg.seed,
+    )
+    test = reg.regression_metrics(inputs.test.y.numpy(), test_pred)
+    best = max(baselines.items(), key=lambda kv: kv[1]["test_r2"], default=None)
+    return {
+        "task": "regression",
+        "test": test,
+        "val": reg.regression_metrics(inputs.val.y.numpy(), val_pred),
+        "target_scaling": dataclasses.asdict(model.scaling),
+        "baselines": baselines,
+        "best_baseline": best[0] if best else None,
+        "beat_baseline": bool(best is None or test["r2"] > best[1]["test_r2"]),
+        "epochs_run": result.epochs_run,
+        "device": device,
+        "world_size": world,
+        "_test_proba": test_pred,
+    }
+
+
+def log_target(cfg: TrainConfig, y: Any) -> bool:
+    """``train.log_target: auto``: learn log1p of a positive target whose skew is above 1."""
+    from scipy.stats import skew
+
+    values = y.numpy().astype("float64")
+    return cfg.log_target == "auto" and bool(values.min() > 0) and float(skew(values)) > 1.0
+
+
 def timing(result: FitResult, wall: float, cfg: TrainConfig, run_id: str) -> dict[str, Any]:
     return {
         "wall_seconds": wall,
@@ -146,10 +203,18 @@ def train(
     args = ctx.args
     device = ctx.device()
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
-    model = Classifier(inputs.transform.module(), build_net(mcfg))
+    regression = inputs.schema.regression
+    model: Classifier | Regressor
+    if regression:
+        scaling = TargetScaling.fit(inputs.train.y.numpy(), log_target(cfg, inputs.train.y))
+        model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
+    else:
+        model = Classifier(inputs.transform.module(), build_net(mcfg))
     identity = transform_identity(inputs.transform.kind, inputs.transform.n_components)
     warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg), identity)
     if warm is not None:  # a retrain: fine-tune the champion's network on the new data
+        if regression and "target_scaling" in warm:  # the scale the champion's network learnt
+            model = Regressor(model.transform, model.net, TargetScaling(**warm["target_scaling"]))
         model.net.load_state_dict(warm["net"])
         cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs)
     if rank == 0:
@@ -195,7 +260,8 @@ def train(
             extra_state=extra,
         )
         wall = time.perf_counter() - start
-        metrics = quality(model, inputs, cfg, result, device.type, world)
+        assess = quality_regression if regression else quality
+        metrics = assess(model, inputs, cfg, result, device.type, world)  # type: ignore[arg-type]
         metrics["warm_start"] = warm_note
         test_proba = metrics.pop("_test_proba")
         saved = {
@@ -207,21 +273,29 @@ def train(
             "classes": list(inputs.schema.classes),
             "train_config": cfg.model_dump(),
         }
+        if regression:  # build() makes a Regressor of it
+            saved["task"] = "regression"
+            saved["target_scaling"] = dataclasses.asdict(model.scaling)  # type: ignore[union-attr]
         times = timing(result, wall, cfg, run.id)
         outputs = (args.model, args.metrics, args.history, args.confusion, args.timing)
         with atomic_outputs(*outputs) as tmps:
             save_checkpoint(saved, tmps[0])
             dump_json(metrics, tmps[1])
             pd.DataFrame(result.history).to_csv(tmps[2], index=False)
-            plot_confusion(
-                inputs.test.y.numpy(), test_proba.argmax(1), inputs.schema.classes, tmps[3]
-            )
+            if regression:
+                plot_regression(inputs.test.y.numpy(), test_proba, inputs.schema.target, tmps[3])
+            else:
+                plot_confusion(
+                    inputs.test.y.numpy(), test_proba.argmax(1), inputs.schema.classes, tmps[3]
+                )
             dump_json(times, tmps[4])
         digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
         run.set_tag("model_sha256", digest)  # harden finds this run by its input's hash
         flat = {f"test_{k}": v for k, v in metrics["test"].items()}
         for name, base in metrics["baselines"].items():
-            flat[f"baseline_{name}_test_accuracy"] = base["test_accuracy"]
+            for key, value in base.items():
+                if key == "test_accuracy" or regression:
+                    flat[f"baseline_{name}_{key}"] = value
         run.log_metrics({**flat, **times, "epochs_run": result.epochs_run})
         run.log_artifact(args.confusion)
         run.log_artifact(args.metrics)
@@ -230,9 +304,10 @@ def train(
             run.log_artifact(Path(tmp) / "history.png")
     checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     base = metrics["best_baseline"]
-    base_text = f"{base} {metrics['baselines'][base]['test_accuracy']:.4f}" if base else "none"
+    key = "r2" if regression else "accuracy"
+    base_text = f"{base} {metrics['baselines'][base][f'test_{key}']:.4f}" if base else "none"
     print(
-        f"train: test accuracy {metrics['test']['accuracy']:.4f} (baseline {base_text}), "
+        f"train: test {key} {metrics['test'][key]:.4f} (baseline {base_text}), "
         f"{result.epochs_run} epochs, {times['train_samples_per_second']:.0f} samples/s "
         f"on {device.type} x{world}"
     )

@@ -37,6 +37,30 @@ def predict(sess, X: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndar
     return np.concatenate(probs), np.concatenate(labels)
 
 
+REGRESSION_OUTPUTS = ("prediction", "lower", "upper")
+
+
+def is_regression(sess) -> bool:
+    """Whether the graph is a regressor's (outputs prediction, lower, upper)."""
+    return [o.name for o in sess.get_outputs()] == list(REGRESSION_OUTPUTS)
+
+
+def predict_interval(
+    sess, X: np.ndarray, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A regressor's (prediction, lower, upper), each (rows,), for raw encoded features ``X``."""
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for i in range(0, len(X), batch):
+        out = sess.run(
+            list(REGRESSION_OUTPUTS),
+            {"features": np.ascontiguousarray(X[i : i + batch], dtype=np.float32)},
+        )
+        for part, values in zip(parts, out, strict=True):
+            part.append(values)
+    pred, lower, upper = (np.concatenate(p) for p in parts)
+    return pred, lower, upper
+
+
 def latency_ms(
     sess,
     X: np.ndarray,

@@ -35,6 +35,39 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: tuple[Any, ...], pa
     plt.close(fig)
 
 
+def plot_regression(
+    y: np.ndarray,
+    pred: np.ndarray,
+    target: str,
+    path: Path,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+) -> None:
+    """A regressor on the test split: predicted against true (with the intervals, if given) and
+    the residuals against the prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
+    if lower is not None and upper is not None:
+        a.errorbar(
+            y, pred, yerr=[pred - lower, upper - pred], fmt="none", ecolor="lightgrey", zorder=1
+        )
+    a.scatter(y, pred, s=10, zorder=2)
+    ends = [float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))]
+    a.plot(ends, ends, color="grey", linestyle="--", label="predicted = true")
+    a.set(xlabel=f"true {target}", ylabel=f"predicted {target}", title="test split")
+    a.legend()
+    b.scatter(pred, y - pred, s=10)
+    b.axhline(0.0, color="grey", linestyle="--")
+    b.set(xlabel=f"predicted {target}", ylabel="true - predicted", title="residuals (test)")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -47,14 +80,17 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     a.plot(h.epoch, h.val_loss, label="val")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     a.legend()
-    b.plot(h.epoch, h.val_accuracy)
-    b.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    score = "val_r2" if "val_r2" in h else "val_accuracy"
+    name = "R²" if score == "val_r2" else "accuracy"
+    b.plot(h.epoch, h[score])
+    b.set(xlabel="epoch", ylabel=name, title=f"validation {name}")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 
 
-def plot_robustness(table: pd.DataFrame, eps: float, path: Path) -> None:
+def plot_robustness(table: pd.DataFrame, eps: float, path: Path, regression: bool = False) -> None:
+    """Robust accuracy (a regressor: robust MAE) against eps, trained and hardened."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,12 +104,19 @@ def plot_robustness(table: pd.DataFrame, eps: float, path: Path) -> None:
                 table.eps, table[f"{name}_pgd"], linestyle="--", color=colour, label=f"{name}: PGD"
             )
     ax.axvline(eps, color="grey", linestyle=":", label=f"harden.eps = {eps:g}")
-    ax.set(
-        xlabel="eps (fraction of each feature's range)",
-        ylabel="test accuracy under attack",
-        title="robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
-        ylim=(0, 1.02),
-    )
+    if regression:
+        ax.set(
+            xlabel="eps (fraction of each feature's range)",
+            ylabel="test MAE under attack (worst case per row)",
+            title="robustness vs eps (worst case: PGD on the error, PGD up, PGD down)",
+        )
+    else:
+        ax.set(
+            xlabel="eps (fraction of each feature's range)",
+            ylabel="test accuracy under attack",
+            title="robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
+            ylim=(0, 1.02),
+        )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)

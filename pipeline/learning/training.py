@@ -32,14 +32,14 @@ from pipeline.contracts.io import atomic_outputs, load_json, read_parquet, requi
 from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
 from pipeline.contracts.schema import FEEDBACK, LABEL, WEIGHT, Schema
 from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.learning.model import Classifier, ModelConfig
+from pipeline.learning.model import Classifier, ModelConfig, Regressor
 from pipeline.learning.transforms import FeatureTransform
 
 
 @dataclasses.dataclass
 class Split:
     X: torch.Tensor  # (rows, features) raw encoded values, NaN for missing
-    y: torch.Tensor  # (rows,) class index
+    y: torch.Tensor  # (rows,) class index (int64), or a regressor's target (float32)
     w: torch.Tensor  # (rows,) sample weight
     production: torch.Tensor | None = None  # (rows,) bool: a labelled production row
 
@@ -58,7 +58,7 @@ def load_split(path: Path, schema: Schema) -> Split:
     df = read_parquet(path)
     return Split(
         torch.tensor(df[schema.names].to_numpy(np.float32)),
-        torch.tensor(df[LABEL].to_numpy(np.int64)),
+        torch.tensor(df[LABEL].to_numpy(np.float32 if schema.regression else np.int64)),
         torch.tensor(df[WEIGHT].to_numpy(np.float32)),
         torch.tensor(df[FEEDBACK].notna().to_numpy()) if FEEDBACK in df.columns else None,
     )
@@ -87,7 +87,7 @@ def model_config(
     return ModelConfig(
         arch=arch,
         n_in=transform.n_features_out_,
-        n_classes=schema.n_classes,
+        n_classes=1 if schema.regression else schema.n_classes,  # a regressor: one output
         hidden=cfg.hidden,
         depth=cfg.depth,
         dropout=cfg.dropout,
@@ -180,7 +180,7 @@ def run_fingerprint(cfg: TrainConfig, world: int, train: Split, val: Split) -> s
 
 
 def fit(
-    model: Classifier,
+    model: Classifier | Regressor,
     train: Split,
     val: Split,
     cfg: TrainConfig,
@@ -196,10 +196,18 @@ def fit(
 ) -> FitResult:
     """Train ``model.net`` in place; on return it holds the best-validation-loss weights.
 
+    A :class:`Regressor` trains on ``train.regression_loss`` of its standardised target and is
+    scored by R² (history ``val_r2``; ``tta_target`` then reads R²).
+
     ``checkpoint``: written every epoch and resumed from when its fingerprint matches.
     ``on_epoch(epoch, row)``: called after each epoch (MLflow logging, Optuna pruning).
     ``extra_state``: small dict saved in the checkpoint and updated from it on resume.
     """
+    from pipeline.learning import regression as reg  # it imports this module's Split
+
+    regressor = isinstance(model, Regressor)
+    score_key = "val_r2" if regressor else "val_accuracy"
+    evaluate = reg.evaluate_regression if regressor else evaluate_loss
     torch.manual_seed(cfg.seed)
     model.to(device)
     net: torch.nn.Module = model.net
@@ -262,7 +270,13 @@ def fit(
                 xb = random_shift(xb, image_shape, cfg.augment_shift, aug_gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = full(xb)
-            loss = weighted_loss(logits, yb, wb, cfg.label_smoothing)
+            if regressor:
+                target = model.standardize(yb)
+                loss = reg.regression_loss(
+                    logits.squeeze(-1), target, wb, cfg.regression_loss, cfg.huber_delta
+                )
+            else:
+                loss = weighted_loss(logits, yb, wb, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -273,7 +287,7 @@ def fit(
         if sched is not None and cfg.schedule != "onecycle":
             sched.step()
         samples += count * world
-        val_loss, val_acc, _ = evaluate_loss(model, val, device)
+        val_loss, val_acc, _ = evaluate(model, val, device)
         elapsed += time.perf_counter() - t0
         if tta is None and val_acc >= cfg.tta_target:
             tta = elapsed
@@ -281,7 +295,7 @@ def fit(
             "epoch": epoch,
             "train_loss": total / max(count, 1),
             "val_loss": val_loss,
-            "val_accuracy": val_acc,
+            score_key: val_acc,
             "lr": opt.param_groups[0]["lr"],
         }
         history.append(row)
