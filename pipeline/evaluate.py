@@ -30,6 +30,12 @@ split's features (after a retrain on enough feedback, its production rows alone)
 monitor compares production windows with, and ``estimate.json``, the
 label-free accuracy estimator (ATC, :mod:`pipeline.contracts.estimate`) fit on the validation
 split through the graph that ships, which the monitor reads before labels arrive.
+
+A regressor (schema.json's task regression) is measured by R², RMSE, MAE, the interval's
+coverage and width, robust MAE (the per-row worst absolute error of PGD on the error and PGD
+pushing the prediction up and down, at ``harden.eps``) and latency, and gated by
+:func:`~pipeline.learning.gate.gate_regression` (the same keys, read in R²; no label-free
+estimate: the monitor waits for labels).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from pipeline.contracts import champion as champion_files
 from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, require_file
 from pipeline.contracts.params import GateConfig, HardenConfig
-from pipeline.contracts.runtime import compute_ms, predict, session
+from pipeline.contracts.runtime import compute_ms, predict, predict_interval, session
 from pipeline.contracts.schema import FEEDBACK, LABEL, Schema
 from pipeline.learning import stage
 from pipeline.learning.attacks import Box, square_attack, worst_case
@@ -60,8 +66,11 @@ from pipeline.learning.gate import (
     GateContext,
     champion_failing,
     choose_variant,
+    coverage_failing,
     gate,
+    gate_regression,
     hints,
+    hints_regression,
     robust_method,
 )
 from pipeline.learning.metrics import classification_metrics
@@ -256,12 +265,68 @@ def drift_reference(train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return train[schema.names].astype(np.float32)
 
 
+def measure_regression(
+    onnx_path: Path,
+    twin: torch.nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    schema: Schema,
+    eps: float,
+    cfg: GateConfig,
+    key: str,
+    known: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A regressor's quality, interval, robustness and latency on the rows (``known``: as in
+    :func:`measure`, the robust figure of a promotion record with the same key)."""
+    from pipeline.learning import regression as reg
+
+    sess = session(onnx_path)
+    pred, lower, upper = predict_interval(sess, X)
+    base = {
+        **reg.regression_metrics(y, pred),
+        **reg.interval_metrics(y, lower, upper),
+        "rows": len(y),
+        "p99_latency_ms": compute_ms(sess, X)["p99_ms"],
+        "gate_key": key,
+    }
+    if known is not None and known.get("gate_key") == key and "robust_mae" in known:
+        return {**base, "robust_mae": known["robust_mae"], "robust_cached": True}
+    errors = reg.worst_case_error(
+        twin,
+        torch.as_tensor(X),
+        torch.as_tensor(y, dtype=torch.float32),
+        Box.from_schema(schema, eps),
+        cfg.robust_steps,
+        cfg.robust_restarts,
+        cfg.seed,
+        progress="evaluate: robust MAE",
+    )
+    return {**base, "robust_mae": float(errors.mean()), "robust_cached": False}
+
+
+def on_holdout_regression(onnx_path: Path, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """R², MAE and interval coverage on the production holdout."""
+    from pipeline.learning import regression as reg
+
+    pred, lower, upper = predict_interval(session(onnx_path), X)
+    quality = reg.regression_metrics(y, pred)
+    return {
+        "holdout_r2": quality["r2"],
+        "holdout_mae": quality["mae"],
+        "holdout_coverage": reg.interval_metrics(y, lower, upper)["coverage"],
+        "holdout_rows": len(y),
+    }
+
+
 def body(ctx: stage.Context) -> None:
     args = ctx.args
     cfg = ctx.section("gate", GateConfig)
     eps = ctx.section("harden", HardenConfig).eps
     export = load_json(args.export_metrics)
     schema = Schema.from_dict(load_json(args.schema))
+    if schema.regression:
+        body_regression(ctx, cfg, eps, export, schema)
+        return
     test = read_parquet(args.test)
     X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
     ratio = None
@@ -370,6 +435,141 @@ def body(ctx: stage.Context) -> None:
     print(
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
         f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
+        f"p99 {candidate['p99_latency_ms']:.2f} ms)"
+    )
+
+
+def body_regression(
+    ctx: stage.Context, cfg: GateConfig, eps: float, export: dict[str, Any], schema: Schema
+) -> None:
+    """The stage for a regressor: measure both models, gate, register, promote."""
+    from pipeline.learning.card import model_card_regression
+
+    args = ctx.args
+    nominal = float(export["interval"]["coverage"])
+    test = read_parquet(args.test)
+    X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy(np.float64)
+    target_std = float(np.std(y)) or 1.0
+    ratio = None
+    if cfg.variant == "auto" and "int8" in export:
+        ratio = int8_latency_ratio(require_file(args.onnx), require_file(args.onnx_int8), X)
+    variant = choose_variant(cfg, export, ratio)
+    onnx_path = require_file(args.onnx_int8 if variant == "int8" else args.onnx)
+    ckpt = load_checkpoint(args.model)
+    twin = build(ckpt)
+    train_metrics, robustness = load_json(args.train_metrics), load_json(args.robustness)
+    key = gate_key(onnx_path, Path(args.model), X, y, eps, cfg)
+    candidate = measure_regression(onnx_path, twin, X, y, schema, eps, cfg, key)
+    holdout = read_parquet(args.holdout)
+    Xh, yh = holdout[schema.names].to_numpy(np.float32), holdout[LABEL].to_numpy(np.float64)
+    if len(yh):
+        candidate.update(on_holdout_regression(onnx_path, Xh, yh))
+
+    registry_dir = Path(args.registry)
+    tracker = Tracker(args.tracking_db)
+    for line in registry.repair(tracker, cfg.model_name, registry_dir):
+        print(f"evaluate: registry: {line}")
+    champ_version = tracker.champion_version(cfg.model_name)
+    champ_dir = champion_files.directory(registry_dir)
+    champion = None
+    if champ_version is not None and champ_dir is not None:
+        champ_twin = build(load_checkpoint(champ_dir / champion_files.TWIN))
+        champ_onnx = champ_dir / champion_files.ONNX
+        record = champ_dir / champion_files.DECISION
+        known = load_json(record).get("candidate") if record.is_file() else None
+        champ_key = gate_key(champ_onnx, champ_dir / champion_files.TWIN, X, y, eps, cfg)
+        champion = measure_regression(
+            champ_onnx, champ_twin, X, y, schema, eps, cfg, champ_key, known
+        )
+        if len(yh):
+            champion.update(on_holdout_regression(champ_onnx, Xh, yh))
+    failing = champion is not None and coverage_failing(
+        champion.get("holdout_coverage", 1.0), champion.get("holdout_rows", 0), nominal, cfg
+    )
+    production = {
+        "champion_failing": bool(failing),
+        "why": (
+            f"holdout coverage {champion['holdout_coverage']:.3f} on "
+            f"{champion['holdout_rows']} rows vs nominal {nominal:.2f} (binomial test at "
+            f"gate.production_alpha {cfg.production_alpha})"
+            if champion is not None and "holdout_coverage" in champion
+            else "no champion or no labelled production rows"
+        ),
+    }
+    harden_cfg = ctx.section("harden", HardenConfig)
+    baselines = train_metrics.get("baselines", {})
+    best = max(baselines.items(), key=lambda kv: kv[1]["test_r2"], default=None)
+    budget = robustness.get("budget", {})
+    context = GateContext(
+        baseline=(best[0], best[1]["test_r2"]) if best else None,
+        trained_clean=robustness["trained"]["clean_r2"],
+        max_clean_drop=harden_cfg.max_clean_drop
+        + (cfg.max_int8_accuracy_drop if variant == "int8" else 0.0),
+        budget_limited=bool(budget.get("limited", False)),
+        champion_failing=production["why"] if production["champion_failing"] else None,
+    )
+    rules = gate_regression(
+        cfg, candidate, champion, bool(export["parity"]["passed"]), nominal, target_std, context
+    )
+    passed = all(r["passed"] for r in rules)
+    advice = hints_regression(rules, eps, harden_cfg.max_clean_drop)
+    decision: dict[str, Any] = {
+        "task": "regression",
+        "model_name": cfg.model_name,
+        "variant": variant,
+        "int8_latency_ratio": ratio,
+        "eps": eps,
+        "robust_method": (
+            f"per-row worst absolute error of PGD-{cfg.robust_steps} on the squared error "
+            f"({cfg.robust_restarts} random start(s)) and PGD pushing up and down, seed "
+            f"{cfg.seed}, on the PyTorch twin"
+        ),
+        "interval_coverage": nominal,
+        "target_std": target_std,
+        "passed": passed,
+        "promoted": passed,
+        "reasons": [
+            f"{r['rule']}: {r['value']:.4f} vs {r['threshold']:.4f}"
+            for r in rules
+            if not r["passed"]
+        ],
+        "rules": rules,
+        "hints": advice,
+        "candidate": candidate,
+        "champion": champion,
+        "champion_version_before": champ_version,
+        "production": production,
+    }
+    card = model_card_regression(schema, decision, train_metrics, robustness, export, ckpt)
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / champion_files.CARD
+        decision_path = Path(tmp) / champion_files.DECISION
+        reference_path = Path(tmp) / champion_files.REFERENCE
+        card_path.write_text(card)
+        drift_reference(read_parquet(args.train), schema).to_parquet(reference_path, index=False)
+        dump_json(decision, decision_path)
+        files = {
+            champion_files.ONNX: onnx_path,
+            champion_files.TWIN: Path(args.model),
+            champion_files.SCHEMA: Path(args.schema),
+            champion_files.EXPORT: Path(args.export_metrics),
+            champion_files.DECISION: decision_path,
+            champion_files.CARD: card_path,
+            champion_files.REFERENCE: reference_path,
+        }
+        version = register(tracker, decision, files, card, cfg)
+        decision["version"] = version
+        if passed:
+            registry.promote(tracker, cfg.model_name, version, registry_dir, files)
+    with atomic_outputs(args.metrics) as (tmp_metrics,):
+        dump_json(decision, tmp_metrics)
+    verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
+    for line in advice:
+        print(f"evaluate: hint: {line}")
+    print(
+        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
+        f"(R² {candidate['r2']:.4f}, RMSE {candidate['rmse']:.4g}, coverage "
+        f"{candidate['coverage']:.3f}, robust MAE {candidate['robust_mae']:.4g}, "
         f"p99 {candidate['p99_latency_ms']:.2f} ms)"
     )
 

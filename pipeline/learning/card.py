@@ -113,3 +113,90 @@ def model_card(
         "- Inputs outside the training data's range or categories are out of distribution.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def model_card_regression(
+    schema: Schema,
+    decision: dict[str, Any],
+    train: dict[str, Any],
+    robustness: dict[str, Any],
+    export: dict[str, Any],
+    ckpt: dict[str, Any],
+) -> str:
+    """A regressor's model card: the same sections in its terms."""
+    c = decision["candidate"]
+    champ = decision.get("champion") or {}
+    n_cat = sum(f.kind == "categorical" for f in schema.features)
+    interval = robustness.get("interval", {})
+    scaling = ckpt.get("target_scaling", {})
+    lines = [
+        f"# Model card: {decision['model_name']} ({decision['variant']}), regression",
+        "",
+        "## Data",
+        f"- {len(schema.features)} features ({n_cat} categorical), target `{schema.target}` in "
+        f"[{schema.target_min:g}, {schema.target_max:g}]",
+        "- evaluated on the frozen test split cut once from the source (stratified on target "
+        "quantile bins)",
+        "",
+        "## Model",
+        f"- {ckpt['model_config']['arch'].upper()} behind the fitted feature transform, one ONNX "
+        "graph from raw features to prediction, lower and upper"
+        + (" (target learnt as log1p)" if scaling.get("log") else ""),
+        f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
+        "range",
+        "",
+        "## Test metrics",
+        "| metric | candidate | champion |",
+        "| --- | --- | --- |",
+    ]
+    keys = ["r2", "rmse", "mae", "coverage", "mean_width", "robust_mae", "p99_latency_ms"]
+    keys += [k for k in ("holdout_r2", "holdout_mae", "holdout_coverage") if k in c]
+    for key in keys:
+        theirs = f"{champ[key]:.4f}" if key in champ else "-"
+        lines.append(f"| {key} | {c[key]:.4f} | {theirs} |")
+    lines += [
+        "",
+        f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}",
+        "",
+        "## Interval",
+        f"- {interval.get('method', 'split conformal')}, nominal coverage "
+        f"{decision['interval_coverage']:.0%}, calibrated on {interval.get('calibration_rows')} "
+        "rows; test coverage above",
+        "",
+        "## Robustness (test split, robust MAE)",
+        f"Harden's evaluation: {robustness.get('evaluation')}. Gate's: "
+        f"{decision.get('robust_method')}.",
+        "",
+        "| eps | trained | hardened |",
+        "| --- | --- | --- |",
+    ]
+    for eps, mae in robustness["hardened"]["by_eps"].items():
+        lines.append(f"| {eps} | {robustness['trained']['by_eps'][eps]:.4g} | {mae:.4g} |")
+    lines += [
+        "",
+        "## Export",
+        f"- parity with PyTorch on {export['parity']['rows']} test rows "
+        f"({export['parity']['measure']} within {export['parity']['atol']:g}): "
+        f"{export['parity']['passed']}",
+        "",
+        f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}",
+    ]
+    lines += [
+        f"- {'waived' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} {r['rule']}: "
+        f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
+        for r in decision["rules"]
+    ]
+    production = decision.get("production") or {}
+    if production.get("champion_failing"):
+        lines.append(f"- the champion fails in production: {production['why']}")
+    lines += [f"- hint: {h}" for h in decision.get("hints", [])]
+    lines += [
+        "",
+        "## Limits",
+        "- The interval's coverage is marginal (on average over rows like the validation "
+        "split's), not per row; a shift in the inputs or the target can break it, which the "
+        "monitor's coverage per window shows.",
+        "- Robustness covers L-inf perturbations within eps of each feature's observed range only.",
+        "- Inputs outside the training data's range or categories are out of distribution.",
+    ]
+    return "\n".join(lines) + "\n"
