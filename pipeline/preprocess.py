@@ -14,10 +14,12 @@ Kamiran-Calders reweighing P(g) P(c) / P(g, c), all counted on the train split (
 is weighted 1: evaluation is unweighted).
 
 A regression target (schema.json's task) is split stratified on its quantile bins (cut on the
-source rows, so the test split stays frozen); its label issues are cleanlab's regression
-``CleanLearning`` on out-of-fold predictions of the same cheap model kinds (regressors), capped
-at ``noise.max_share``; with ``data.sensitive`` the reweighing makes group and target bin
-independent (no class balancing: a regressor has no classes).
+source rows, so the test split stays frozen); its label issues are rows whose out-of-fold
+residual (the same cheap model kinds, as regressors) is an outlier, ranked by cleanlab's
+regression label-quality score and capped at ``noise.max_share``; val is cut before the filter
+and never filtered (the interval is calibrated on it, so it is drawn like the test split); with
+``data.sensitive`` the reweighing makes group and target bin independent (no class balancing: a
+regressor has no classes).
 """
 
 from __future__ import annotations
@@ -149,41 +151,62 @@ def find_noisy(
     return cap_per_class(np.asarray(ranked, dtype=np.int64), y, cfg.max_share), proba
 
 
+OUTLIER_Z = 4.0  # a regression row is a label issue past this many robust standard deviations
+
+
 def find_noisy_regression(
     X: np.ndarray, y: np.ndarray, strata: np.ndarray, schema: Schema, cfg: NoiseConfig, seed: int
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Likely mislabelled rows of a regression target, most suspicious first (at most
-    ``max_share`` of the rows), and cleanlab's table for them (given, predicted, quality).
+    ``max_share`` of the rows), and a table for them (given, predicted, quality).
 
-    cleanlab 2's regression ``CleanLearning`` fits the noise model out of fold (``folds``) and
-    picks how many rows to flag by how much removing them helps the model out of fold; the
-    target is standardised first so the model's defaults fit any unit. ``max_fit_rows`` caps the
-    rows it looks at (a stratified sample; beyond it no row is flagged)."""
-    from cleanlab.regression.learn import CleanLearning
+    Out-of-fold predictions of the noise model (``folds`` folds stratified by target bin, each
+    fit on at most ``max_fit_rows`` rows) rank the rows by cleanlab 2's regression label-quality
+    score (``cleanlab.regression.rank``, residual-based); a row is flagged when its residual is
+    more than ``OUTLIER_Z`` robust standard deviations (1.4826 x the median absolute deviation)
+    from the median residual. cleanlab's ``CleanLearning`` picks how many to drop by refitting
+    at each candidate share: on a clean table with 14 prices entered 8x too high it flagged none
+    with the knn model and 122 of 600 with ridge. Here the residuals are computed twice, the
+    second time with models fit without the first pass's flagged rows (whose wrong targets pulled
+    their neighbours' predictions), and a positive skewed target on its log scale: on three such
+    tables exactly the wrong rows in train (14, 12, 16), none on the clean ones, none on the
+    diabetes data, whose residuals are wide everywhere."""
+    from cleanlab.regression.rank import get_label_quality_scores
+    from scipy.stats import skew
 
-    rows = stratified_sample(np.arange(len(y)), strata, cfg.max_fit_rows, seed)
-    scale = float(np.std(y[rows])) or 1.0
-    z = (y[rows] - float(np.mean(y[rows]))) / scale
-    learner = CleanLearning(
-        noise_model(cfg.model, schema, seed),
-        cv_n_folds=max(2, min(cfg.folds, len(rows) // 10)),
-        n_boot=0,
-        include_aleatoric_uncertainty=False,
-        seed=seed,
-    )
-    table = learner.find_label_issues(X[rows], z)
-    flagged = np.flatnonzero(table["is_label_issue"].to_numpy())
-    order = flagged[np.argsort(table["label_quality"].to_numpy()[flagged], kind="stable")]
-    order = order[: int(cfg.max_share * len(y))]
-    found = rows[order]
+    # A positive skewed target (a price) is compared on the log scale, where its noise is even.
+    logged = bool(y.min() > 0 and float(skew(y)) > 1.0)
+    v = np.log(y) if logged else y
+    scale = float(np.std(v)) or 1.0
+    z = (v - float(np.mean(v))) / scale
+    folds = max(2, min(cfg.folds, int(np.bincount(strata).min()) if len(strata) else 2))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    folds_idx = list(splitter.split(X, strata))
+    model = noise_model(cfg.model, schema, seed)
+    flagged = np.empty(0, dtype=np.int64)
+    # Twice: the second pass fits without the first's flagged rows, whose wrong targets pulled
+    # their neighbours' predictions (and so flagged those too).
+    for _ in tqdm(range(2), desc="label noise: passes", leave=False):
+        pred = np.zeros(len(y))
+        for k, (fit_idx, held_idx) in enumerate(folds_idx):
+            fit_idx = stratified_sample(
+                np.setdiff1d(fit_idx, flagged), strata, cfg.max_fit_rows, seed + k
+            )
+            pred[held_idx] = clone(model).fit(X[fit_idx], z[fit_idx]).predict(X[held_idx])
+        residual = z - pred
+        center = float(np.median(residual))
+        sigma = 1.4826 * float(np.median(np.abs(residual - center))) or 1e-12
+        flagged = np.flatnonzero(np.abs(residual - center) > OUTLIER_Z * sigma)
+    quality = get_label_quality_scores(z, pred)
+    order = flagged[np.argsort(quality[flagged], kind="stable")][: int(cfg.max_share * len(y))]
     report = pd.DataFrame(
         {
-            "given": y[found],
-            "suggested": table["predicted_label"].to_numpy()[order] * scale + np.mean(y[rows]),
-            "self_confidence": table["label_quality"].to_numpy()[order],
+            "given": y[order],
+            "suggested": (np.exp if logged else np.asarray)(pred[order] * scale + np.mean(v)),
+            "self_confidence": quality[order],
         }
     )
-    return found.astype(np.int64), report
+    return order.astype(np.int64), report
 
 
 def cap_per_class(ranked: np.ndarray, y: np.ndarray, max_share: float) -> np.ndarray:

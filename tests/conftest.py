@@ -415,3 +415,21 @@ def churn_table(rows: int, seed: int = 0) -> pd.DataFrame:
     df = df.mask(rng.random(df.shape) < 0.03)
     df["churn"] = np.where(y == 1, "yes", "no")
     return pd.concat([df, df.sample(10, random_state=seed)], ignore_index=True)
+
+
+def friedman_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A regression table as users bring them: Friedman #1's five informative columns and three
+    noise columns (make_friedman1), a categorical that shifts the target, 3 % missing numeric
+    cells, a few duplicated rows and a skewed positive target (a price: exp of the signal)."""
+    import numpy as np
+    from sklearn.datasets import make_friedman1
+
+    X, y = make_friedman1(n_samples=rows, n_features=8, noise=1.0, random_state=seed)
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(X * 100.0, columns=[f"x{i}" for i in range(8)])
+    region = rng.choice(["north", "south", "east", "west"], rows)
+    offset = pd.Series({"north": 0.0, "south": 2.0, "east": -1.0, "west": 1.0})
+    df = df.mask(rng.random(df.shape) < 0.03)
+    df["region"] = region
+    df["price"] = np.round(20.0 * np.exp((y + offset[region].to_numpy()) / 8.0), 2)
+    return pd.concat([df, df.sample(10, random_state=seed)], ignore_index=True)

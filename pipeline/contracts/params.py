@@ -251,6 +251,7 @@ class TrainConfig(Section):
     amp: bool
     baselines: Seq[Literal["logreg", "svm"]]
     regression_baselines: Seq[Literal["ridge", "hgb"]]
+    regression_dropout: Share01
     regression_loss: Literal["mse", "huber"]
     huber_delta: PositiveFloat
     log_target: Literal["auto", "never"]

@@ -133,7 +133,7 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     """Split conformal: the ceil((n + 1) coverage)-th smallest of the ``n`` calibration scores
     (infinite when n is too small for that coverage)."""
     n = len(scores)
-    k = math.ceil((n + 1) * coverage)
+    k = math.ceil((n + 1) * coverage - 1e-9)  # 20 x 0.9 is 18, not 18.000...04
     if k > n:
         return math.inf
     return float(np.sort(np.asarray(scores, dtype=np.float64))[k - 1])

@@ -90,7 +90,7 @@ def model_config(
         n_classes=1 if schema.regression else schema.n_classes,  # a regressor: one output
         hidden=cfg.hidden,
         depth=cfg.depth,
-        dropout=cfg.dropout,
+        dropout=cfg.regression_dropout if schema.regression else cfg.dropout,
         channels=cfg.channels,
         image_shape=image_shape,
     )

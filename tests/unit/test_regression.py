@@ -1,0 +1,192 @@
+"""A regressor's pieces, without a pipeline run: the task's inference, the target's scaling, the
+split conformal interval, the graph's outputs and the gate's rules in regression terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.contracts.params import GateConfig, read_params, section
+from pipeline.contracts.schema import Schema, infer_schema
+from pipeline.learning.gate import GateContext, coverage_failing, gate_regression
+from tests.conftest import ROOT, friedman_table
+
+
+def _schema(df: pd.DataFrame, target: str, task: str = "auto") -> Schema:
+    return infer_schema(df, target, None, 0.3, 50, task=task)[1]
+
+
+def test_auto_task_reads_the_target() -> None:
+    from sklearn.datasets import load_diabetes, load_digits
+
+    assert _schema(load_digits(as_frame=True).frame, "target").task == "classification"
+    # 214 distinct integers in 442 rows, most seen once or twice: no split could hold them as
+    # classes, so auto calls it regression.
+    diabetes = _schema(load_diabetes(as_frame=True, scaled=False).frame, "target")
+    assert diabetes.regression and (diabetes.target_min, diabetes.target_max) == (25.0, 346.0)
+    table = friedman_table(200, seed=0)
+    prices = _schema(table, "price")
+    assert prices.regression and prices.classes == ()
+    assert Schema.from_dict(prices.to_dict()) == prices
+    # Integer labels with few values stay classes; forcing classification on a price refuses.
+    assert _schema(table.assign(price=np.arange(len(table)) % 3), "price").task == "classification"
+    with pytest.raises(Exception, match=r"looks continuous .* set data.task: regression"):
+        _schema(table, "price", task="classification")
+
+
+def test_target_scaling_round_trips_and_logs_only_when_asked() -> None:
+    from pipeline.learning.model import Regressor, TargetScaling, build_net
+    from pipeline.learning.training import ModelConfig
+    from pipeline.learning.transforms import FeatureTransform
+
+    y = np.exp(np.random.default_rng(0).normal(3.0, 0.8, 500))
+    X = np.random.default_rng(1).normal(size=(500, 3))
+    net = build_net(ModelConfig("mlp", 3, 1, 8, 1, 0.0, 4, None))
+    for log in (False, True):
+        scaling = TargetScaling.fit(y, log)
+        model = Regressor(FeatureTransform().fit(X).module(), net, scaling)
+        z = model.standardize(torch.tensor(y, dtype=torch.float64))
+        assert abs(float(z.mean())) < 1e-6 and abs(float(z.std()) - 1.0) < 0.01
+        back = model.unstandardize(z).numpy()
+        np.testing.assert_allclose(back, y, rtol=1e-6)
+    # A logged target's interval on the network's scale widens with the prediction.
+    model = Regressor(FeatureTransform().fit(X).module(), net, TargetScaling.fit(y, True))
+    z = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    widths = (model.unstandardize(z + 0.5) - model.unstandardize(z - 0.5)).numpy()
+    assert widths[1] > 2 * widths[0]
+
+
+def test_split_conformal_covers_at_the_nominal_rate() -> None:
+    from pipeline.learning.regression import conformal_quantile
+
+    assert conformal_quantile(np.arange(1.0, 9.0), 0.9) == np.inf  # 8 scores: ceil(8.1) = 9 > 8
+    assert conformal_quantile(np.arange(1.0, 20.0), 0.9) == 18.0  # ceil(20 * 0.9) = 18th
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(400):  # exchangeable heavy-tailed residuals: calibration 100, test 100
+        cal, test = np.abs(rng.standard_t(3, 100)), np.abs(rng.standard_t(3, 100))
+        covered.append(np.mean(test <= conformal_quantile(cal, 0.9)))
+    # Split conformal's mean coverage is ceil(101 * 0.9) / 101 = 0.9109 exactly.
+    assert abs(np.mean(covered) - 91 / 101) < 0.005
+
+
+def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) -> None:
+    from pipeline.contracts.runtime import is_regression, predict_interval, session
+    from pipeline.export import ServedRegressor, export_onnx
+    from pipeline.learning.model import Regressor, TargetScaling, build_net
+    from pipeline.learning.training import ModelConfig
+    from pipeline.learning.transforms import FeatureTransform
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4))
+    X[::7, 1] = np.nan  # imputed inside the graph
+    y = np.exp(rng.normal(2.0, 0.5, 64))
+    torch.manual_seed(0)
+    net = build_net(ModelConfig("mlp", 4, 1, 16, 2, 0.0, 4, None))
+    model = Regressor(FeatureTransform().fit(X).module(), net, TargetScaling.fit(y, True)).eval()
+    export_onnx(model, 4, tmp_path / "m.onnx", 18, half_width=0.7)
+    sess = session(tmp_path / "m.onnx")
+    assert is_regression(sess)
+    pred, lower, upper = predict_interval(sess, X.astype(np.float32))
+    with torch.no_grad():
+        ours = ServedRegressor(model, 0.7)(torch.as_tensor(X, dtype=torch.float32))
+    for theirs, mine in zip((pred, lower, upper), ours, strict=True):
+        np.testing.assert_allclose(theirs, mine.numpy(), rtol=1e-5)
+    assert np.all(lower < pred) and np.all(pred < upper) and np.isfinite(pred).all()
+
+
+def _gate() -> GateConfig:
+    return section(read_params(ROOT / "params.yaml"), "gate", GateConfig)
+
+
+def _cand(**changes: float) -> dict[str, float]:
+    base = {"r2": 0.85, "rmse": 40.0, "coverage": 0.9, "rows": 600, "robust_mae": 50.0}
+    return {**base, "p99_latency_ms": 0.1, **changes}
+
+
+def _rules(cand: dict, champ: dict | None = None, **ctx: object) -> dict[str, dict]:
+    context = GateContext(**{"baseline": ("hgb", 0.86), "trained_clean": 0.85, **ctx})
+    rules = gate_regression(_gate(), cand, champ, True, 0.9, 100.0, context)
+    return {r["rule"]: r for r in rules}
+
+
+def test_the_gate_reads_r2_against_the_best_baseline_and_the_champion() -> None:
+    assert _rules(_cand())["vs_baseline"]["passed"]  # 0.85 >= 0.86 - 0.02
+    assert not _rules(_cand(r2=0.83))["vs_baseline"]["passed"]
+    champ = _cand(r2=0.87)
+    assert not _rules(_cand(), champ)["vs_champion_r2"]["passed"]  # 0.85 < 0.87 - 0.005
+    assert _rules(_cand(r2=0.866), champ)["vs_champion_r2"]["passed"]
+    # Robust MAE may exceed the champion's by max_robust_drop target standard deviations.
+    assert not _rules(_cand(robust_mae=54.0), _cand(robust_mae=50.0))["vs_champion_robust_mae"][
+        "passed"
+    ]
+    assert _rules(_cand(robust_mae=52.0), _cand(robust_mae=50.0))["vs_champion_robust_mae"][
+        "passed"
+    ]
+
+
+def test_coverage_must_be_near_nominal_or_indistinguishable_from_it() -> None:
+    assert _rules(_cand(coverage=0.87))["coverage"]["passed"]  # within 0.05
+    assert not _rules(_cand(coverage=0.80))["coverage"]["passed"]  # 480 / 600: p < 1e-10
+    # On 89 rows 0.82 is 2.4 standard errors low: a binomial test at 0.01 cannot tell.
+    assert _rules(_cand(coverage=73 / 89, rows=89))["coverage"]["passed"]
+    assert not _rules(_cand(coverage=0.96))["coverage"]["passed"]  # too wide counts too
+    # A champion's holdout coverage significantly under nominal is failing in production.
+    assert coverage_failing(0.6, 200, 0.9, _gate())
+    assert not coverage_failing(0.88, 200, 0.9, _gate())
+
+
+def test_the_robust_ceiling_is_waived_only_by_the_budget_and_only_where_no_model_meets_it() -> None:
+    weak = _cand(robust_mae=150.0)  # ceiling: 1.0 x the target's standard deviation, 100
+    assert not _rules(weak)["max_robust_mae"]["passed"]
+    waived = _rules(weak, budget_limited=True)["max_robust_mae"]
+    assert waived["passed"] and waived["waived"]
+    robust_champion = _cand(robust_mae=90.0)
+    kept = _rules(weak, robust_champion, budget_limited=True)["max_robust_mae"]
+    assert not kept["passed"] and "not waived" in kept["what"]
+
+
+def test_a_failing_champion_waives_the_test_rules_only_for_a_candidate_that_fixes_it() -> None:
+    champ = _cand(r2=0.9, holdout_r2=0.2)
+    worse_on_test = _cand(r2=0.8, holdout_r2=0.7)
+    rules = _rules(worse_on_test, champ, champion_failing="holdout coverage 0.5")
+    assert rules["vs_champion_r2"]["passed"] and rules["vs_champion_r2"]["waived"]
+    assert rules["vs_champion_holdout_r2"]["passed"]
+    no_better = _cand(r2=0.8, holdout_r2=0.2)
+    rules = _rules(no_better, champ, champion_failing="holdout coverage 0.5")
+    assert not rules["vs_champion_r2"]["passed"]
+
+
+def test_preprocess_freezes_the_test_split_and_never_filters_val() -> None:
+    from pipeline.contracts.params import PreprocessConfig
+    from pipeline.contracts.schema import FEEDBACK, LABEL, ROW
+    from pipeline.preprocess import preprocess
+
+    cfg = section(read_params(ROOT / "params.yaml"), "preprocess", PreprocessConfig)
+    table = friedman_table(600, seed=1)
+    wrong = np.arange(0, 400, 20)  # 20 prices entered 8x too high
+    table.loc[wrong, "price"] *= 8
+    raw, schema = infer_schema(table, "price", None, 0.3, 50, task="regression")
+    raw[FEEDBACK] = pd.Series([None] * len(raw), dtype="string")
+    first = preprocess(raw, schema, cfg, None)
+    assert first.metrics["duplicates_dropped"] == 10
+    flagged = set(first.noise_report[ROW])
+    # val is cut first and never filtered (the interval is calibrated on it, drawn like test):
+    # the wrong prices left in train are the ones found, few others are.
+    pool = set(first.splits["train"][ROW]) | flagged
+    in_pool = set(wrong) & pool
+    assert len(flagged & in_pool) >= 0.8 * len(in_pool) and len(flagged - in_pool) <= 5
+    assert not flagged & set(first.splits["val"][ROW])
+    # The test split's target spread follows the whole table's (quantile-bin strata).
+    test_y, all_y = first.splits["test"][LABEL], raw["price"]
+    assert abs(test_y.median() - all_y.median()) < 0.1 * all_y.std()
+    # Labelled production rows never move the test split.
+    feedback = raw.sample(80, random_state=0).assign(price=lambda d: d.price * 1.5)
+    feedback[FEEDBACK] = [f"r{i}:0" for i in range(len(feedback))]
+    second = preprocess(pd.concat([raw, feedback], ignore_index=True), schema, cfg, None)
+    pd.testing.assert_frame_equal(first.splits["test"], second.splits["test"])
+    assert second.metrics["feedback_rows_in"] == 80 and len(second.splits["holdout"]) > 0
