@@ -129,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 def _show(decision: dict) -> None:
     f = decision["figures"]
     acc = "" if f.get("accuracy") is None else f", feedback accuracy {f['accuracy']:.3f}"
+    if f.get("coverage") is not None:
+        acc = f", interval coverage {f['coverage']:.3f}, MAE {f['mae']:.4g}"
     if f.get("log_rejected_rows"):
         acc += (
             f"; {f['log_rejected_rows']} log rows refused by the database, set aside "

@@ -49,6 +49,7 @@ from monitoring.policy import (
     accuracy_figures,
     alarm_reasons,
     harmless_drift,
+    regression_figures,
     trigger,
     window_figures,
 )
@@ -99,12 +100,19 @@ class Monitor:
 
     def assess(self, window: Window, champ: Champion) -> dict[str, Any]:
         drift = self.reference(champ).test(window.X, self.cfg.alpha)
+        quality = (
+            regression_figures(
+                window, champ.test_mae or 0.0, champ.interval_coverage or 0.9, self.cfg
+            )
+            if champ.schema.regression
+            else accuracy_figures(window, champ.test_accuracy, self.cfg, champ.estimator)
+        )
         figures = {
             **drift.figures(),
-            **accuracy_figures(window, champ.test_accuracy, self.cfg, champ.estimator),
+            **quality,
             **window_figures(window, champ.schema.n_classes),
             "champion": champ.version,
-            "champion_test_accuracy": champ.test_accuracy,
+            "champion_test_accuracy": None if champ.schema.regression else champ.test_accuracy,
             # Rows the database refused, set aside by the service (not in any window).
             "log_rejected_rows": self.log.rejected_count(),
         }

@@ -132,27 +132,16 @@ def _figure(decisions: list[dict[str, Any]]) -> str:
     ax.legend(loc="center left", fontsize=8)
     ax = axes[1]
     mix = np.array([x.get("class_mix", []) for x in f if x.get("class_mix")])
-    if len(mix) == len(t) and mix.ndim == 2:
+    regression = any("nominal_coverage" in x for x in f)
+    if regression:
+        _regression_panels(axes[1], axes[2], t, f)
+    elif len(mix) == len(t) and mix.ndim == 2:
         ax.stackplot(t, mix.T, labels=[str(k) for k in range(mix.shape[1])])
         ax.legend(loc="center left", fontsize=7, ncol=2, title="class")
-    ax.set_ylim(0, 1)
-    ax.set_title("Predicted class mix")
-    ax = axes[2]
-    acc = [x.get("accuracy") for x in f]
-    ax.plot(t, [np.nan if a is None else a for a in acc], marker="o", label="feedback accuracy")
-    est = [x.get("estimated_accuracy") for x in f]
-    methods = sorted({x.get("estimate_method", "confidence") for x in f})
-    ax.plot(
-        t,
-        [np.nan if a is None else a for a in est],
-        marker=".",
-        label=f"estimated without labels ({', '.join(methods)})",
-    )
-    ref = [x.get("champion_test_accuracy") for x in f]
-    ax.plot(t, [np.nan if a is None else a for a in ref], linestyle=":", label="champion on test")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Accuracy")
-    ax.legend(loc="lower left", fontsize=8)
+    if not regression:
+        ax.set_ylim(0, 1)
+        ax.set_title("Predicted class mix")
+        _accuracy_panel(axes[2], t, f)
     ax = axes[3]
     for key in ("p50_ms", "p99_ms"):
         ax.plot(t, [np.nan if x.get(key) is None else x[key] for x in f], marker=".", label=key)
@@ -168,6 +157,49 @@ def _figure(decisions: list[dict[str, Any]]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _none_nan(values: list[Any]) -> list[float]:
+    return [np.nan if v is None else v for v in values]
+
+
+def _regression_panels(ax_mae: Any, ax_cov: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
+    """A regressor's: feedback MAE beside the champion's test MAE; the interval's realised
+    coverage beside its nominal level (the concept-shift alarm)."""
+    ax_mae.plot(t, _none_nan([x.get("mae") for x in f]), marker="o", label="feedback MAE")
+    ax_mae.plot(
+        t,
+        _none_nan([x.get("champion_test_mae") for x in f]),
+        linestyle=":",
+        label="champion on test",
+    )
+    ax_mae.set_title("Mean absolute error")
+    ax_mae.legend(loc="upper left", fontsize=8)
+    ax_cov.plot(t, _none_nan([x.get("coverage") for x in f]), marker="o", label="realised coverage")
+    ax_cov.plot(
+        t, _none_nan([x.get("nominal_coverage") for x in f]), linestyle=":", label="nominal"
+    )
+    ax_cov.set_ylim(0, 1.02)
+    ax_cov.set_title("Prediction interval coverage (from labels)")
+    ax_cov.legend(loc="lower left", fontsize=8)
+
+
+def _accuracy_panel(ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
+    acc = [x.get("accuracy") for x in f]
+    ax.plot(t, [np.nan if a is None else a for a in acc], marker="o", label="feedback accuracy")
+    est = [x.get("estimated_accuracy") for x in f]
+    methods = sorted({x.get("estimate_method", "confidence") for x in f})
+    ax.plot(
+        t,
+        [np.nan if a is None else a for a in est],
+        marker=".",
+        label=f"estimated without labels ({', '.join(methods)})",
+    )
+    ref = [x.get("champion_test_accuracy") for x in f]
+    ax.plot(t, [np.nan if a is None else a for a in ref], linestyle=":", label="champion on test")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Accuracy")
+    ax.legend(loc="lower left", fontsize=8)
+
+
 def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
     """``index.html`` over every recorded decision (plots, then a table, newest first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +209,8 @@ def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
         report = f.get("report")
         link = f'<a href="{html.escape(report)}">report</a>' if report else ""
         acc = "" if f.get("accuracy") is None else f"{f['accuracy']:.3f} ({f['labelled']})"
+        if f.get("coverage") is not None:  # a regressor
+            acc = f"coverage {f['coverage']:.3f}, MAE {f['mae']:.4g} ({f['labelled']})"
         rows.append(
             "<tr>"
             f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['ts']))}</td>"
@@ -198,7 +232,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} .ok{{color:green}}
 correction (python -m monitoring). Newest first below.</p>
 {f'<img alt="monitoring over time" src="data:image/png;base64,{image}">' if image else ""}
 <table id="decisions"><tr><th>time</th><th>rows</th><th>decision</th><th>min p</th>
-<th>drifted features</th><th>feedback accuracy (labels)</th><th>reasons</th><th>report</th></tr>
+<th>drifted features</th><th>feedback accuracy or coverage, MAE (labels)</th><th>reasons</th>
+<th>report</th></tr>
 {"".join(rows)}
 </table></body></html>
 """

@@ -170,7 +170,11 @@ def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:
             frame[feat.name] = pd.array(feat.decode(col), dtype="string")
         else:
             frame[feat.name] = col
-    frame[schema.target] = [schema.classes[c] for c in w.true_label]
+    frame[schema.target] = (
+        w.true_value.astype(np.float64)
+        if schema.regression
+        else [schema.classes[c] for c in w.true_label]
+    )
     frame[FEEDBACK] = pd.array(
         [f"{r}:{i}" for r, i in zip(w.request_id, w.idx.tolist(), strict=True)], dtype="string"
     )

@@ -4,7 +4,8 @@
 
 Covariate shifts change the inputs (stroke intensity, sensor noise, a one-pixel translation, blur:
 the image ones need schema.json's ``image_shape``); a prior shift changes the class mix; a concept
-shift keeps the inputs and remaps the true labels. Shifted values are rounded where the column is
+shift keeps the inputs and remaps the true labels (a regressor's: scales the target by
+``concept_scale`` and adds ``concept_offset``). Shifted values are rounded where the column is
 integer and clipped to the schema's bounds, so every shifted row is a valid request.
 """
 
@@ -65,6 +66,8 @@ def draw_rows(
     pass, as production sends each input once): all rows, or ``prior_classes``' only (prior
     shift)."""
     pool = np.arange(len(y))
+    if cfg.scenario == "prior" and n_classes == 0:
+        raise MlcycleError("simulate.scenario = 'prior' needs classes; the model is a regressor")
     if cfg.scenario == "prior":
         bad = [c for c in cfg.prior_classes if not 0 <= c < n_classes]
         if bad:
@@ -77,7 +80,10 @@ def draw_rows(
 
 
 def true_labels(y: np.ndarray, cfg: SimulateConfig, n_classes: int) -> np.ndarray:
-    """The labels the world gives back: remapped under a concept shift."""
+    """The labels the world gives back: remapped under a concept shift (a regressor's target,
+    ``n_classes`` 0: scaled and offset)."""
+    if cfg.scenario == "concept" and n_classes == 0:
+        return y * cfg.concept_scale + cfg.concept_offset
     if cfg.scenario == "concept":
         return (y + cfg.concept_shift) % n_classes
     return y

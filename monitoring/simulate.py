@@ -8,7 +8,8 @@ over one keep-alive connection, with ``simulate.scenario``'s shift applied
 (:mod:`monitoring.shifts`), and posts the true labels of a ``feedback_rate`` share of the
 answered rows to ``POST /feedback`` ``feedback_delay_s`` later (bearer token from
 ``serving.feedback_token_env``). Bounded by ``requests`` and ``max_seconds``.
-Prints, and returns, the accuracy of the answers per model version.
+Prints, and returns, the accuracy of the answers per model version (a regressor's: MAE and the
+intervals' coverage).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def simulate(
     rng = np.random.default_rng(cfg.seed)
     client = Client(url, token)
     statuses: collections.Counter[int] = collections.Counter()
-    per_version: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # correct, rows
+    # correct, rows (a regressor: absolute error sum, rows, rows covered)
+    per_version: dict[str, list[Any]] = collections.defaultdict(lambda: [0, 0, 0])
     pending: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
     feedback = collections.Counter()
     start = time.monotonic()
@@ -130,13 +132,17 @@ def simulate(
                 tally = per_version[body["model_version"]]
                 lookup = {c: i for i, c in enumerate(schema.classes)}
                 for p, t in zip(body["predictions"], truth.tolist(), strict=True):
-                    tally[0] += int(lookup[p["label"]] == t)
+                    if schema.regression:
+                        tally[0] += abs(p["prediction"] - t)
+                        tally[2] += int(p["lower"] <= t <= p["upper"])
+                    else:
+                        tally[0] += int(lookup[p["label"]] == t)
                     tally[1] += 1
                     if rng.random() < cfg.feedback_rate:
                         item = {
                             "request_id": body["request_id"],
                             "index": p["index"],
-                            "label": schema.classes[t],
+                            "label": t if schema.regression else schema.classes[t],
                         }
                         pending.append((time.monotonic() + cfg.feedback_delay_s, item))
             flush(force=False)
@@ -147,16 +153,29 @@ def simulate(
             flush(force=True)
     finally:
         client.close()
-    by_version = {
-        v: {"rows": n, "accuracy": c / n if n else None} for v, (c, n) in per_version.items()
-    }
-    total = sum(n for _, n in per_version.values())
+    total = sum(n for _, n, _ in per_version.values())
+    if schema.regression:
+        by_version = {
+            v: {"rows": n, "mae": e / n if n else None, "coverage": k / n if n else None}
+            for v, (e, n, k) in per_version.items()
+        }
+        summary = {
+            "mae": sum(e for e, _, _ in per_version.values()) / total if total else None,
+            "coverage": sum(k for _, _, k in per_version.values()) / total if total else None,
+        }
+    else:
+        by_version = {
+            v: {"rows": n, "accuracy": c / n if n else None} for v, (c, n, _) in per_version.items()
+        }
+        summary = {
+            "accuracy": sum(c for c, _, _ in per_version.values()) / total if total else None
+        }
     return {
         "scenario": cfg.scenario,
         "requests": sent,
         "statuses": dict(statuses),
         "rows": total,
-        "accuracy": sum(c for c, _ in per_version.values()) / total if total else None,
+        **summary,
         "by_version": by_version,
         "feedback": dict(feedback),
         "seconds": round(time.monotonic() - start, 2),

@@ -3,7 +3,8 @@
 :func:`load` reads a champion directory (``model.onnx``, ``schema.json``, ``export.json``,
 ``model_card.md``, written by the evaluate stage's promotion), opens the graph in onnxruntime and
 runs a self-check: the graph takes the schema's feature count and answers a probe batch built
-from the schema's bounds with finite probabilities over the schema's classes. A directory that
+from the schema's bounds with finite probabilities over the schema's classes (a regressor's:
+finite predictions inside their intervals). A directory that
 fails any of this raises :class:`ModelLoadError` and is never served.
 
 :class:`ChampionWatcher` polls ``<registry>/champion`` (the symlink promotion swaps atomically).
@@ -51,6 +52,10 @@ class LoadedModel:
         probs, labels = self.session.run(None, {"features": X})
         return probs, labels
 
+    def predict_interval(self, X: np.ndarray) -> np.ndarray:
+        """A regressor's (rows, 3) float32: prediction, lower, upper per row."""
+        return np.stack(self.session.run(None, {"features": X}), axis=1)
+
 
 def _providers() -> list[str]:
     import onnxruntime as ort
@@ -79,6 +84,8 @@ def self_check(model: LoadedModel) -> None:
     """The graph must fit the schema and answer sensibly before it may serve."""
     inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
     names = [i.name for i in inputs], [o.name for o in outputs]
+    if model.schema.regression:
+        return _self_check_regression(model, names)
     if names != (["features"], ["probabilities", "label"]):
         raise ModelLoadError(f"{model.directory}: graph inputs/outputs are {names}")
     width = inputs[0].shape[1]
@@ -100,6 +107,27 @@ def self_check(model: LoadedModel) -> None:
         )
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or labels.max() >= n_classes:
         raise ModelLoadError(f"{model.directory}: probe answers are not class probabilities")
+
+
+def _self_check_regression(model: LoadedModel, names: tuple[list[str], list[str]]) -> None:
+    if names != (["features"], ["prediction", "lower", "upper"]):
+        raise ModelLoadError(f"{model.directory}: a regressor's graph inputs/outputs are {names}")
+    width = model.session.get_inputs()[0].shape[1]
+    if width != len(model.schema.features):
+        raise ModelLoadError(
+            f"{model.directory}: the graph takes {width} features, schema.json has "
+            f"{len(model.schema.features)}"
+        )
+    low, high = (np.nan_to_num(b) for b in model.schema.bounds)
+    probe = np.stack([low, (low + high) / 2, high]).astype(np.float32)
+    try:
+        out = model.predict_interval(probe)
+    except Exception as exc:
+        raise ModelLoadError(f"{model.directory}: the graph failed on a probe: {exc}") from None
+    if out.shape != (3, 3) or not np.all(np.isfinite(out)):
+        raise ModelLoadError(f"{model.directory}: probe answered {out.shape}, not finite (3, 3)")
+    if not np.all((out[:, 1] <= out[:, 0]) & (out[:, 0] <= out[:, 2])):
+        raise ModelLoadError(f"{model.directory}: probe intervals do not hold their predictions")
 
 
 class ChampionWatcher:

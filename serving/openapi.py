@@ -2,7 +2,10 @@
 
 The request body of ``/predict`` lists every feature with its type (number, or one of the
 categories seen in training; ``null`` for a missing value), so a client generator or a fuzzer
-(schemathesis, in the tests) knows exactly what the service accepts.
+(schemathesis, in the tests) knows exactly what the service accepts. The task decides the rest:
+a classifier's feedback label is one of its classes and ``/predict`` answers a label and
+probabilities; a regressor's label is a finite number and ``/predict`` answers a prediction
+with its interval.
 """
 
 from __future__ import annotations
@@ -49,13 +52,46 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
         if all(isinstance(c, int) for c in schema.classes)
         else {"type": "string"}
     )
+    label: dict[str, Any] = (
+        {"type": "number"} if schema.regression else {**class_type, "enum": list(schema.classes)}
+    )
     item = _object(
         {
-            "request_id": {"type": "string"},
+            "request_id": {"type": "string", "minLength": 1, "maxLength": 64},
             "index": {"type": "integer", "minimum": 0},
-            "label": {**class_type, "enum": list(schema.classes)},
+            "label": label,
         },
         ["request_id", "label"],
+    )
+    answer = (
+        _object(
+            {
+                "request_id": {"type": "string"},
+                "model_version": {"type": "string"},
+                "coverage": {"type": "number"},
+                "predictions": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "index": {"type": "integer"},
+                            "prediction": {"type": "number"},
+                            "lower": {"type": "number"},
+                            "upper": {"type": "number"},
+                            "out_of_range": {"type": "array", "items": {"type": "string"}},
+                        },
+                        ["index", "prediction", "lower", "upper"],
+                    ),
+                },
+            },
+            ["request_id", "model_version", "coverage", "predictions"],
+        )
+        if schema.regression
+        else {"type": "object"}
+    )
+    what = (
+        "a prediction and its interval (lower, upper) per record"
+        if schema.regression
+        else "a label and class probabilities per record"
     )
     records = {"type": "array", "items": record, "minItems": 1, "maxItems": cfg.max_batch}
     errors = {
@@ -77,10 +113,7 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
                         "content": _json(_object({"records": records}, ["records"])),
                     },
                     "responses": {
-                        "200": {
-                            "description": "a label and class probabilities per record",
-                            "content": _json({"type": "object"}),
-                        },
+                        "200": {"description": what, "content": _json(answer)},
                         **errors,
                     },
                 }

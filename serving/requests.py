@@ -4,7 +4,7 @@
 no other; numbers for numeric features (``null`` for a missing value, which the graph imputes as
 in training); for categorical features one of the categories seen in training. Numbers outside
 the training range are served but flagged. ``POST /feedback`` ``{"feedback": [{"request_id": ...,
-"index": 0, "label": <one of the schema's classes>}, ...]}``.
+"index": 0, "label": <one of the schema's classes; a regressor's: a finite number>}, ...]}``.
 
 Every problem raises :class:`RequestError` with the HTTP status and a message naming the field
 (``records[3].pixel_0_0``), the value seen and what was expected. The common case is checked in
@@ -189,8 +189,9 @@ class RecordEncoder:
         raise RequestError(422, "records: a value is not a finite number")
 
 
-def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[str, int, int]]:
-    """[(request id, index, true class index)] from a feedback body."""
+def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[str, int, Any]]:
+    """[(request id, index, true class index)] from a feedback body; a regressor's: (request
+    id, index, true value as a float)."""
     if not isinstance(payload, dict) or set(payload) != {"feedback"}:
         raise RequestError(422, 'body: expected an object {"feedback": [...]} and nothing else')
     items = payload["feedback"]
@@ -215,6 +216,17 @@ def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[s
         if "label" not in item:
             raise RequestError(422, f"{where}: missing field 'label'")
         label = item["label"]
+        if schema.regression:
+            # type(True) is bool: true is no number; inf / nan cannot arrive as JSON numbers,
+            # but a huge one could overflow the float32 the monitor compares in.
+            if type(label) not in _NUMBER or not math.isfinite(label) or abs(label) > _FLOAT32_MAX:
+                raise RequestError(
+                    422,
+                    f"{where}.label: {_show(label)} is not a finite number (the model is a "
+                    f"regressor of {schema.target!r})",
+                )
+            out.append((rid, idx, float(label)))
+            continue
         # type(True) is bool, not int: True must not pass for class 1.
         if type(label) not in (str, int, float) or label not in lookup:
             raise RequestError(

@@ -135,7 +135,8 @@ class State:
         """The new model's encoder and counters, in place before any request can see it."""
         self.encoders[model.version] = RecordEncoder(model.schema, self.cfg.max_batch)
         self.class_counters[model.version] = [
-            self.metrics.predictions.labels(label=str(c)) for c in model.schema.classes
+            self.metrics.predictions.labels(label=str(c))
+            for c in (model.schema.classes or ("prediction",))  # a regressor: one series
         ]
         for version in list(self.encoders):
             self.metrics.model.labels(version=version).set(int(version == model.version))
@@ -239,7 +240,8 @@ async def _body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
 
 
 async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    """POST /predict: records -> labels and probabilities, each row logged."""
+    """POST /predict: records -> labels and probabilities (a regressor: a prediction and its
+    interval), each row logged."""
     start = time.perf_counter()
     st = _state()
     cfg = st.cfg
@@ -255,6 +257,8 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         payload = await _json_body(scope, receive, cfg.max_body_bytes)
         model = st.watcher.current  # one model for the whole request, even if a swap happens
         X, flags = st.encoders[model.version].encode(payload)
+        if model.schema.regression:
+            return await _answer_regression(send, st, model, X, flags, start)
         probs, labels = model.predict(X)
     except RequestError as exc:
         return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
@@ -297,6 +301,44 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     return None
 
 
+async def _answer_regression(
+    send: Send, st: State, model: LoadedModel, X: Any, flags: list[str], start: float
+) -> None:
+    """/predict for a regressor: a prediction with its interval per record; the log row keeps
+    label 0 and the three numbers where a classifier's probabilities go."""
+    out3 = model.predict_interval(X)  # (records, 3) float32
+    rid = st.next_id()
+    now = time.time()
+    latency_ms = (time.perf_counter() - start) * 1e3
+    version = model.version
+    rows = [
+        (rid, i, now, version, X[i].tobytes(), 0, out3[i].tobytes(), latency_ms, flags[i])
+        for i in range(len(out3))
+    ]
+    if not st.writer.put(rows):
+        return await _refuse(
+            send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
+        )
+    values = out3.tolist()
+    out = [
+        {"index": i, "prediction": p, "lower": lo, "upper": hi}
+        for i, (p, lo, hi) in enumerate(values)
+    ]
+    flagged = [i for i, f in enumerate(flags) if f]
+    for i in flagged:
+        out[i]["out_of_range"] = flags[i].split(",")
+    st.class_counters[version][0].inc(len(out))
+    if flagged:
+        st.metrics.out_of_range.inc(len(flagged))
+    coverage = model.export.get("interval", {}).get("coverage")
+    body = orjson.dumps(
+        {"request_id": rid, "model_version": version, "coverage": coverage, "predictions": out}
+    )
+    st.predict_latency.observe(time.perf_counter() - start)
+    await respond(send, 200, body)
+    return None
+
+
 async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """POST /feedback: true labels for served predictions (bearer token)."""
     st = _state()
@@ -326,7 +368,9 @@ async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         items = parse_feedback(payload, model.schema, st.cfg.max_batch)
         # Predictions answered a moment ago may still be queued: commit them first.
         await asyncio.to_thread(st.writer.flush)
-        result = await asyncio.to_thread(st.log.add_feedback, items, time.time())
+        result = await asyncio.to_thread(
+            st.log.add_feedback, items, time.time(), model.schema.regression
+        )
     except RequestError as exc:
         return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
     except DisconnectedError:

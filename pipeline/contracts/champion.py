@@ -61,8 +61,10 @@ class Champion:
     version: str
     directory: Path
     schema: Schema
-    test_accuracy: float
+    test_accuracy: float  # a regressor: NaN (it has test_mae and interval_coverage)
     estimator: AccuracyEstimator | None = None
+    test_mae: float | None = None  # a regressor's test MAE ...
+    interval_coverage: float | None = None  # ... and its interval's nominal coverage
 
     @property
     def reference(self) -> Path:
@@ -91,4 +93,15 @@ def read(registry: str | Path) -> Champion:
             estimator = AccuracyEstimator.from_dict(json.loads((where / ESTIMATE).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MlcycleError(f"champion {where}: {ESTIMATE} unreadable: {exc}") from None
-    return Champion(where.name, where, schema, float(gate["candidate"]["accuracy"]), estimator)
+    cand = gate["candidate"]
+    if schema.regression:
+        return Champion(
+            where.name,
+            where,
+            schema,
+            float("nan"),
+            None,
+            float(cand["mae"]),
+            float(gate["interval_coverage"]),
+        )
+    return Champion(where.name, where, schema, float(cand["accuracy"]), estimator)

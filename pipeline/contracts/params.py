@@ -414,5 +414,7 @@ class SimulateConfig(Section):
     blur_sigma: float
     prior_classes: Annotated[Seq[int], rule(lambda v: len(v) >= 1, "1+ class indices")]
     concept_shift: int
+    concept_scale: float
+    concept_offset: float
     feedback_rate: Unit
     feedback_delay_s: NonNegative

@@ -14,7 +14,10 @@ Tables:
   their index in schema.json: what the ONNX graph consumed), the predicted class index, the
   probabilities as float32 bytes, latency, and the names of features outside the training range.
   Indexed by (time, model version) for the monitor's window queries.
-- ``feedback``: (request id, index) -> true class index and time; one label per prediction.
+- ``feedback``: (request id, index) -> true class index and time; one label per prediction. A
+  regressor's true value is in ``value`` (``label`` 0), and its prediction rows hold label 0 and
+  float32 (prediction, lower, upper) where a classifier's probabilities go. A log created before
+  ``value`` existed gets the column on open (``ALTER TABLE``, nullable).
 - ``decisions``: what the monitor decided for a window, with its figures and reasons (JSON).
 - ``rejected``: prediction rows the database refused (a constraint, a value it cannot store),
   set aside by the service's writer with the database's reason and the row as JSON, so they
@@ -90,8 +93,9 @@ feedback = Table(
     metadata,
     Column("request_id", String(64), primary_key=True),
     Column("idx", Integer, primary_key=True),
-    Column("label", Integer, nullable=False),  # true class index
+    Column("label", Integer, nullable=False),  # true class index (a regressor: 0)
     Column("ts", Float, nullable=False),
+    Column("value", Float, nullable=True),  # a regressor's true value
     Index("ix_feedback_ts", "ts"),
 )
 
@@ -151,9 +155,10 @@ class Window:
     model_version: list[str]
     X: np.ndarray  # (rows, features) float32, schema order
     label: np.ndarray  # (rows,) predicted class index
-    probabilities: np.ndarray  # (rows, classes) float32
+    probabilities: np.ndarray  # (rows, classes) float32; a regressor's (prediction, lower, upper)
     latency_ms: np.ndarray  # (rows,)
     true_label: np.ndarray  # (rows,) class index, -1 where no feedback
+    true_value: np.ndarray  # (rows,) a regressor's true value, NaN where none
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -174,12 +179,22 @@ class ProductionLog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._add_value_column()
         mark = {"qmark": "?", "numeric": ":1", "named": ":p"}.get(
             self.engine.dialect.paramstyle, "%s"
         )
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._insert_sql = self._values_sql(1, mark)
         self._multirow = self._values_sql(100) if mark == "?" else None
+
+    def _add_value_column(self) -> None:
+        """A log written before regression feedback existed lacks ``feedback.value``."""
+        from sqlalchemy import inspect, text
+
+        columns = {c["name"] for c in inspect(self.engine).get_columns("feedback")}
+        if "value" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE feedback ADD COLUMN value FLOAT"))
 
     @staticmethod
     def _values_sql(rows: int, mark: str = "?") -> str:
@@ -281,8 +296,11 @@ class ProductionLog:
                 for t in (predictions, feedback, decisions, rejected)
             }
 
-    def add_feedback(self, items: Sequence[tuple[str, int, int]], now: float) -> dict[str, int]:
-        """Store (request id, index, true class index) items, all or none.
+    def add_feedback(
+        self, items: Sequence[tuple[str, int, Any]], now: float, regression: bool = False
+    ) -> dict[str, int]:
+        """Store (request id, index, true class index) items, all or none; ``regression``: the
+        third member is the true value (stored in ``value``, label 0).
 
         Idempotent: an item already stored with the same label counts as a duplicate. Raises
         :class:`UnknownPredictionsError` if any prediction is not in the log, and
@@ -296,10 +314,11 @@ class ProductionLog:
             missing = [k for k in keys if k not in known]
             if missing:
                 raise UnknownPredictionsError(missing)
+            column = feedback.c.value if regression else feedback.c.label
             stored = {
                 (r, i): lab
                 for r, i, lab in conn.execute(
-                    select(feedback.c.request_id, feedback.c.idx, feedback.c.label).where(
+                    select(feedback.c.request_id, feedback.c.idx, column).where(
                         tuple_(feedback.c.request_id, feedback.c.idx).in_(keys)
                     )
                 )
@@ -310,7 +329,8 @@ class ProductionLog:
                     f"prediction {conflicts[0][0]}[{conflicts[0][1]}] already has another label"
                 )
             new = [
-                {"request_id": r, "idx": i, "label": lab, "ts": now}
+                {"request_id": r, "idx": i, "ts": now}
+                | ({"label": 0, "value": float(lab)} if regression else {"label": lab})
                 for r, i, lab in items
                 if (r, i) not in stored
             ]
@@ -345,6 +365,7 @@ class ProductionLog:
             predictions.c.probabilities,
             predictions.c.latency_ms,
             feedback.c.label.label("true_label"),
+            feedback.c.value.label("true_value"),
         ).select_from(join)
         if since is not None:
             query = query.where(predictions.c.ts >= since)
@@ -472,5 +493,8 @@ def _to_window(rows: list[Any]) -> Window:
         latency_ms=np.fromiter((r.latency_ms for r in rows), np.float64, n),
         true_label=np.fromiter(
             (-1 if r.true_label is None else r.true_label for r in rows), np.int64, n
+        ),
+        true_value=np.fromiter(
+            (np.nan if r.true_value is None else r.true_value for r in rows), np.float64, n
         ),
     )

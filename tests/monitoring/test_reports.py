@@ -135,6 +135,7 @@ def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path
     window = Window(
         [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
+        np.full(n, np.nan),
     )  # fmt: skip
     name = drift_report(window, Champion("1", tmp_path, schema, 0.9), tmp_path / "out")
     report = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
@@ -170,6 +171,7 @@ def test_a_report_shows_the_most_drifted_features(tmp_path: Path) -> None:
     window = Window(
         [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
+        np.full(n, np.nan),
     )  # fmt: skip
     champ = Champion("1", tmp_path, schema, 0.9)
 
