@@ -12,8 +12,10 @@ interval SEEDS_COV; robust MAE at eps 0.1 above the gate's ceiling, waived with 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
@@ -25,13 +27,21 @@ from tests.e2e.test_dvc_pipeline import copy_pristine, dvc, edit_params, ran
 pytestmark = pytest.mark.slow
 
 
-def test_a_regression_table_gets_a_champion_with_a_calibrated_interval(tmp_path: Path) -> None:
-    copy_pristine(tmp_path)
-    friedman_table(3000, seed=0).to_csv(tmp_path / "data/prices.csv", index=False)
-    edit_params(tmp_path, "data", "source", "data/prices.csv")
-    edit_params(tmp_path, "data", "target", "price")
+@pytest.fixture(scope="module")
+def price_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The generated price table through `dvc repro` with the repo's params but ``data.*``;
+    read-only (a test that changes it works on a copy). Returns the project and dvc's output."""
+    project = copy_pristine(tmp_path_factory.mktemp("prices") / "project")
+    friedman_table(3000, seed=0).to_csv(project / "data/prices.csv", index=False)
+    edit_params(project, "data", "source", "data/prices.csv")
+    edit_params(project, "data", "target", "price")
+    return project, dvc(project, "repro")
 
-    output = dvc(tmp_path, "repro")
+
+def test_a_regression_table_gets_a_champion_with_a_calibrated_interval(
+    price_run: tuple[Path, str],
+) -> None:
+    tmp_path, output = price_run
     assert "evaluate" in ran(output)
     schema = json.loads((tmp_path / "data/schema.json").read_text())
     assert schema["task"] == "regression" and "classes" not in schema["target"]
@@ -65,3 +75,72 @@ def test_a_regression_table_gets_a_champion_with_a_calibrated_interval(tmp_path:
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     # A second repro is a no-op.
     assert ran(dvc(tmp_path, "repro")) <= {"source"}
+
+
+TOKEN = "price-token"
+
+
+def raw_records(project: Path, rows: pd.DataFrame, names: list[str]) -> list[dict]:
+    """The source rows behind prepared ``rows`` as a client sends them (text categories, null
+    for a missing value)."""
+    raw = pd.read_parquet(project / "data/raw.parquet").iloc[rows["_row"].to_numpy()]
+    return [
+        {n: (None if pd.isna(v) else v) for n, v in zip(names, rec, strict=True)}
+        for rec in raw[names].astype(object).itertuples(index=False)
+    ]
+
+
+def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
+    price_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    from pipeline.contracts.prodlog import ProductionLog
+    from tests.serving.conftest import Server, post
+
+    project = tmp_path / "project"
+    shutil.copytree(price_run[0], project, symlinks=True)
+    schema = json.loads((project / "data/schema.json").read_text())
+    names = [f["name"] for f in schema["features"]]
+    test = pd.read_parquet(project / "data/prepared/test.parquet").iloc[:200]
+    sess = ort.InferenceSession(str(project / "registry/champion/model.onnx"))
+    want = sess.run(None, {"features": test[names].to_numpy(np.float32)})
+    server = Server(project, str(project / "production.db"), {"MLCYCLE_FEEDBACK_TOKEN": TOKEN})
+    server.start()
+    try:
+        got = post(f"{server.url}/predict", {"records": raw_records(project, test, names)})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["coverage"] == 0.9
+        answers = body["predictions"]
+        for key, column in zip(("prediction", "lower", "upper"), want, strict=True):
+            np.testing.assert_array_equal(np.float32([a[key] for a in answers]), column)
+        spec = httpx.get(f"{server.url}/openapi.json").json()
+        label = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
+        assert label["schema"]["properties"]["feedback"]["items"]["properties"]["label"] == {
+            "type": "number"
+        }
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        rid = body["request_id"]
+        for bad, says in (
+            ("cheap", "is not a finite number"),
+            (True, "is not a finite number"),
+            (1e39, "is not a finite number"),
+            (None, "is not a finite number"),
+        ):
+            item = {"request_id": rid, "index": 0, "label": bad}
+            answer = post(f"{server.url}/feedback", {"feedback": [item]}, headers=auth)
+            assert answer.status_code == 422 and says in answer.json()["error"], answer.text
+        truth = test["_label"].to_numpy()
+        items = [{"request_id": rid, "index": i, "label": float(truth[i])} for i in range(200)]
+        ok = post(f"{server.url}/feedback", {"feedback": items}, headers=auth)
+        assert ok.json() == {"stored": 200, "duplicates": 0}, ok.text
+        again = post(f"{server.url}/feedback", {"feedback": items[:5]}, headers=auth)
+        assert again.json() == {"stored": 0, "duplicates": 5}
+        changed = [{**items[0], "label": items[0]["label"] + 1.0}]
+        assert (
+            post(f"{server.url}/feedback", {"feedback": changed}, headers=auth).status_code == 409
+        )
+    finally:
+        server.stop()
+    window = ProductionLog(str(project / "production.db")).window(labelled_only=True)
+    np.testing.assert_allclose(window.true_value, truth)  # the exact numbers, in request order
+    np.testing.assert_array_equal(window.probabilities, np.stack(want, axis=1))
