@@ -508,8 +508,16 @@ def body_regression(
         budget_limited=bool(budget.get("limited", False)),
         champion_failing=production["why"] if production["champion_failing"] else None,
     )
+    calibrated_on = export["interval"].get("calibrated_on", "validation")
     rules = gate_regression(
-        cfg, candidate, champion, bool(export["parity"]["passed"]), nominal, target_std, context
+        cfg,
+        candidate,
+        champion,
+        bool(export["parity"]["passed"]),
+        nominal,
+        target_std,
+        context,
+        calibrated_on,
     )
     passed = all(r["passed"] for r in rules)
     advice = hints_regression(rules, eps, harden_cfg.max_clean_drop)

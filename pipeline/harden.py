@@ -36,7 +36,9 @@ the worst absolute error over PGD on the error and PGD pushing the prediction up
 budget is clean R² (within ``max_clean_drop`` of the trained model's, on val and then on test),
 and instead of temperature scaling the split conformal interval at
 ``serving.interval_coverage`` is fit on val (``interval`` in the checkpoint; export puts it in
-the graph). ``--reliability`` then shows the test split's predictions with their intervals.
+the graph): on a retrain whose val holds at least 200 labelled production rows, on those alone
+(the rows it will serve; the gate then checks its coverage on the production holdout).
+``--reliability`` then shows the test split's predictions with their intervals.
 """
 
 from __future__ import annotations
@@ -257,15 +259,18 @@ def body_regression(ctx: stage.Context, cfg: HardenConfig, schema: Schema) -> No
             "robust_mae": by_eps[f"{cfg.eps:g}"],
             "by_eps": by_eps,
         }
-    q = reg.fit_interval(hardened, val, coverage)
+    calibration, calibrated_on = reg.calibration_rows(val)
+    q = reg.fit_interval(hardened, calibration, coverage)
     pred, lower, upper = reg.predict_interval(hardened, test.X, q)
-    _, v_lower, v_upper = reg.predict_interval(hardened, val.X, q)
+    _, v_lower, v_upper = reg.predict_interval(hardened, calibration.X, q)
     interval = {
-        "method": "split conformal on the network's scale, fit on the validation split",
+        "method": "split conformal on the network's scale, fit on the validation split"
+        + ("'s production rows" if calibrated_on == "production" else ""),
         "nominal_coverage": coverage,
         "half_width": q,  # on the network's (standardised) scale
-        "calibration_rows": len(val.y),
-        "val": reg.interval_metrics(val.y.numpy(), v_lower, v_upper),
+        "calibrated_on": calibrated_on,
+        "calibration_rows": len(calibration.y),
+        "val": reg.interval_metrics(calibration.y.numpy(), v_lower, v_upper),
         "test": reg.interval_metrics(test.y.numpy(), lower, upper),
     }
     metrics = {
@@ -296,7 +301,8 @@ def body_regression(ctx: stage.Context, cfg: HardenConfig, schema: Schema) -> No
         **checkpoint,
         "net": hardened.cpu().net.state_dict(),
         "harden_config": cfg.model_dump(),
-        "interval": {"half_width": q, "coverage": coverage},  # export puts it in the graph
+        # export puts it in the graph; the gate checks its coverage where it was calibrated
+        "interval": {"half_width": q, "coverage": coverage, "calibrated_on": calibrated_on},
     }
     outputs = (args.out, args.metrics, args.plot, args.figure, args.reliability, args.timing)
     with atomic_outputs(*outputs) as tmps:
@@ -315,7 +321,8 @@ def body_regression(ctx: stage.Context, cfg: HardenConfig, schema: Schema) -> No
     )
     print(
         f"harden: {coverage:.0%} interval: test coverage {interval['test']['coverage']:.3f}, "
-        f"mean width {interval['test']['mean_width']:.4g} (fit on {len(val.y)} val rows)"
+        f"mean width {interval['test']['mean_width']:.4g} (fit on {len(calibration.y)} "
+        f"{calibrated_on} rows of val)"
     )
 
 

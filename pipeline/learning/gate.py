@@ -284,6 +284,7 @@ def gate_regression(
     nominal: float,
     target_std: float,
     ctx: GateContext | None = None,
+    calibrated_on: str = "validation",
 ) -> list[dict[str, Any]]:
     """A regressor's rules, the classifier's in its terms: R² for accuracy (on the same rows an
     R² margin is an RMSE margin), robust MAE (in test target standard deviations, ``target_std``)
@@ -291,10 +292,15 @@ def gate_regression(
     classifier's: the robust ceiling under ``gate.robust_floor: budget`` when harden reports
     robustness costs more R² than its budget (unless the champion meets it), and the rules
     relative to the champion on test when it fails in production (its holdout coverage
-    significantly below nominal) and the candidate does better there."""
+    significantly below nominal) and the candidate does better there. An interval calibrated on
+    production rows (``calibrated_on``, a retrain on enough of them) is checked on the
+    production holdout, the rows like those it will serve, instead of the test split."""
     ctx = ctx or GateContext()
     ceiling = cfg.max_robust_mae * target_std
-    ok, p = coverage_ok(cand["coverage"], cand["rows"], nominal, cfg)
+    where, covered, rows = "test", cand["coverage"], cand["rows"]
+    if calibrated_on == "production" and cand.get("holdout_rows"):
+        where, covered, rows = "production holdout", cand["holdout_coverage"], cand["holdout_rows"]
+    ok, p = coverage_ok(covered, rows, nominal, cfg)
     rules = [
         (
             "parity",
@@ -317,7 +323,7 @@ def gate_regression(
             float(ok),
             1.0,
             True,
-            f"test coverage {cand['coverage']:.3f} of the {nominal:.0%} interval within "
+            f"{where} coverage {covered:.3f} of the {nominal:.0%} interval within "
             f"{cfg.max_coverage_gap} of nominal, or not significantly off it (binomial p {p:.2g} "
             f">= {cfg.production_alpha})",
         ),

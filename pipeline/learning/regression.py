@@ -139,6 +139,21 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     return float(np.sort(np.asarray(scores, dtype=np.float64))[k - 1])
 
 
+# A retrain's val with at least this many labelled production rows calibrates on them alone (the
+# monitor re-baselines its drift reference on production rows at the same count).
+PRODUCTION_CALIBRATION_ROWS = 200
+
+
+def calibration_rows(val: Split) -> tuple[Split, str]:
+    """The rows the interval is calibrated on: val's production rows once there are
+    ``PRODUCTION_CALIBRATION_ROWS`` of them (the rows it will serve look like them: a noisy
+    sensor, a new population), else all of val (drawn like the test split)."""
+    prod = val.production
+    if prod is not None and int(prod.sum()) >= PRODUCTION_CALIBRATION_ROWS:
+        return Split(val.X[prod], val.y[prod], val.w[prod], prod[prod]), "production"
+    return val, "validation"
+
+
 def fit_interval(model: Regressor, val: Split, coverage: float) -> float:
     """The half-width ``q`` (network scale) of the split conformal interval fit on ``val``."""
     model.cpu()

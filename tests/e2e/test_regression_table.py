@@ -144,3 +144,101 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     window = ProductionLog(str(project / "production.db")).window(labelled_only=True)
     np.testing.assert_allclose(window.true_value, truth)  # the exact numbers, in request order
     np.testing.assert_array_equal(window.probabilities, np.stack(want, axis=1))
+
+
+NOISE_SIGMA = 10.0  # the traffic's sensor noise on every numeric column (their range: 0-100)
+
+
+def test_a_noisy_sensor_is_caught_by_coverage_and_retrained_on_loopback(
+    price_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The regression loop, unattended, with the repo's params: production inputs gain Gaussian
+    noise (the true prices do not change) -> the intervals stop covering -> the monitor finds
+    harm in feedback coverage -> `dvc repro` retrains on the labelled rows -> the gate promotes
+    -> the service answers with version 2."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.contracts.prodlog import ProductionLog
+    from tests.monitoring.test_loop import TOKEN as LOOP_TOKEN
+    from tests.monitoring.test_loop import env, set_params, versions_gate
+    from tests.serving.conftest import Server
+
+    project = tmp_path / "project"
+    shutil.copytree(price_run[0], project, symlinks=True)
+    set_params(project, {"monitor": {"interval_s": 1}})
+    prepared = project / "data/prepared"
+    traffic = pd.concat([pd.read_parquet(prepared / f"{s}.parquet") for s in ("train", "val")])
+    traffic.to_parquet(project / "traffic.parquet")
+    shutil.copy(prepared / "test.parquet", project / "heldout.parquet")
+
+    def simulate(rows: str, requests: int, feedback: float) -> dict:
+        set_params(
+            project,
+            {
+                "simulate": {
+                    "rows_from": rows,
+                    "feedback_rate": feedback,
+                    "noise_sigma": NOISE_SIGMA,
+                }
+            },
+        )
+        command = [sys.executable, "-m", "monitoring", "--params", str(project / "params.yaml")]
+        command += ["simulate", "--url", server.url, "--scenario", "noise"]
+        command += ["--requests", str(requests)]
+        out = subprocess.run(
+            command, env=env(project), capture_output=True, text=True, timeout=300, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    server = Server(project, str(project / "production.db"), {"MLCYCLE_FEEDBACK_TOKEN": LOOP_TOKEN})
+    server.start()
+    watch = None
+    try:
+        before = simulate("heldout.parquet", 600, feedback=0.0)
+        fed = simulate("traffic.parquet", len(traffic), feedback=1.0)
+        assert fed["feedback"] == {"200": fed["rows"]}
+        watch = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "monitoring", "--params", str(project / "params.yaml")),
+                *("watch", "--max-seconds", "900"),
+            ],
+            env=env(project),
+            stdout=(tmp_path / "watch.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log = ProductionLog(str(project / "production.db"))
+        deadline = time.monotonic() + 600
+        retrains: list[dict] = []
+        while time.monotonic() < deadline and watch.poll() is None and not retrains:
+            retrains = [d for d in log.decisions(1000) if d["decision"].startswith("retrain")]
+            time.sleep(1)
+        decisions = log.decisions(1000)
+        assert retrains, ([d["decision"] for d in decisions], (tmp_path / "watch.log").read_text())
+        assert retrains[0]["decision"] == "retrain_promoted", retrains[0]["reasons"]
+        harmful = [d for d in decisions if d["figures"].get("coverage_dropped")]
+        assert harmful and all(d["figures"]["drifted"] for d in harmful[:3]), decisions[:5]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server.url}/model").json()["version"] != "2":
+            assert time.monotonic() < deadline, "the service did not reload version 2"
+            time.sleep(0.5)
+        after = simulate("heldout.parquet", 600, feedback=0.0)
+        log.close()
+    finally:
+        if watch is not None:
+            watch.terminate()
+            watch.wait(60)
+        server.stop()
+    v1, v2 = (versions_gate(project, v)["candidate"] for v in ("1", "2"))
+    print(
+        f"regression loop: noisy held-out rows: coverage {before['coverage']:.3f} -> "
+        f"{after['coverage']:.3f}, MAE {before['mae']:.4g} -> {after['mae']:.4g}; clean test "
+        f"R² {v1['r2']:.4f} -> {v2['r2']:.4f}, coverage {v1['coverage']:.3f} -> "
+        f"{v2['coverage']:.3f}; gate {versions_gate(project, '2')['rules']}"
+    )
+    assert set(after["by_version"]) == {"2"}
+    assert before["coverage"] < 0.8  # the noise breaks version 1's intervals
+    assert after["coverage"] > before["coverage"] and after["mae"] < before["mae"]

@@ -190,3 +190,33 @@ def test_preprocess_freezes_the_test_split_and_never_filters_val() -> None:
     second = preprocess(pd.concat([raw, feedback], ignore_index=True), schema, cfg, None)
     pd.testing.assert_frame_equal(first.splits["test"], second.splits["test"])
     assert second.metrics["feedback_rows_in"] == 80 and len(second.splits["holdout"]) > 0
+
+
+def test_an_interval_calibrated_on_production_rows_is_checked_on_the_holdout() -> None:
+    # A retrain calibrated on val's production rows (a noisy sensor) covers the clean test split
+    # more than nominal; the holdout, rows like those it serves, is where its coverage counts.
+    cand = _cand(coverage=0.97, holdout_coverage=0.9, holdout_rows=400)
+    context = GateContext(baseline=("hgb", 0.86), trained_clean=0.85)
+    rules = {
+        r["rule"]: r
+        for r in gate_regression(_gate(), cand, None, True, 0.9, 100.0, context, "production")
+    }
+    assert rules["coverage"]["passed"] and "production holdout" in rules["coverage"]["what"]
+    assert not _rules(cand)["coverage"]["passed"]  # calibrated on val: the test split counts
+    off = _cand(coverage=0.9, holdout_coverage=0.7, holdout_rows=400)
+    rules = gate_regression(_gate(), off, None, True, 0.9, 100.0, context, "production")
+    assert not {r["rule"]: r for r in rules}["coverage"]["passed"]
+
+
+def test_calibration_moves_to_production_rows_once_there_are_enough() -> None:
+    from pipeline.learning.regression import PRODUCTION_CALIBRATION_ROWS, calibration_rows
+    from pipeline.learning.training import Split
+
+    n = 500
+    X, y, w = torch.zeros(n, 2), torch.arange(n, dtype=torch.float32), torch.ones(n)
+    few = torch.arange(n) < PRODUCTION_CALIBRATION_ROWS - 1
+    assert calibration_rows(Split(X, y, w, few))[1] == "validation"
+    assert calibration_rows(Split(X, y, w, None))[1] == "validation"
+    many = torch.arange(n) >= n - PRODUCTION_CALIBRATION_ROWS
+    rows, where = calibration_rows(Split(X, y, w, many))
+    assert where == "production" and torch.equal(rows.y, y[many])
