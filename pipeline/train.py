@@ -159,14 +159,6 @@ def quality_regression(
     }
 
 
-def log_target(cfg: TrainConfig, y: Any) -> bool:
-    """``train.log_target: auto``: learn log1p of a positive target whose skew is above 1."""
-    from scipy.stats import skew
-
-    values = y.numpy().astype("float64")
-    return cfg.log_target == "auto" and bool(values.min() > 0) and float(skew(values)) > 1.0
-
-
 def timing(result: FitResult, wall: float, cfg: TrainConfig, run_id: str) -> dict[str, Any]:
     return {
         "wall_seconds": wall,
@@ -206,7 +198,7 @@ def train(
     regression = inputs.schema.regression
     model: Classifier | Regressor
     if regression:
-        scaling = TargetScaling.fit(inputs.train.y.numpy(), log_target(cfg, inputs.train.y))
+        scaling = TargetScaling.for_target(inputs.train.y.numpy(), cfg.log_target)
         model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
     else:
         model = Classifier(inputs.transform.module(), build_net(mcfg))

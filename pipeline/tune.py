@@ -56,7 +56,7 @@ def tune(
     import optuna
     import torch
 
-    from pipeline.learning.model import Classifier, build_net
+    from pipeline.learning.model import Classifier, Regressor, TargetScaling, build_net
     from pipeline.learning.training import fingerprint, fit, model_config
 
     name = f"{cfg.study}-" + fingerprint(
@@ -81,7 +81,12 @@ def tune(
         tcfg = overlay(base, "train", **suggest(trial, cfg.space, base), epochs=cfg.max_epochs)
         mcfg = model_config(tcfg, inputs.transform, inputs.schema, inputs.image_shape)
         torch.manual_seed(tcfg.seed)
-        model = Classifier(inputs.transform.module(), build_net(mcfg))
+        model: Classifier | Regressor
+        if inputs.schema.regression:  # as train builds it; the loss is its val MSE (standardised)
+            scaling = TargetScaling.for_target(inputs.train.y.numpy(), tcfg.log_target)
+            model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
+        else:
+            model = Classifier(inputs.transform.module(), build_net(mcfg))
 
         def report(epoch: int, row: dict[str, float]) -> None:
             trial.report(row["val_loss"], step=epoch + 1)

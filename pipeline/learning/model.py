@@ -121,6 +121,15 @@ class TargetScaling:
     shift: float = 0.0
 
     @classmethod
+    def for_target(cls, y: np.ndarray, mode: str) -> TargetScaling:
+        """``train.log_target``: ``auto`` learns log1p of a positive target skewed above 1."""
+        from scipy.stats import skew
+
+        y = np.asarray(y, dtype=np.float64)
+        log = mode == "auto" and bool(y.min() > 0) and float(skew(y)) > 1.0
+        return cls.fit(y, log)
+
+    @classmethod
     def fit(cls, y: np.ndarray, log: bool) -> TargetScaling:
         y = np.asarray(y, dtype=np.float64)
         shift = float(y.min()) - 1.0 if log else 0.0  # log1p of y - shift >= log1p(1)
