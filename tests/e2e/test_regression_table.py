@@ -158,15 +158,17 @@ def test_a_noisy_sensor_is_caught_by_coverage_and_retrained_on_loopback(
 ) -> None:
     """The regression loop, unattended, with the repo's params: production inputs gain Gaussian
     noise (the true prices do not change) -> the intervals stop covering -> the monitor finds
-    harm in feedback coverage -> `dvc repro` retrains on the labelled rows, calibrating the
+    harm in feedback coverage (its 50-row drift test does not see this noise) -> `dvc repro`
+    retrains on the labelled rows, calibrating the
     interval on the production rows -> the gate decides, and the service answers with whatever
     it promoted.
 
     What is asserted is the mechanics and the interval's guarantee, not how training landed:
-    whether the gate promotes version 2 depends on it. Measured (seed 0 table, noise 20): every
-    rule held but vs_baseline, 0.7885 against HistGradientBoosting's 0.8155 - 0.02 on the clean
-    test split (both refit on the noisy mix; the network is fine-tuned 10 epochs from version 1,
-    a second training seed reached 0.814), so version 2 was rejected and version 1 kept serving.
+    whether the gate promotes version 2 depends on it. Measured (seed 0 table, noise 20, four
+    runs: the service's random request ids move rows between holdout and training): promoted
+    twice; rejected twice on vs_baseline alone, 0.7885 vs 0.7955 and 0.7356 vs 0.7822 (the
+    network, fine-tuned 10 epochs from version 1 on the noisy mix, against
+    HistGradientBoosting refit on it, minus 0.02, on the clean test split).
     """
     project = tmp_path / "project"
     shutil.copytree(price_run[0], project, symlinks=True)
@@ -238,8 +240,9 @@ def test_a_noisy_sensor_is_caught_by_coverage_and_retrained_on_loopback(
     # Harm was found in the intervals' coverage, on windows whose inputs drifted.
     first = next(i for i, d in enumerate(decisions) if d["decision"].startswith("retrain"))
     harmful = [d for d in decisions[: first + 1] if d["figures"].get("coverage_dropped")]
-    # Three in a row (monitor.debounce); the KS test on 50 rows finds the noise in most of them.
-    assert len(harmful) >= 3 and any(d["figures"]["drifted"] for d in harmful)
+    # Three in a row (monitor.debounce). Harm, not drift, retrains: the KS test on 50 rows of
+    # uniform columns did not flag this noise in any of them (measured in two runs).
+    assert len(harmful) >= 3 and all(d["figures"]["coverage"] < 0.8 for d in harmful)
     assert set(d["decision"] for d in decisions[:first]) <= {"drift", "alarm"}
     assert before["coverage"] < 0.8  # the noise breaks version 1's intervals (measured 0.53)
     # Version 2 (promoted or not): its interval was calibrated on val's production rows and

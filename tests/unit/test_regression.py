@@ -220,3 +220,44 @@ def test_calibration_moves_to_production_rows_once_there_are_enough() -> None:
     many = torch.arange(n) >= n - PRODUCTION_CALIBRATION_ROWS
     rows, where = calibration_rows(Split(X, y, w, many))
     assert where == "production" and torch.equal(rows.y, y[many])
+
+
+def test_a_regressors_feedback_takes_finite_numbers_only() -> None:
+    from serving.requests import RequestError, parse_feedback
+
+    schema = _schema(friedman_table(200, seed=0), "price")
+    items = [{"request_id": "r1", "index": 0, "label": 12.5}, {"request_id": "r1", "label": 3}]
+    assert parse_feedback({"feedback": items}, schema, 10) == [("r1", 0, 12.5), ("r1", 0, 3.0)]
+    for bad in ("12.5", True, None, 1e39, [1.0]):
+        item = {"request_id": "r1", "index": 0, "label": bad}
+        with pytest.raises(RequestError, match=r"feedback\[0\]\.label: .* not a finite number"):
+            parse_feedback({"feedback": [item]}, schema, 10)
+
+
+def test_the_prodlog_keeps_a_regressors_true_values(tmp_path: Path) -> None:
+    import sqlite3
+
+    from pipeline.contracts.prodlog import FeedbackConflictError, ProductionLog
+
+    # A log written before regression existed: its feedback table has no value column.
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE feedback (request_id VARCHAR(64), idx INTEGER, label INTEGER NOT NULL, "
+            "ts FLOAT NOT NULL, PRIMARY KEY (request_id, idx))"
+        )
+    log = ProductionLog(str(db))
+    row = ("r", 0, 1.0, "1", np.zeros(2, np.float32).tobytes(), 0)
+    out = np.float32([10.0, 8.0, 12.0]).tobytes()
+    log.write_predictions([(*row, out, 0.1, "")])
+    assert log.add_feedback([("r", 0, 11.25)], 2.0, regression=True) == {
+        "stored": 1,
+        "duplicates": 0,
+    }
+    assert log.add_feedback([("r", 0, 11.25)], 3.0, regression=True)["duplicates"] == 1
+    with pytest.raises(FeedbackConflictError):
+        log.add_feedback([("r", 0, 11.5)], 4.0, regression=True)
+    window = log.window(labelled_only=True)
+    assert window.true_value.tolist() == [11.25]
+    assert window.probabilities.tolist() == [[10.0, 8.0, 12.0]]
+    log.close()
