@@ -261,3 +261,49 @@ def test_the_prodlog_keeps_a_regressors_true_values(tmp_path: Path) -> None:
     assert window.true_value.tolist() == [11.25]
     assert window.probabilities.tolist() == [[10.0, 8.0, 12.0]]
     log.close()
+
+
+def test_a_cnn_regressor_on_image_inputs_answers_one_number_per_row(tmp_path: Path) -> None:
+    from pipeline.contracts.runtime import predict_interval, session
+    from pipeline.export import export_onnx
+    from pipeline.learning.model import Regressor, TargetScaling, build_net
+    from pipeline.learning.training import ModelConfig
+    from pipeline.learning.transforms import FeatureTransform
+
+    X = np.random.default_rng(0).uniform(0, 16, (32, 64))
+    torch.manual_seed(0)
+    net = build_net(ModelConfig("cnn", 64, 1, 16, 1, 0.0, 4, (8, 8)))
+    scaling = TargetScaling.fit(np.arange(32.0), False)
+    model = Regressor(FeatureTransform().fit(X).module(), net, scaling).eval()
+    assert model(torch.as_tensor(X, dtype=torch.float32)).shape == (32,)
+    export_onnx(model, 64, tmp_path / "cnn.onnx", 18, half_width=0.5)
+    pred, lower, upper = predict_interval(session(tmp_path / "cnn.onnx"), X.astype(np.float32))
+    assert pred.shape == (32,) and np.all(lower < pred) and np.all(pred < upper)
+
+
+def test_sensitive_reweighing_makes_group_and_target_bin_independent() -> None:
+    from pipeline.contracts.params import PreprocessConfig
+    from pipeline.contracts.schema import FEEDBACK, WEIGHT
+    from pipeline.learning.sampling import target_bins
+    from pipeline.preprocess import preprocess
+
+    cfg = section(read_params(ROOT / "params.yaml"), "preprocess", PreprocessConfig)
+    table = friedman_table(1000, seed=2)
+    raw, schema = infer_schema(table, "price", None, 0.3, 50, task="regression")
+    raw[FEEDBACK] = pd.Series([None] * len(raw), dtype="string")
+    train = preprocess(raw, schema, cfg, "region").splits["train"]
+    # region shifts the price, so group and bin are dependent; the weights undo it on train.
+    bins = target_bins(train["_label"].to_numpy(), train["_label"].to_numpy(), 10)
+    groups = schema.features[schema.names.index("region")].decode(train["region"].to_numpy())
+    frame = pd.DataFrame({"g": groups, "b": bins, "w": train[WEIGHT].to_numpy()})
+    assert abs(frame.w.mean() - 1.0) < 1e-9 and frame.w.std() > 0.05
+    joint = frame.groupby(["g", "b"]).w.sum() / frame.w.sum()
+    p_g, p_b = (
+        frame.groupby("g").w.sum() / frame.w.sum(),
+        frame.groupby("b").w.sum() / frame.w.sum(),
+    )
+    independent = (
+        p_g.reindex(joint.index.get_level_values(0)).to_numpy()
+        * p_b.reindex(joint.index.get_level_values(1)).to_numpy()
+    )
+    np.testing.assert_allclose(joint.to_numpy(), independent, atol=0.02)
