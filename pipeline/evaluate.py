@@ -403,12 +403,31 @@ def body(ctx: stage.Context) -> None:
         "estimate": estimator.to_dict(),
     }
     card = model_card(schema, decision, train_metrics, robustness, export, ckpt)
+    version = publish(args, tracker, cfg, decision, card, onnx_path, schema, registry_dir)
+    print(
+        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict(decision)} "
+        f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
+        f"p99 {candidate['p99_latency_ms']:.2f} ms)"
+    )
+
+
+def publish(
+    args: Any,
+    tracker: Tracker,
+    cfg: GateConfig,
+    decision: dict[str, Any],
+    card: str,
+    onnx_path: Path,
+    schema: Schema,
+    registry_dir: Path,
+) -> str:
+    """The candidate's files (with the model card, the decision, the monitor's drift reference
+    and, for a classifier, its label-free estimate) registered as a new version, promoted if it
+    passed; then ``--metrics`` and the hints. Returns the version (also set in ``decision``)."""
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / champion_files.CARD
         decision_path = Path(tmp) / champion_files.DECISION
         reference_path = Path(tmp) / champion_files.REFERENCE
-        estimate_path = Path(tmp) / champion_files.ESTIMATE
-        dump_json(estimator.to_dict(), estimate_path)
         card_path.write_text(card)
         reference = drift_reference(read_parquet(args.train), schema)
         reference.to_parquet(reference_path, index=False)
@@ -421,22 +440,26 @@ def body(ctx: stage.Context) -> None:
             champion_files.DECISION: decision_path,
             champion_files.CARD: card_path,  # registered with the version, shipped if promoted
             champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
-            champion_files.ESTIMATE: estimate_path,  # the monitor's label-free estimate
         }
+        if "estimate" in decision:  # the monitor's label-free estimate (a classifier's)
+            estimate_path = Path(tmp) / champion_files.ESTIMATE
+            dump_json(decision["estimate"], estimate_path)
+            files[champion_files.ESTIMATE] = estimate_path
         version = register(tracker, decision, files, card, cfg)
         decision["version"] = version
-        if passed:
+        if decision["passed"]:
             registry.promote(tracker, cfg.model_name, version, registry_dir, files)
     with atomic_outputs(args.metrics) as (tmp_metrics,):
         dump_json(decision, tmp_metrics)
-    verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
-    for line in advice:
+    for line in decision["hints"]:
         print(f"evaluate: hint: {line}")
-    print(
-        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
-        f"(accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
-        f"p99 {candidate['p99_latency_ms']:.2f} ms)"
-    )
+    return version
+
+
+def verdict(decision: dict[str, Any]) -> str:
+    if decision["passed"]:
+        return "promoted to champion"
+    return "rejected: " + "; ".join(decision["reasons"])
 
 
 def body_regression(
@@ -549,33 +572,9 @@ def body_regression(
         "production": production,
     }
     card = model_card_regression(schema, decision, train_metrics, robustness, export, ckpt)
-    with tempfile.TemporaryDirectory() as tmp:
-        card_path = Path(tmp) / champion_files.CARD
-        decision_path = Path(tmp) / champion_files.DECISION
-        reference_path = Path(tmp) / champion_files.REFERENCE
-        card_path.write_text(card)
-        drift_reference(read_parquet(args.train), schema).to_parquet(reference_path, index=False)
-        dump_json(decision, decision_path)
-        files = {
-            champion_files.ONNX: onnx_path,
-            champion_files.TWIN: Path(args.model),
-            champion_files.SCHEMA: Path(args.schema),
-            champion_files.EXPORT: Path(args.export_metrics),
-            champion_files.DECISION: decision_path,
-            champion_files.CARD: card_path,
-            champion_files.REFERENCE: reference_path,
-        }
-        version = register(tracker, decision, files, card, cfg)
-        decision["version"] = version
-        if passed:
-            registry.promote(tracker, cfg.model_name, version, registry_dir, files)
-    with atomic_outputs(args.metrics) as (tmp_metrics,):
-        dump_json(decision, tmp_metrics)
-    verdict = "promoted to champion" if passed else "rejected: " + "; ".join(decision["reasons"])
-    for line in advice:
-        print(f"evaluate: hint: {line}")
+    version = publish(args, tracker, cfg, decision, card, onnx_path, schema, registry_dir)
     print(
-        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict} "
+        f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict(decision)} "
         f"(R² {candidate['r2']:.4f}, RMSE {candidate['rmse']:.4g}, coverage "
         f"{candidate['coverage']:.3f}, robust MAE {candidate['robust_mae']:.4g}, "
         f"p99 {candidate['p99_latency_ms']:.2f} ms)"
