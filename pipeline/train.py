@@ -12,9 +12,9 @@ Data-parallel on N processes (gloo on CPU, NCCL on GPUs); only rank 0 writes or 
     torchrun --nproc_per_node=2 -m pipeline.train <the same arguments>
 
 A retrain (``--warm-start`` holds the champion's checkpoint, which the monitor copies there)
-fine-tunes the champion's network for ``train.warm_start_epochs`` instead of training
-``train.epochs`` from scratch, if the network this run builds has its shape; an empty file (as in
-git) means a first run.
+fine-tunes the champion's network for ``train.warm_start_epochs`` (a regressor's at
+``train.regression_warm_start_lr``) instead of training ``train.epochs`` from scratch, if the
+network this run builds has its shape; an empty file (as in git) means a first run.
 
 The loop lives in :mod:`pipeline.learning.training`. Outputs that later stages read (the model,
 the metrics) are a function of the inputs; wall-clock figures and the MLflow run id go to
@@ -208,7 +208,8 @@ def train(
         if regression and "target_scaling" in warm:  # the scale the champion's network learnt
             model = Regressor(model.transform, model.net, TargetScaling(**warm["target_scaling"]))
         model.net.load_state_dict(warm["net"])
-        cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs)
+        gentler = {"lr": cfg.regression_warm_start_lr} if regression else {}
+        cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs, **gentler)
     if rank == 0:
         print(f"train: {warm_note}")
     checkpoint = Path(args.checkpoint)

@@ -256,6 +256,7 @@ class TrainConfig(Section):
     huber_delta: PositiveFloat
     log_target: Literal["auto", "never"]
     warm_start_epochs: Positive
+    regression_warm_start_lr: PositiveFloat
 
 
 def _space_ok(spec: Any) -> bool:
