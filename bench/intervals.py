@@ -115,22 +115,30 @@ def cqr_mlp(inputs: Inputs, cfg: TrainConfig, mcfg: ModelConfig, coverage: float
     model.net.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        out_val = model.net(model.transform(val.X)).sort(dim=1).values  # no crossing
+        out_val = model.net(model.transform(val.X))
         out_test = model.net(model.transform(inputs.test.X))
-    lo, hi = out_val[:, 0], out_val[:, 2]
+    return conformalized(model, out_val, z_val, out_test, inputs.test.y.numpy(), coverage)
+
+
+def conformalized(
+    model: Regressor,
+    out_val: torch.Tensor,
+    z_val: torch.Tensor,
+    out_test: torch.Tensor,
+    y_test: np.ndarray,
+    coverage: float,
+) -> dict:
+    """CQR from (rows, 3) outputs [point, lower quantile, upper quantile] on the network's
+    scale: the quantile band (its two columns sorted: no crossing) widened by the conformal
+    quantile of ``max(lo - z, z - hi)`` on val, clamped to hold the point; test metrics."""
+    lo, hi = out_val[:, 1:].sort(dim=1).values.unbind(dim=1)
     q = reg.conformal_quantile(torch.maximum(lo - z_val, z_val - hi).numpy(), coverage)
-    return conformalized(model, out_test, q, inputs.test.y.numpy())
-
-
-def conformalized(model: Regressor, out: torch.Tensor, q: float, y: np.ndarray) -> dict:
-    """Test metrics of quantiles widened by ``q``, clamped to hold the point prediction."""
-    point = out[:, 0]
-    rest = out[:, 1:].sort(dim=1).values
-    lower = torch.minimum(rest[:, 0] - q, point)
-    upper = torch.maximum(rest[:, 1] + q, point)
+    point = out_test[:, 0]
+    lo, hi = out_test[:, 1:].sort(dim=1).values.unbind(dim=1)
+    lower, upper = torch.minimum(lo - q, point), torch.maximum(hi + q, point)
     with torch.no_grad():
-        pred, lo, hi = (model.unstandardize(v).numpy() for v in (point, lower, upper))
-    return {**reg.interval_metrics(y, lo, hi), "r2": reg.r2(y, pred)}
+        pred, low, high = (model.unstandardize(v).numpy() for v in (point, lower, upper))
+    return {**reg.interval_metrics(y_test, low, high), "r2": reg.r2(y_test, pred)}
 
 
 def cqr_hgb(inputs: Inputs, coverage: float, log_target: str) -> dict:
@@ -145,7 +153,6 @@ def cqr_hgb(inputs: Inputs, coverage: float, log_target: str) -> dict:
         for s in ("train", "val", "test")
     }
     z_train = holder.standardize(inputs.train.y.float()).numpy()
-    z_val = holder.standardize(inputs.val.y.float()).numpy()
 
     def model(loss: str, quantile: float | None = None) -> HistGradientBoostingRegressor:
         kw = {"quantile": quantile} if quantile is not None else {}
@@ -157,11 +164,12 @@ def cqr_hgb(inputs: Inputs, coverage: float, log_target: str) -> dict:
         model("quantile", alpha / 2),
         model("quantile", 1 - alpha / 2),
     ]
-    val_out = np.stack([m.predict(Z["val"]) for m in models], axis=1)
-    lo, hi = np.minimum(val_out[:, 1], val_out[:, 2]), np.maximum(val_out[:, 1], val_out[:, 2])
-    q = reg.conformal_quantile(np.maximum(lo - z_val, z_val - hi), coverage)
-    test_out = torch.tensor(np.stack([m.predict(Z["test"]) for m in models], axis=1))
-    return conformalized(holder, test_out, q, inputs.test.y.numpy())
+    val_out, test_out = (
+        torch.tensor(np.stack([m.predict(Z[split]) for m in models], axis=1))
+        for split in ("val", "test")
+    )
+    z_val = holder.standardize(inputs.val.y.float()).double()
+    return conformalized(holder, val_out, z_val, test_out, inputs.test.y.numpy(), coverage)
 
 
 def main() -> None:

@@ -175,7 +175,7 @@ class Loop:
     @property
     def alarmed(self) -> list[dict]:
         """The windows whose feedback coverage was harmed, up to the retrain's."""
-        first = next(i for i, d in enumerate(self.decisions) if d["decision"].startswith("retrain"))
+        first = self.decisions.index(self.retrain)
         return [d for d in self.decisions[: first + 1] if d["figures"].get("coverage_dropped")]
 
 
