@@ -38,7 +38,7 @@ from pipeline.learning.attacks import Box, robust_accuracy, worst_case  # noqa: 
 from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.learning.compute import apply_threads  # noqa: E402
 from pipeline.learning.model import Classifier, ModelConfig, build, build_net  # noqa: E402
-from pipeline.learning.training import load_split  # noqa: E402
+from pipeline.learning.splits import load_split  # noqa: E402
 
 # name -> (overrides of params.yaml: harden, start): start is "trained" (fine-tune the trained
 # model), "scratch" (the same network re-initialised) or "scratch-wide" (twice the channels and

@@ -42,7 +42,8 @@ from pipeline.contracts.params import (  # noqa: E402
 )
 from pipeline.learning import regression as reg  # noqa: E402
 from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net  # noqa: E402
-from pipeline.learning.training import Inputs, fit, load_inputs, model_config  # noqa: E402
+from pipeline.learning.tasks import task_for  # noqa: E402
+from pipeline.learning.training import Inputs, fit, load_inputs  # noqa: E402
 
 
 def pinball(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
@@ -187,7 +188,9 @@ def main() -> None:
     if not inputs.schema.regression:
         sys.exit(f"{root}: schema.json's task is classification; run it on a regression project")
     torch.set_num_threads(2)
-    mcfg = model_config(cfg, inputs.transform, inputs.schema, inputs.image_shape)
+    mcfg = task_for(inputs.schema).model_config(
+        cfg, inputs.transform, inputs.schema, inputs.image_shape
+    )
     rows: list[tuple[str, int | str, dict]] = []
     for seed in args.seeds:
         seeded = overlay(cfg, "train", seed=seed)

@@ -39,7 +39,9 @@ from pipeline.contracts.params import (  # noqa: E402
     section,
 )
 from pipeline.learning.model import Classifier, ModelConfig, build_net  # noqa: E402
-from pipeline.learning.training import Split, fit, load_inputs, model_config  # noqa: E402
+from pipeline.learning.splits import Split  # noqa: E402
+from pipeline.learning.tasks import task_for  # noqa: E402
+from pipeline.learning.training import fit, load_inputs  # noqa: E402
 
 
 def bare_loop(
@@ -119,7 +121,9 @@ def main() -> None:
         str(args.inputs / "models/features"),
         str(args.inputs / "data/prepared"),
     )
-    mcfg = model_config(cfg, inputs.transform, inputs.schema, inputs.image_shape)
+    mcfg = task_for(inputs.schema).model_config(
+        cfg, inputs.transform, inputs.schema, inputs.image_shape
+    )
     cpu = torch.device("cpu")
 
     def fresh() -> Classifier:

@@ -13,7 +13,8 @@ Checked with ``onnx.checker`` (full check), no external-data sidecar, and
 compared with PyTorch on the whole test split. The int8 variant is dynamically quantized
 (onnxruntime) after its pre-processing pass; the evaluate stage's gate picks which one ships.
 
-A regressor's graph (schema.json's task regression) outputs ``prediction``, ``lower`` and
+The head and the parity check are the task's (:mod:`pipeline.learning.tasks`): a regressor's
+graph outputs ``prediction``, ``lower`` and
 ``upper`` (batch,) float32 in the target's units: the network, its target scaling and harden's
 split conformal interval (at ``serving.interval_coverage``) inside. Parity: the largest
 difference of the three from PyTorch, as a share of the target's observed range, within
@@ -35,77 +36,31 @@ from torch import nn
 
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet
 from pipeline.contracts.params import ExportConfig
-from pipeline.contracts.runtime import (
-    REGRESSION_OUTPUTS,
-    latency_ms,
-    predict,
-    predict_interval,
-    session,
-)
+from pipeline.contracts.runtime import latency_ms, session
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import load_checkpoint
-from pipeline.learning.model import Classifier, Regressor, build
+from pipeline.learning.model import build
+from pipeline.learning.tasks import Task, task_for
+from pipeline.learning.tasks.classification import Served, torch_predict
+from pipeline.learning.tasks.regression import ServedRegressor
+
+# Where the graphs' modules were defined before the task type; tests and bench import them here.
+__all__ = ["Served", "ServedRegressor", "export_onnx", "quantize", "torch_predict"]
 
 
-class Served(nn.Module):
-    """What the ONNX graph computes: raw features -> (calibrated probabilities, label).
-
-    ``temperature`` is harden's temperature scaling (the checkpoint's ``temperature``).
-    """
-
-    def __init__(self, model: Classifier, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(features) * self.inv_temperature
-        probabilities = torch.softmax(logits, dim=1)  # (batch, classes)
-        return probabilities, probabilities.argmax(dim=1)  # (batch,)
-
-
-class ServedRegressor(nn.Module):
-    """A regressor's graph: raw features -> (prediction, lower, upper) in the target's units.
-
-    ``half_width``: harden's split conformal quantile on the network's scale."""
-
-    def __init__(self, model: Regressor, half_width: float) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("half_width", torch.tensor(float(half_width)))
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.model.standardized(features)
-        to_target = self.model.unstandardize
-        return to_target(z), to_target(z - self.half_width), to_target(z + self.half_width)
-
-
-def export_onnx(
-    model: Classifier | Regressor,
-    n_features: int,
-    path: Path,
-    opset: int,
-    temperature: float = 1.0,
-    half_width: float | None = None,
-) -> None:
-    """Dynamo export with a dynamic batch axis, weights inside the file, then a full check.
-    ``half_width``: a regressor's interval (its graph then has the regression outputs)."""
+def export_onnx(served: nn.Module, n_features: int, path: Path, opset: int, task: Task) -> None:
+    """Dynamo export of ``served`` (the task's head around the model) with a dynamic batch axis,
+    weights inside the file, then a full check."""
     # The exporter warns once per torchvision op it cannot register; nothing here uses them.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    regression = isinstance(model, Regressor)
-    served: nn.Module
-    if regression:
-        served = ServedRegressor(model.cpu(), half_width or 0.0).eval()  # type: ignore[arg-type]
-    else:
-        served = Served(model.cpu(), temperature).eval()  # type: ignore[arg-type]
     example = torch.zeros(2, n_features)
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        served,
+        served.eval(),
         (example,),
         input_names=["features"],
-        output_names=list(REGRESSION_OUTPUTS) if regression else ["probabilities", "label"],
+        output_names=list(task.outputs),
         dynamic_shapes={"features": {0: batch}},
         opset_version=opset,
         dynamo=True,
@@ -130,15 +85,6 @@ def strip_debug_metadata(graph: onnx.GraphProto) -> None:
                 strip_debug_metadata(sub)
 
 
-def torch_predict(
-    model: Classifier, X: np.ndarray, temperature: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    with torch.no_grad():
-        served = Served(model.cpu().eval(), temperature)
-        probs, labels = served(torch.as_tensor(X, dtype=torch.float32))
-    return probs.numpy(), labels.numpy()
-
-
 def quantize(fp32: Path, out: Path) -> None:
     """int8 dynamic quantization; dynamo graphs need onnxruntime's pre-processing first."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -149,87 +95,6 @@ def quantize(fp32: Path, out: Path) -> None:
         # Symbolic shape inference: ONNX's own inference trips on the dynamo graph's value_info.
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
-
-
-def compare(
-    model: Classifier,
-    fp32: Path,
-    int8: Path | None,
-    X: np.ndarray,
-    y: np.ndarray,
-    atol: float,
-    temperature: float = 1.0,
-) -> dict[str, Any]:
-    """Parity of the fp32 graph with PyTorch, and the int8 variant's size and accuracy.
-
-    Deterministic for the same graphs and rows on one CPU. The largest probability difference
-    itself depends on onnxruntime's kernels, which follow the CPU (no switch pins them): it is
-    returned apart, as ``max_abs_probability_diff``, for the side file; the report keeps only
-    what it decides (within ``atol``, labels equal). Latencies are in :func:`latencies`.
-    """
-    t_probs, t_labels = torch_predict(model, X, temperature)
-    o_probs, o_labels = predict(session(fp32), X)
-    diff = float(np.abs(o_probs - t_probs).max())
-    report: dict[str, Any] = {
-        "max_abs_probability_diff": diff,  # popped into the side file by the stage
-        "parity": {
-            "rows": len(X),
-            "labels_equal": bool(np.array_equal(o_labels, t_labels)),
-            "atol": atol,
-            "passed": bool(diff <= atol and np.array_equal(o_labels, t_labels)),
-        },
-        "fp32": {"accuracy": float((o_labels == y).mean()), "bytes": fp32.stat().st_size},
-    }
-    if int8 is not None:
-        _, q_labels = predict(session(int8), X)
-        report["int8"] = {
-            "accuracy": float((q_labels == y).mean()),
-            "bytes": int8.stat().st_size,
-            "accuracy_delta": float((q_labels == y).mean() - (o_labels == y).mean()),
-            "size_ratio": int8.stat().st_size / fp32.stat().st_size,
-        }
-    return report
-
-
-def compare_regression(
-    model: Regressor,
-    half_width: float,
-    fp32: Path,
-    int8: Path | None,
-    X: np.ndarray,
-    y: np.ndarray,
-    atol: float,
-    target_range: float,
-) -> dict[str, Any]:
-    """A regressor's parity (largest |difference| of prediction, lower and upper from PyTorch,
-    as a share of the target's range) and the int8 variant's size and R²."""
-    from pipeline.learning.regression import r2
-
-    with torch.no_grad():
-        served = ServedRegressor(model.cpu().eval(), half_width)
-        ours = [v.numpy() for v in served(torch.as_tensor(X, dtype=torch.float32))]
-    theirs = predict_interval(session(fp32), X)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True))
-    share = diff / max(target_range, 1e-12)
-    report: dict[str, Any] = {
-        "max_abs_probability_diff": share,  # popped into the side file by the stage
-        "parity": {
-            "rows": len(X),
-            "measure": "max |prediction, lower, upper difference| / the target's range",
-            "atol": atol,
-            "passed": bool(share <= atol),
-        },
-        "fp32": {"r2": r2(y, theirs[0]), "bytes": fp32.stat().st_size},
-    }
-    if int8 is not None:
-        q_pred = predict_interval(session(int8), X)[0]
-        report["int8"] = {
-            "r2": r2(y, q_pred),
-            "bytes": int8.stat().st_size,
-            "r2_delta": r2(y, q_pred) - r2(y, theirs[0]),
-            "size_ratio": int8.stat().st_size / fp32.stat().st_size,
-        }
-    return report
 
 
 def latencies(fp32: Path, int8: Path | None, X: np.ndarray) -> dict[str, Any]:
@@ -248,58 +113,28 @@ def body(ctx: stage.Context) -> None:
     args = ctx.args
     cfg = ctx.section("export", ExportConfig)
     schema = Schema.from_dict(load_json(args.schema))
+    task = task_for(schema)
     checkpoint = load_checkpoint(args.model)
-    model, temperature = build(checkpoint), float(checkpoint.get("temperature", 1.0))
-    half_width = checkpoint["interval"]["half_width"] if schema.regression else None
+    model = build(checkpoint)
     test = read_parquet(args.test)
     X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
     outputs = (args.out, args.out_int8, args.metrics, args.timing)
     with atomic_outputs(*outputs) as (fp32, int8, metrics_tmp, timing_tmp):
-        export_onnx(model, len(schema.names), fp32, cfg.opset, temperature, half_width)
+        served = task.served(model.cpu(), checkpoint)
+        export_onnx(served, len(schema.names), fp32, cfg.opset, task)
         if cfg.quantize:
             quantize(fp32, int8)
         q8 = int8 if cfg.quantize else None
-        if schema.regression:
-            span = float(schema.target_max or 0.0) - float(schema.target_min or 0.0)
-            report = compare_regression(
-                model, half_width or 0.0, fp32, q8, X, y, cfg.parity_atol, span
-            )
-            head: dict[str, Any] = {"opset": cfg.opset, "task": "regression"}
-            head["interval"] = checkpoint["interval"]
-        else:
-            report = compare(model, fp32, q8, X, y, cfg.parity_atol, temperature)
-            head = {"opset": cfg.opset, "temperature": temperature}
-        diff = report.pop("max_abs_probability_diff")
-        dump_json({**head, **report}, metrics_tmp)
+        report, diff = task.parity(model, checkpoint, (fp32, q8), X, y, cfg.parity_atol, schema)
+        dump_json({"opset": cfg.opset, **report}, metrics_tmp)
         # This machine's figures (onnxruntime's kernels follow the CPU): a side file.
-        timing = latencies(fp32, int8 if cfg.quantize else None, X)
+        timing = latencies(fp32, q8, X)
         dump_json({"parity_max_abs_probability_diff": diff, **timing}, timing_tmp)
         if not report["parity"]["passed"]:
             # The graph is kept (atomic_outputs still renames it) so the failure can be studied;
             # the gate refuses to promote a model whose parity failed.
             print(f"export: warning: parity failed: {report['parity']}", file=sys.stderr)
-    p = report["parity"]
-    if schema.regression:
-        print(
-            f"export: parity max |difference| / target range = {diff:.2e} on {p['rows']} rows"
-            + (
-                f"; int8 R² delta {report['int8']['r2_delta']:+.4f}, size x"
-                f"{report['int8']['size_ratio']:.2f}"
-                if "int8" in report
-                else ""
-            )
-        )
-        return
-    print(
-        f"export: parity max |dp| = {diff:.2e} on {p['rows']} rows, "
-        f"labels equal: {p['labels_equal']}"
-        + (
-            f"; int8 accuracy delta {report['int8']['accuracy_delta']:+.4f}, size x"
-            f"{report['int8']['size_ratio']:.2f}"
-            if "int8" in report
-            else ""
-        )
-    )
+    print(f"export: {task.export_summary(report, diff)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline.contracts import champion
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import GateConfig, read_params, section
-from pipeline.learning.tracking import Tracker
+from pipeline.release.tracking import Tracker
 
 PREVIOUS_TAG = "previous_champion"
 

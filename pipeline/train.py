@@ -21,7 +21,8 @@ the metrics) are a function of the inputs; wall-clock figures and the MLflow run
 ``--timing``, which no stage depends on. The stage also fits scikit-learn baselines on the same
 features.
 
-A regression target (schema.json's task) trains the same network with one output on the
+What differs between tasks is the task's (:mod:`pipeline.learning.tasks`): a regression target
+trains the same network with one output on the
 standardised target (logged first when it is positive and skewed above 1, ``train.log_target``),
 with ``train.regression_loss``; metrics are RMSE, MAE and R², the baselines
 ``train.regression_baselines`` (ridge, gradient-boosted trees), and ``--confusion`` holds its
@@ -51,26 +52,20 @@ from pipeline.learning.checkpoint import (
     transform_identity,
     warm_start,
 )
-from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import (
-    Classifier,
     ModelConfig,
-    Regressor,
-    TargetScaling,
     build_net,
     transform_state_tensors,
 )
-from pipeline.learning.plots import plot_confusion, plot_curves, plot_regression
+from pipeline.learning.plots import plot_curves
+from pipeline.learning.tasks import task_for
 from pipeline.learning.training import (
     FitResult,
     Inputs,
     apply_tuned,
-    evaluate_loss,
     fit,
-    fit_baselines,
     init_distributed,
     load_inputs,
-    model_config,
     run_fingerprint,
 )
 
@@ -88,75 +83,6 @@ FLAGS = (
     "--warm-start",  # the champion's checkpoint on a retrain; empty: train from scratch
     "--tracking-db",
 )
-
-
-def quality(
-    model: Classifier, inputs: Inputs, cfg: TrainConfig, result: FitResult, device: str, world: int
-) -> dict[str, Any]:
-    """Test / val metrics and baselines: deterministic for the same inputs, no timings."""
-    model.cpu()
-    _, _, val_proba = evaluate_loss(model, inputs.val, torch.device("cpu"))
-    _, _, test_proba = evaluate_loss(model, inputs.test, torch.device("cpu"))
-    n_classes = inputs.schema.n_classes
-    tf = inputs.transform
-    baselines = fit_baselines(
-        cfg.baselines,
-        tf.transform(inputs.train.X.numpy()),
-        inputs.train.y.numpy(),
-        inputs.train.w.numpy(),
-        tf.transform(inputs.test.X.numpy()),
-        inputs.test.y.numpy(),
-        cfg.seed,
-    )
-    test = classification_metrics(inputs.test.y.numpy(), test_proba, n_classes)
-    best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
-    return {
-        "test": test,
-        "val": classification_metrics(inputs.val.y.numpy(), val_proba, n_classes),
-        "baselines": baselines,
-        "best_baseline": best[0] if best else None,
-        "beat_baseline": bool(best is None or test["accuracy"] > best[1]["test_accuracy"]),
-        "epochs_run": result.epochs_run,
-        "device": device,
-        "world_size": world,
-        "_test_proba": test_proba,
-    }
-
-
-def quality_regression(
-    model: Regressor, inputs: Inputs, cfg: TrainConfig, result: FitResult, device: str, world: int
-) -> dict[str, Any]:
-    """A regressor's test / val RMSE, MAE, R² and its baselines' (no timings)."""
-    from pipeline.learning import regression as reg
-
-    model.cpu()
-    _, _, val_pred = reg.evaluate_regression(model, inputs.val)
-    _, _, test_pred = reg.evaluate_regression(model, inputs.test)
-    tf = inputs.transform
-    baselines = reg.fit_baselines(
-        cfg.regression_baselines,
-        tf.transform(inputs.train.X.numpy()),
-        inputs.train.y.numpy(),
-        inputs.train.w.numpy(),
-        tf.transform(inputs.test.X.numpy()),
-        inputs.test.y.numpy(),
-        cfg.seed,
-    )
-    test = reg.regression_metrics(inputs.test.y.numpy(), test_pred)
-    best = max(baselines.items(), key=lambda kv: kv[1]["test_r2"], default=None)
-    return {
-        "task": "regression",
-        "test": test,
-        "val": reg.regression_metrics(inputs.val.y.numpy(), val_pred),
-        "target_scaling": dataclasses.asdict(model.scaling),
-        "baselines": baselines,
-        "best_baseline": best[0] if best else None,
-        "beat_baseline": bool(best is None or test["r2"] > best[1]["test_r2"]),
-        "epochs_run": result.epochs_run,
-        "device": device,
-        "world_size": world,
-        "_test_proba": test_pred,
-    }
 
 
 def timing(result: FitResult, wall: float, cfg: TrainConfig, run_id: str) -> dict[str, Any]:
@@ -177,7 +103,8 @@ def body(ctx: stage.Context) -> None:
     try:
         cfg = apply_tuned(ctx.section("train", TrainConfig), load_json(args.tuned))
         inputs = load_inputs(args.schema, args.features, args.data)
-        mcfg = model_config(cfg, inputs.transform, inputs.schema, inputs.image_shape)
+        task = task_for(inputs.schema)
+        mcfg = task.model_config(cfg, inputs.transform, inputs.schema, inputs.image_shape)
         train(ctx, cfg, mcfg, inputs, rank, world)
     finally:
         if world > 1:
@@ -195,20 +122,13 @@ def train(
     args = ctx.args
     device = ctx.device()
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
-    regression = inputs.schema.regression
-    model: Classifier | Regressor
-    if regression:
-        scaling = TargetScaling.for_target(inputs.train.y.numpy(), cfg.log_target)
-        model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
-    else:
-        model = Classifier(inputs.transform.module(), build_net(mcfg))
+    task = task_for(inputs.schema)
+    model = task.new_model(inputs.transform.module(), build_net(mcfg), inputs.train, cfg)
     identity = transform_identity(inputs.transform.kind, inputs.transform.n_components)
     warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg), identity)
     if warm is not None:  # a retrain: fine-tune the champion's network on the new data
-        if regression and "target_scaling" in warm:  # the scale the champion's network learnt
-            model = Regressor(model.transform, model.net, TargetScaling(**warm["target_scaling"]))
+        model, gentler = task.warm(model, warm, cfg)  # a regressor: its scale and learning rate
         model.net.load_state_dict(warm["net"])
-        gentler = {"lr": cfg.regression_warm_start_lr} if regression else {}
         cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs, **gentler)
     if rank == 0:
         print(f"train: {warm_note}")
@@ -233,7 +153,7 @@ def train(
         run_fit()
         return
 
-    from pipeline.learning.tracking import Tracker
+    from pipeline.release.tracking import Tracker
 
     tracker = Tracker(args.tracking_db)
     resume_id = None
@@ -253,10 +173,14 @@ def train(
             extra_state=extra,
         )
         wall = time.perf_counter() - start
-        assess = quality_regression if regression else quality
-        metrics = assess(model, inputs, cfg, result, device.type, world)  # type: ignore[arg-type]
-        metrics["warm_start"] = warm_note
-        test_proba = metrics.pop("_test_proba")
+        quality = task.quality(model, inputs, cfg)
+        metrics = {
+            **quality.metrics,
+            "epochs_run": result.epochs_run,
+            "device": device.type,
+            "world_size": world,
+            "warm_start": warm_note,
+        }
         saved = {
             "model_config": dataclasses.asdict(mcfg),
             "net": model.net.state_dict(),
@@ -265,29 +189,22 @@ def train(
             "feature_names": inputs.schema.names,
             "classes": list(inputs.schema.classes),
             "train_config": cfg.model_dump(),
+            **task.saved(model),
         }
-        if regression:  # build() makes a Regressor of it
-            saved["task"] = "regression"
-            saved["target_scaling"] = dataclasses.asdict(model.scaling)  # type: ignore[union-attr]
         times = timing(result, wall, cfg, run.id)
         outputs = (args.model, args.metrics, args.history, args.confusion, args.timing)
         with atomic_outputs(*outputs) as tmps:
             save_checkpoint(saved, tmps[0])
             dump_json(metrics, tmps[1])
             pd.DataFrame(result.history).to_csv(tmps[2], index=False)
-            if regression:
-                plot_regression(inputs.test.y.numpy(), test_proba, inputs.schema.target, tmps[3])
-            else:
-                plot_confusion(
-                    inputs.test.y.numpy(), test_proba.argmax(1), inputs.schema.classes, tmps[3]
-                )
+            task.plot_test(inputs.test.y.numpy(), quality.test_predictions, inputs.schema, tmps[3])
             dump_json(times, tmps[4])
         digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
         run.set_tag("model_sha256", digest)  # harden finds this run by its input's hash
         flat = {f"test_{k}": v for k, v in metrics["test"].items()}
         for name, base in metrics["baselines"].items():
             for key, value in base.items():
-                if key == "test_accuracy" or regression:
+                if task.logged_baseline(key):
                     flat[f"baseline_{name}_{key}"] = value
         run.log_metrics({**flat, **times, "epochs_run": result.epochs_run})
         run.log_artifact(args.confusion)
@@ -297,7 +214,7 @@ def train(
             run.log_artifact(Path(tmp) / "history.png")
     checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     base = metrics["best_baseline"]
-    key = "r2" if regression else "accuracy"
+    key = task.main
     base_text = f"{base} {metrics['baselines'][base][f'test_{key}']:.4f}" if base else "none"
     print(
         f"train: test {key} {metrics['test'][key]:.4f} (baseline {base_text}), "

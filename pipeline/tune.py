@@ -56,8 +56,11 @@ def tune(
     import optuna
     import torch
 
-    from pipeline.learning.model import Classifier, Regressor, TargetScaling, build_net
-    from pipeline.learning.training import fingerprint, fit, model_config
+    from pipeline.learning.model import build_net
+    from pipeline.learning.tasks import task_for
+    from pipeline.learning.training import fingerprint, fit
+
+    task = task_for(inputs.schema)
 
     name = f"{cfg.study}-" + fingerprint(
         cfg.space,
@@ -79,14 +82,10 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         tcfg = overlay(base, "train", **suggest(trial, cfg.space, base), epochs=cfg.max_epochs)
-        mcfg = model_config(tcfg, inputs.transform, inputs.schema, inputs.image_shape)
+        mcfg = task.model_config(tcfg, inputs.transform, inputs.schema, inputs.image_shape)
         torch.manual_seed(tcfg.seed)
-        model: Classifier | Regressor
-        if inputs.schema.regression:  # as train builds it; the loss is its val MSE (standardised)
-            scaling = TargetScaling.for_target(inputs.train.y.numpy(), tcfg.log_target)
-            model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
-        else:
-            model = Classifier(inputs.transform.module(), build_net(mcfg))
+        # As train builds it; a regressor's loss is its val MSE (standardised).
+        model = task.new_model(inputs.transform.module(), build_net(mcfg), inputs.train, tcfg)
 
         def report(epoch: int, row: dict[str, float]) -> None:
             trial.report(row["val_loss"], step=epoch + 1)
@@ -129,10 +128,13 @@ def body(ctx: stage.Context) -> None:
     best: dict[str, Any] = {}
     summary: dict[str, Any] = {"n_trials": 0}
     if cfg.n_trials > 0:  # torch is imported only then: off, the stage takes a second
-        from pipeline.learning.training import load_inputs, model_config
+        from pipeline.learning.tasks import task_for
+        from pipeline.learning.training import load_inputs
 
         inputs = load_inputs(args.schema, args.features, args.data)
-        model_config(base, inputs.transform, inputs.schema, inputs.image_shape)
+        task_for(inputs.schema).model_config(  # bad train params fail before any trial
+            base, inputs.transform, inputs.schema, inputs.image_shape
+        )
         best, summary = tune(cfg, base, inputs, ctx.device())
     with atomic_outputs(args.out, args.metrics) as (out_tmp, metrics_tmp):
         dump_json(best, out_tmp)

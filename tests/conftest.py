@@ -194,7 +194,7 @@ def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @functools.cache
 def _empty_tracking_db() -> bytes:
     """An MLflow SQLite database with its schema and no experiment of ours (created once)."""
-    from pipeline.learning.tracking import Tracker
+    from pipeline.release.tracking import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         Tracker(Path(tmp) / "mlflow.db").client.search_experiments()  # runs the migrations

@@ -74,6 +74,11 @@ class Schema:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label_dtype(self) -> type:
+        """How a prepared split's labels load: class indices, or a regressor's values."""
+        return np.float32 if self.regression else np.int64
+
     def to_dict(self) -> dict[str, Any]:
         target: dict[str, Any] = {"name": self.target}
         if self.regression:

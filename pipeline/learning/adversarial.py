@@ -24,7 +24,7 @@ from pipeline.contracts.params import HardenConfig
 from pipeline.contracts.schema import Schema
 from pipeline.learning.attacks import Box, fgsm_rs, n_fgsm, pgd, robust_accuracy, trades_adv
 from pipeline.learning.model import Classifier
-from pipeline.learning.training import Split
+from pipeline.learning.splits import Split
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from scipy.special import log_softmax
 
 from pipeline.learning.metrics import expected_calibration_error as ece
 from pipeline.learning.model import Classifier
-from pipeline.learning.training import Split
+from pipeline.learning.splits import Split
 
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]
 

@@ -89,8 +89,9 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_robustness(table: pd.DataFrame, eps: float, path: Path, regression: bool = False) -> None:
-    """Robust accuracy (a regressor: robust MAE) against eps, trained and hardened."""
+def plot_robustness(table: pd.DataFrame, eps: float, path: Path, axes: dict[str, Any]) -> None:
+    """The robust figure against eps, trained and hardened; ``axes``: the task's labels (its
+    ``robustness_axes``: ylabel, title and perhaps ylim)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,19 +105,7 @@ def plot_robustness(table: pd.DataFrame, eps: float, path: Path, regression: boo
                 table.eps, table[f"{name}_pgd"], linestyle="--", color=colour, label=f"{name}: PGD"
             )
     ax.axvline(eps, color="grey", linestyle=":", label=f"harden.eps = {eps:g}")
-    if regression:
-        ax.set(
-            xlabel="eps (fraction of each feature's range)",
-            ylabel="test MAE under attack (worst case per row)",
-            title="robustness vs eps (worst case: PGD on the error, PGD up, PGD down)",
-        )
-    else:
-        ax.set(
-            xlabel="eps (fraction of each feature's range)",
-            ylabel="test accuracy under attack",
-            title="robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
-            ylim=(0, 1.02),
-        )
+    ax.set(xlabel="eps (fraction of each feature's range)", **axes)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)

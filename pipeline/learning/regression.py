@@ -36,7 +36,7 @@ from pipeline.contracts.params import HardenConfig
 from pipeline.contracts.schema import Schema
 from pipeline.learning.attacks import Box
 from pipeline.learning.model import Regressor
-from pipeline.learning.training import Split
+from pipeline.learning.splits import Split
 
 
 def regression_loss(

@@ -17,7 +17,7 @@ from pipeline.contracts.params import HardenConfig
 from pipeline.contracts.schema import Schema
 from pipeline.learning.attacks import Box, worst_case
 from pipeline.learning.model import Classifier
-from pipeline.learning.training import Split
+from pipeline.learning.splits import Split
 
 
 def art_apgd_accuracy(

@@ -28,20 +28,14 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Tenso
 from tqdm.auto import tqdm
 
 from pipeline.contracts.errors import MlcycleError
-from pipeline.contracts.io import atomic_outputs, load_json, read_parquet, require_file
+from pipeline.contracts.io import atomic_outputs, load_json, require_file
 from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
-from pipeline.contracts.schema import FEEDBACK, LABEL, WEIGHT, Schema
+from pipeline.contracts.schema import Schema
+from pipeline.learning import regression as reg
 from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.learning.model import Classifier, ModelConfig, Regressor
+from pipeline.learning.model import Classifier, Regressor
+from pipeline.learning.splits import Split, load_split
 from pipeline.learning.transforms import FeatureTransform
-
-
-@dataclasses.dataclass
-class Split:
-    X: torch.Tensor  # (rows, features) raw encoded values, NaN for missing
-    y: torch.Tensor  # (rows,) class index (int64), or a regressor's target (float32)
-    w: torch.Tensor  # (rows,) sample weight
-    production: torch.Tensor | None = None  # (rows,) bool: a labelled production row
 
 
 @dataclasses.dataclass
@@ -54,46 +48,12 @@ class FitResult:
     autocast: str | None = None  # "bfloat16" when the forward passes ran under bf16 autocast
 
 
-def load_split(path: Path, schema: Schema) -> Split:
-    df = read_parquet(path)
-    return Split(
-        torch.tensor(df[schema.names].to_numpy(np.float32)),
-        torch.tensor(df[LABEL].to_numpy(np.float32 if schema.regression else np.int64)),
-        torch.tensor(df[WEIGHT].to_numpy(np.float32)),
-        torch.tensor(df[FEEDBACK].notna().to_numpy()) if FEEDBACK in df.columns else None,
-    )
-
-
 def apply_tuned(cfg: TrainConfig, tuned: dict[str, Any]) -> TrainConfig:
     """Overlay the tune stage's best values on ``cfg`` (only the tunable keys)."""
     unknown = sorted(set(tuned) - set(TUNABLE))
     if unknown:
         raise MlcycleError(f"tuned params: key {unknown[0]!r} is not tunable; expected {TUNABLE}")
     return overlay(cfg, "train", **tuned)
-
-
-def model_config(
-    cfg: TrainConfig,
-    transform: FeatureTransform,
-    schema: Schema,
-    image_shape: tuple[int, int] | None,
-) -> ModelConfig:
-    arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "mlp")
-    if arch == "cnn" and image_shape is None:
-        raise MlcycleError(
-            "train.model = 'cnn' needs image-shaped features: an image source (such as digits) "
-            "and a transform that keeps the layout (no PCA, no one-hot); use train.model = 'mlp'"
-        )
-    return ModelConfig(
-        arch=arch,
-        n_in=transform.n_features_out_,
-        n_classes=1 if schema.regression else schema.n_classes,  # a regressor: one output
-        hidden=cfg.hidden,
-        depth=cfg.depth,
-        dropout=cfg.regression_dropout if schema.regression else cfg.dropout,
-        channels=cfg.channels,
-        image_shape=image_shape,
-    )
 
 
 def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -203,8 +163,6 @@ def fit(
     ``on_epoch(epoch, row)``: called after each epoch (MLflow logging, Optuna pruning).
     ``extra_state``: small dict saved in the checkpoint and updated from it on resume.
     """
-    from pipeline.learning import regression as reg  # it imports this module's Split
-
     regressor = isinstance(model, Regressor)
     score_key = "val_r2" if regressor else "val_accuracy"
     evaluate = reg.evaluate_regression if regressor else evaluate_loss

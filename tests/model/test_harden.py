@@ -70,7 +70,7 @@ def test_no_epoch_within_budget_keeps_the_trained_weights(
     from pipeline.learning.adversarial import harden
     from pipeline.learning.checkpoint import load_checkpoint
     from pipeline.learning.model import build
-    from pipeline.learning.training import load_split
+    from pipeline.learning.splits import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -99,7 +99,7 @@ def test_budget_on_test_passes_over_epochs_that_break_it(stage_inputs: Path, tra
     from pipeline.learning.adversarial import Epoch, Selection, check_budget_on_test
     from pipeline.learning.checkpoint import load_checkpoint
     from pipeline.learning.model import build
-    from pipeline.learning.training import load_split
+    from pipeline.learning.splits import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -157,7 +157,7 @@ def test_weight_averaging_scores_and_keeps_the_average_and_trains_on(
     from pipeline.learning.attacks import Box, robust_accuracy
     from pipeline.learning.checkpoint import load_checkpoint
     from pipeline.learning.model import build
-    from pipeline.learning.training import load_split
+    from pipeline.learning.splits import load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
@@ -211,7 +211,7 @@ def test_the_budget_holds_per_slice_and_the_production_weight_halves(
     from pipeline.learning.adversarial import harden
     from pipeline.learning.checkpoint import load_checkpoint
     from pipeline.learning.model import build
-    from pipeline.learning.training import Split, load_split
+    from pipeline.learning.splits import Split, load_split
     from tests.conftest import TINY, repo_params
 
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))

@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline import registry
 from pipeline.contracts import champion
-from pipeline.learning.tracking import Tracker
+from pipeline.release.tracking import Tracker
 
 NAME = "mlcycle"
 STEPS = ("copying", "copied", "tagged", "swapped", "aliased")

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import registry
 from pipeline.contracts import champion
-from pipeline.learning.tracking import Tracker
+from pipeline.release.tracking import Tracker
 from serving.model import load
 from tests.conftest import ROOT
 from tests.serving.promotion_killer import NAME, STEPS

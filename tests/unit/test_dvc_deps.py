@@ -40,8 +40,17 @@ def paths(entries: list[Any] | None) -> set[str]:
 
 
 def module_file(name: str) -> Path | None:
-    path = ROOT / Path(*name.split(".")).with_suffix(".py")
-    return path if path.is_file() else None
+    """The module's file: ``a/b.py``, or a package's ``a/b/__init__.py`` where it holds code (a
+    package whose ``__init__`` is a docstring alone is no dependency of anything)."""
+    base = ROOT / Path(*name.split("."))
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    init = base / "__init__.py"
+    if init.is_file() and any(
+        not isinstance(node, ast.Expr) for node in ast.parse(init.read_text()).body
+    ):
+        return init
+    return None
 
 
 def project_imports(module: str) -> set[str]:

@@ -12,7 +12,8 @@ import torch
 
 from pipeline.contracts.params import GateConfig, read_params, section
 from pipeline.contracts.schema import Schema, infer_schema
-from pipeline.learning.gate import GateContext, coverage_failing, gate_regression
+from pipeline.learning.tasks.regression import Regression
+from pipeline.release.gate import GateContext, coverage_failing
 from tests.conftest import ROOT, friedman_table
 
 
@@ -39,8 +40,7 @@ def test_auto_task_reads_the_target() -> None:
 
 
 def test_target_scaling_round_trips_and_logs_only_when_asked() -> None:
-    from pipeline.learning.model import Regressor, TargetScaling, build_net
-    from pipeline.learning.training import ModelConfig
+    from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net
     from pipeline.learning.transforms import FeatureTransform
 
     y = np.exp(np.random.default_rng(0).normal(3.0, 0.8, 500))
@@ -77,8 +77,7 @@ def test_split_conformal_covers_at_the_nominal_rate() -> None:
 def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) -> None:
     from pipeline.contracts.runtime import is_regression, predict_interval, session
     from pipeline.export import ServedRegressor, export_onnx
-    from pipeline.learning.model import Regressor, TargetScaling, build_net
-    from pipeline.learning.training import ModelConfig
+    from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net
     from pipeline.learning.transforms import FeatureTransform
 
     rng = np.random.default_rng(0)
@@ -88,7 +87,7 @@ def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) ->
     torch.manual_seed(0)
     net = build_net(ModelConfig("mlp", 4, 1, 16, 2, 0.0, 4, None))
     model = Regressor(FeatureTransform().fit(X).module(), net, TargetScaling.fit(y, True)).eval()
-    export_onnx(model, 4, tmp_path / "m.onnx", 18, half_width=0.7)
+    export_onnx(ServedRegressor(model, 0.7), 4, tmp_path / "m.onnx", 18, Regression())
     sess = session(tmp_path / "m.onnx")
     assert is_regression(sess)
     pred, lower, upper = predict_interval(sess, X.astype(np.float32))
@@ -97,6 +96,23 @@ def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) ->
     for theirs, mine in zip((pred, lower, upper), ours, strict=True):
         np.testing.assert_allclose(theirs, mine.numpy(), rtol=1e-5)
     assert np.all(lower < pred) and np.all(pred < upper) and np.isfinite(pred).all()
+
+
+def gate_regression(
+    cfg: GateConfig,
+    cand: dict,
+    champ: dict | None,
+    parity: bool,
+    nominal: float,
+    target_std: float,
+    ctx: GateContext,
+    calibrated_on: str = "validation",
+) -> list[dict]:
+    """The regressor's rules as the evaluate stage judges them, on test rows whose standard
+    deviation is ``target_std``."""
+    export = {"interval": {"coverage": nominal, "calibrated_on": calibrated_on}}
+    y = np.array([-target_std, target_std])
+    return Regression().gate(cfg, cand, champ, parity, ctx, export, y)[0]
 
 
 def _gate() -> GateConfig:
@@ -210,7 +226,7 @@ def test_an_interval_calibrated_on_production_rows_is_checked_on_the_holdout() -
 
 def test_calibration_moves_to_production_rows_once_there_are_enough() -> None:
     from pipeline.learning.regression import PRODUCTION_CALIBRATION_ROWS, calibration_rows
-    from pipeline.learning.training import Split
+    from pipeline.learning.splits import Split
 
     n = 500
     X, y, w = torch.zeros(n, 2), torch.arange(n, dtype=torch.float32), torch.ones(n)
@@ -265,9 +281,8 @@ def test_the_prodlog_keeps_a_regressors_true_values(tmp_path: Path) -> None:
 
 def test_a_cnn_regressor_on_image_inputs_answers_one_number_per_row(tmp_path: Path) -> None:
     from pipeline.contracts.runtime import predict_interval, session
-    from pipeline.export import export_onnx
-    from pipeline.learning.model import Regressor, TargetScaling, build_net
-    from pipeline.learning.training import ModelConfig
+    from pipeline.export import ServedRegressor, export_onnx
+    from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net
     from pipeline.learning.transforms import FeatureTransform
 
     X = np.random.default_rng(0).uniform(0, 16, (32, 64))
@@ -276,7 +291,7 @@ def test_a_cnn_regressor_on_image_inputs_answers_one_number_per_row(tmp_path: Pa
     scaling = TargetScaling.fit(np.arange(32.0), False)
     model = Regressor(FeatureTransform().fit(X).module(), net, scaling).eval()
     assert model(torch.as_tensor(X, dtype=torch.float32)).shape == (32,)
-    export_onnx(model, 64, tmp_path / "cnn.onnx", 18, half_width=0.5)
+    export_onnx(ServedRegressor(model, 0.5), 64, tmp_path / "cnn.onnx", 18, Regression())
     pred, lower, upper = predict_interval(session(tmp_path / "cnn.onnx"), X.astype(np.float32))
     assert pred.shape == (32,) and np.all(lower < pred) and np.all(pred < upper)
 

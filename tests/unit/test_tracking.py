@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.learning.tracking import Tracker, artifact_root, tracking_uri
+from pipeline.release.tracking import Tracker, artifact_root, tracking_uri
 from tests.conftest import tracking_db
 
 

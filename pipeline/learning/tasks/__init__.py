@@ -1,0 +1,280 @@
+"""The task as a type: one object per task, chosen once from schema.json.
+
+docs/design.md, "The task is a type": every stage has one body and asks its task what differs
+(the network's outputs and loss, the quality figures and baselines, the hardening objective and
+the calibration head, the export head and its parity check, the gate's terms, the model card's
+sections). A new task is a new module here (and one on the contracts side), registered in
+:data:`TASKS`, not a branch in every stage.
+
+    from pipeline.learning.tasks import task_for
+    task = task_for(schema)      # Classification() or Regression()
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.contracts.errors import MlcycleError
+from pipeline.contracts.params import GateConfig, HardenConfig, TrainConfig
+from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning.model import ModelConfig
+from pipeline.learning.splits import Split
+from pipeline.learning.transforms import FeatureTransform
+from pipeline.release.gate import Figures, GateContext, Terms, hints, judge
+
+
+@dataclasses.dataclass(frozen=True)
+class Quality:
+    """What the train stage reports of a trained model: its metrics (metrics/train.json) and
+    its test predictions (probabilities, or a regressor's values) for the test figure."""
+
+    metrics: dict[str, Any]
+    test_predictions: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardened:
+    """What a task's hardening hands back to the harden stage to write.
+
+    ``metrics``: metrics/robustness.json; ``table``: plots/robustness.csv; ``checkpoint``: what
+    the hardened checkpoint adds (the calibration head export puts in the graph); ``figure``
+    writes the reliability figure's file (``--reliability``); ``summary``: the lines printed.
+    """
+
+    metrics: dict[str, Any]
+    table: pd.DataFrame
+    checkpoint: dict[str, Any]
+    history: list[dict[str, float]]
+    seconds: float
+    figure: Any  # Callable[[Path], None]
+    summary: list[str]
+
+
+class Task(abc.ABC):
+    """What differs between tasks, for the stages; see the module docstring."""
+
+    name: ClassVar[str]
+    main: ClassVar[str]  # the main figure: accuracy, r2
+    int8_delta: ClassVar[str]  # metrics/export.json's int8-minus-fp32 figure
+    outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs
+    robustness_axes: ClassVar[dict[str, Any]]  # plots/robustness.png's labels
+
+    @property
+    def baseline_key(self) -> str:
+        return f"test_{self.main}"
+
+    @property
+    def clean_key(self) -> str:
+        return f"clean_{self.main}"
+
+    # ---- data and model ----
+
+    @abc.abstractmethod
+    def target(self, df: pd.DataFrame) -> np.ndarray:
+        """The prepared split's labels as the gate compares them."""
+
+    @abc.abstractmethod
+    def head(self, schema: Schema, cfg: TrainConfig) -> tuple[int, float]:
+        """(outputs, dropout) of the network."""
+
+    def model_config(
+        self,
+        cfg: TrainConfig,
+        transform: FeatureTransform,
+        schema: Schema,
+        image_shape: tuple[int, int] | None,
+    ) -> ModelConfig:
+        """The network's config: ``train.model`` (``auto``: a CNN for image-shaped features, an
+        MLP otherwise) with this task's head."""
+        arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "mlp")
+        if arch == "cnn" and image_shape is None:
+            raise MlcycleError(
+                "train.model = 'cnn' needs image-shaped features: an image source (such as "
+                "digits) and a transform that keeps the layout (no PCA, no one-hot); use "
+                "train.model = 'mlp'"
+            )
+        outputs, dropout = self.head(schema, cfg)
+        return ModelConfig(
+            arch=arch,
+            n_in=transform.n_features_out_,
+            n_classes=outputs,
+            hidden=cfg.hidden,
+            depth=cfg.depth,
+            dropout=dropout,
+            channels=cfg.channels,
+            image_shape=image_shape,
+        )
+
+    @abc.abstractmethod
+    def new_model(
+        self, transform: nn.Module, net: nn.Module, train: Split, cfg: TrainConfig
+    ) -> Any:
+        """The model to train around ``net``."""
+
+    @abc.abstractmethod
+    def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
+        """A retrain: the model on the champion's terms and the train keys it fine-tunes with."""
+
+    @abc.abstractmethod
+    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
+        """Test and val figures and the baselines' (train stage; deterministic, no timings)."""
+
+    @abc.abstractmethod
+    def saved(self, model: Any) -> dict[str, Any]:
+        """What a checkpoint carries for this task beyond the shared keys."""
+
+    @abc.abstractmethod
+    def plot_test(self, y: np.ndarray, predictions: np.ndarray, schema: Schema, path: Path) -> None:
+        """The train stage's test figure (``--confusion``)."""
+
+    @abc.abstractmethod
+    def logged_baseline(self, key: str) -> bool:
+        """Whether a baseline's figure goes to MLflow."""
+
+    # ---- harden ----
+
+    @abc.abstractmethod
+    def warm_overlay(self, cfg: HardenConfig) -> dict[str, Any]:
+        """The harden keys a retrain changes beyond its epochs and learning rate."""
+
+    @abc.abstractmethod
+    def harden(
+        self,
+        trained: Any,
+        hardened: Any,
+        splits: tuple[Split, Split, Split],
+        schema: Schema,
+        cfg: HardenConfig,
+        device: torch.device,
+        first_run: bool,
+        train_epochs: int,
+        ctx: Any,
+    ) -> Hardened:
+        """Adversarial fine-tuning of ``hardened`` in place, its evaluation and calibration
+        (``ctx``: the stage's context, for the params sections the task reads)."""
+
+    # ---- export ----
+
+    @abc.abstractmethod
+    def served(self, model: Any, checkpoint: dict[str, Any]) -> nn.Module:
+        """The module the ONNX graph computes: raw features to this task's outputs."""
+
+    @abc.abstractmethod
+    def parity(
+        self,
+        model: Any,
+        checkpoint: dict[str, Any],
+        graphs: tuple[Path, Path | None],
+        X: np.ndarray,
+        y: np.ndarray,
+        atol: float,
+        schema: Schema,
+    ) -> tuple[dict[str, Any], float]:
+        """(metrics/export.json's figures, the largest difference for the side file)."""
+
+    @abc.abstractmethod
+    def export_summary(self, report: dict[str, Any], diff: float) -> str: ...
+
+    # ---- evaluate ----
+
+    @abc.abstractmethod
+    def measure(
+        self,
+        onnx_path: Path,
+        twin: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        schema: Schema,
+        eps: float,
+        cfg: GateConfig,
+        key: str,
+        known: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Quality, robustness and latency of one model on the test rows; ``known``: the robust
+        figures of its promotion record, reused when its ``gate_key`` equals ``key``."""
+
+    @abc.abstractmethod
+    def on_holdout(
+        self,
+        onnx_path: Path,
+        twin: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        schema: Schema,
+        eps: float,
+        cfg: GateConfig,
+    ) -> dict[str, Any]:
+        """The figures on the production holdout (``holdout_*``)."""
+
+    @abc.abstractmethod
+    def production(
+        self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Whether the champion fails in production, and why."""
+
+    @abc.abstractmethod
+    def terms(self, cfg: GateConfig, cand: Figures, export: dict[str, Any], y: np.ndarray) -> Terms:
+        """The gate's terms for this candidate (its floors read its figures)."""
+
+    def gate(
+        self,
+        cfg: GateConfig,
+        cand: Figures,
+        champ: Figures | None,
+        parity_passed: bool,
+        ctx: GateContext | None,
+        export: dict[str, Any],
+        y: np.ndarray,
+    ) -> tuple[list[dict[str, Any]], Terms]:
+        terms = self.terms(cfg, cand, export, y)
+        return judge(cfg, terms, cand, champ, parity_passed, ctx), terms
+
+    def hints(
+        self, terms: Terms, rules: list[dict[str, Any]], eps: float, max_clean_drop: float
+    ) -> list[str]:
+        return hints(terms, rules, eps, max_clean_drop)
+
+    @abc.abstractmethod
+    def decision_head(self, cfg: GateConfig, export: dict[str, Any], y: np.ndarray) -> dict:
+        """The decision's task-specific keys (how robustness was measured, the interval)."""
+
+    def estimate(self, onnx_path: Path, val: pd.DataFrame, schema: Schema) -> dict | None:
+        """The monitor's label-free estimate of the main figure, fit on val (or None)."""
+        return None
+
+    @abc.abstractmethod
+    def card(
+        self,
+        schema: Schema,
+        decision: dict[str, Any],
+        train: dict[str, Any],
+        robustness: dict[str, Any],
+        export: dict[str, Any],
+        ckpt: dict[str, Any],
+    ) -> str:
+        """The model card (Markdown)."""
+
+    @abc.abstractmethod
+    def summary(self, candidate: Figures) -> str:
+        """The candidate's figures in the stage's closing line."""
+
+
+def labels(df: pd.DataFrame, dtype: Any = None) -> np.ndarray:
+    return df[LABEL].to_numpy(dtype)
+
+
+def task_for(schema: Schema) -> Task:
+    """The task schema.json names."""
+    from pipeline.learning.tasks.classification import Classification
+    from pipeline.learning.tasks.regression import Regression
+
+    tasks: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}
+    return tasks[schema.task]()

@@ -1,0 +1,573 @@
+"""Classification as a task (:mod:`pipeline.learning.tasks`): class probabilities and a label.
+
+Cross-entropy on the network's logits, accuracy / macro-F1 / log loss / ECE, logistic and SVM
+baselines, hardening against the worst class margin (:mod:`pipeline.learning.adversarial`),
+temperature scaling as the calibration head, a graph to ``probabilities`` and ``label``, the
+gate's worst-case robust accuracy (PGD, APGD-CE, APGD-DLR, then a black-box Square check on the
+shipped graph) and a label-free accuracy estimate for the monitor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.contracts.estimate import AccuracyEstimator
+from pipeline.contracts.params import GateConfig, HardenConfig, TrainConfig
+from pipeline.contracts.runtime import compute_ms, predict, session
+from pipeline.contracts.schema import Schema
+from pipeline.learning.adversarial import (
+    Selection,
+    budget_notes,
+    check_budget_on_test,
+    gradient_passes,
+    harden,
+)
+from pipeline.learning.attacks import Box, square_attack, worst_case
+from pipeline.learning.calibration import calibrate
+from pipeline.learning.metrics import classification_metrics
+from pipeline.learning.model import Classifier
+from pipeline.learning.plots import plot_confusion, plot_reliability
+from pipeline.learning.robustness import evaluate_robustness, evaluation_method
+from pipeline.learning.splits import Split
+from pipeline.learning.tasks import Hardened, Quality, Task, labels
+from pipeline.learning.training import evaluate_loss, fit_baselines
+from pipeline.release import card
+from pipeline.release.gate import Figures, Rule, Terms, champion_failing
+
+# The figures of the gate's attacks on the test split, which a version's promotion record keeps.
+ROBUST_KEYS = ("robust_accuracy", "square", "gradient_masking_suspected")
+
+HINTS = {
+    "min_accuracy": "the model is below gate.min_accuracy: more data or train.epochs / "
+    "tune.n_trials, or a floor that fits your data",
+    "vs_baseline": "the network trails a scikit-learn baseline: raise train.epochs, try "
+    "tune.n_trials: 30, or raise gate.max_baseline_gap",
+    "clean_budget": "hardening cost more clean accuracy than harden.max_clean_drop",
+    "min_robust_accuracy": "robust accuracy is below gate.min_robust_accuracy: raise "
+    "harden.epochs, lower harden.eps, or lower the floor",
+    "max_ece": "probabilities are miscalibrated: see metrics/robustness.json calibration",
+}
+
+
+def robust_method(cfg: GateConfig) -> str:
+    return (
+        f"per-row worst case of PGD-{cfg.robust_steps}, APGD-CE and APGD-DLR ({cfg.apgd_iter} "
+        f"iterations), {cfg.robust_restarts} restart(s), seed {cfg.seed}, on the PyTorch twin; "
+        f"Square ({cfg.square_queries} queries) on the shipped ONNX graph"
+    )
+
+
+class Served(nn.Module):
+    """What the ONNX graph computes: raw features -> (calibrated probabilities, label).
+
+    ``temperature`` is harden's temperature scaling (the checkpoint's ``temperature``).
+    """
+
+    def __init__(self, model: Classifier, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(features) * self.inv_temperature
+        probabilities = torch.softmax(logits, dim=1)  # (batch, classes)
+        return probabilities, probabilities.argmax(dim=1)  # (batch,)
+
+
+def torch_predict(
+    model: Classifier, X: np.ndarray, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        served = Served(model.cpu().eval(), temperature)
+        probs, predicted = served(torch.as_tensor(X, dtype=torch.float32))
+    return probs.numpy(), predicted.numpy()
+
+
+def compare(
+    model: Classifier,
+    fp32: Path,
+    int8: Path | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    atol: float,
+    temperature: float = 1.0,
+) -> dict[str, Any]:
+    """Parity of the fp32 graph with PyTorch, and the int8 variant's size and accuracy.
+
+    Deterministic for the same graphs and rows on one CPU. The largest probability difference
+    itself depends on onnxruntime's kernels, which follow the CPU (no switch pins them): it is
+    returned apart, as ``max_abs_probability_diff``, for the side file; the report keeps only
+    what it decides (within ``atol``, labels equal). Latencies are in the export stage.
+    """
+    t_probs, t_labels = torch_predict(model, X, temperature)
+    o_probs, o_labels = predict(session(fp32), X)
+    diff = float(np.abs(o_probs - t_probs).max())
+    report: dict[str, Any] = {
+        "max_abs_probability_diff": diff,  # popped into the side file by the stage
+        "parity": {
+            "rows": len(X),
+            "labels_equal": bool(np.array_equal(o_labels, t_labels)),
+            "atol": atol,
+            "passed": bool(diff <= atol and np.array_equal(o_labels, t_labels)),
+        },
+        "fp32": {"accuracy": float((o_labels == y).mean()), "bytes": fp32.stat().st_size},
+    }
+    if int8 is not None:
+        _, q_labels = predict(session(int8), X)
+        report["int8"] = {
+            "accuracy": float((q_labels == y).mean()),
+            "bytes": int8.stat().st_size,
+            "accuracy_delta": float((q_labels == y).mean() - (o_labels == y).mean()),
+            "size_ratio": int8.stat().st_size / fp32.stat().st_size,
+        }
+    return report
+
+
+def square_check(
+    sess: Any, X: np.ndarray, y: np.ndarray, box: Box, robust_rows: np.ndarray, cfg: GateConfig
+) -> dict[str, Any]:
+    """The black-box Square-style attack through onnxruntime on the rows the gradient attacks
+    could not break. Any it breaks means the gradients mislead those attacks (gradient masking):
+    they count against the robust figure, and the decision says so."""
+    rows = np.flatnonzero(robust_rows)
+    if len(rows) == 0 or not bool((box.eps > 0).any()):
+        return {
+            "square": {"queries": cfg.square_queries, "rows_attacked": 0, "fooled": 0},
+            "gradient_masking_suspected": False,
+        }
+
+    def scores(features: np.ndarray) -> np.ndarray:
+        return predict(sess, features)[0]
+
+    fooled = square_attack(
+        scores,
+        X[rows].astype(np.float64),
+        y[rows],
+        box.eps.numpy().astype(np.float64),
+        box.low.numpy().astype(np.float64),
+        box.high.numpy().astype(np.float64),
+        cfg.square_queries,
+        cfg.seed,
+    )
+    return {
+        "square": {
+            "queries": cfg.square_queries,
+            "rows_attacked": len(rows),
+            "fooled": int(fooled.sum()),
+        },
+        "gradient_masking_suspected": bool(fooled.any()),
+        "robust_accuracy": float((len(rows) - fooled.sum()) / len(y)),
+    }
+
+
+class Classification(Task):
+    name: ClassVar[str] = "classification"
+    main: ClassVar[str] = "accuracy"
+    int8_delta: ClassVar[str] = "accuracy_delta"
+    outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
+    robustness_axes: ClassVar[dict[str, Any]] = {
+        "ylabel": "test accuracy under attack",
+        "title": "robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
+        "ylim": (0, 1.02),
+    }
+
+    # ---- data and model ----
+
+    def target(self, df: pd.DataFrame) -> np.ndarray:
+        return labels(df)
+
+    def head(self, schema: Schema, cfg: TrainConfig) -> tuple[int, float]:
+        return schema.n_classes, cfg.dropout
+
+    def new_model(
+        self, transform: nn.Module, net: nn.Module, train: Split, cfg: TrainConfig
+    ) -> Any:
+        return Classifier(transform, net)
+
+    def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
+        return model, {}
+
+    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
+        model.cpu()
+        _, _, val_proba = evaluate_loss(model, inputs.val, torch.device("cpu"))
+        _, _, test_proba = evaluate_loss(model, inputs.test, torch.device("cpu"))
+        n_classes = inputs.schema.n_classes
+        tf = inputs.transform
+        baselines = fit_baselines(
+            cfg.baselines,
+            tf.transform(inputs.train.X.numpy()),
+            inputs.train.y.numpy(),
+            inputs.train.w.numpy(),
+            tf.transform(inputs.test.X.numpy()),
+            inputs.test.y.numpy(),
+            cfg.seed,
+        )
+        test = classification_metrics(inputs.test.y.numpy(), test_proba, n_classes)
+        best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
+        metrics = {
+            "test": test,
+            "val": classification_metrics(inputs.val.y.numpy(), val_proba, n_classes),
+            "baselines": baselines,
+            "best_baseline": best[0] if best else None,
+            "beat_baseline": bool(best is None or test["accuracy"] > best[1]["test_accuracy"]),
+        }
+        return Quality(metrics, test_proba)
+
+    def saved(self, model: Any) -> dict[str, Any]:
+        return {}
+
+    def plot_test(self, y: np.ndarray, predictions: np.ndarray, schema: Schema, path: Path) -> None:
+        plot_confusion(y, predictions.argmax(1), schema.classes, path)
+
+    def logged_baseline(self, key: str) -> bool:
+        return key == "test_accuracy"
+
+    # ---- harden ----
+
+    def warm_overlay(self, cfg: HardenConfig) -> dict[str, Any]:
+        return {"ema_decay": cfg.warm_start_ema_decay}
+
+    def harden(
+        self,
+        trained: Any,
+        hardened: Any,
+        splits: tuple[Split, Split, Split],
+        schema: Schema,
+        cfg: HardenConfig,
+        device: torch.device,
+        first_run: bool,
+        train_epochs: int,
+        ctx: Any,
+    ) -> Hardened:
+        """Adversarial training against the class margin; every ``harden.eval_eps`` by the
+        per-row worst case on a first run (the gate's eps alone on a retrain); temperature
+        scaling on val."""
+        train, val, test = splits
+        history, seconds, selection = [], 0.0, Selection(kept="trained (harden.method none)")
+        if cfg.method != "none":
+            history, seconds, selection = harden(
+                hardened, train, val, schema, cfg, device, reference=trained
+            )
+        budget = check_budget_on_test(trained, hardened, test, schema, cfg, selection)
+        robustness = evaluate_robustness(
+            {"trained": trained, "hardened": hardened}, test, schema, cfg, device, first_run
+        )
+        temperature, calibration, curves = calibrate(trained, hardened, val, test)
+        rows = len(train.y)
+        production = train.production
+        attacked = (
+            rows - int(production.sum())
+            if production is not None and cfg.production_weight == 0
+            else rows
+        )
+        metrics = {
+            "method": cfg.method,
+            "eps": cfg.eps,
+            "evaluation": evaluation_method(cfg, first_run),
+            **robustness,
+            "clean_accuracy_drop": robustness["trained"]["clean_accuracy"]
+            - robustness["hardened"]["clean_accuracy"],
+            "budget": budget,
+            "calibration": calibration,
+            "epochs_run": len(history),
+            "warm_start": "",  # the stage sets it
+            # Deterministic cost: gradient passes relative to training's (wall time: --timing).
+            "harden_to_train_passes": gradient_passes(cfg, len(history), rows, attacked)
+            / max(train_epochs * rows, 1),
+        }
+        table = pd.DataFrame(
+            {
+                "eps": [float(e) for e in robustness["trained"]["by_eps"]],
+                "trained": list(robustness["trained"]["by_eps"].values()),
+                "hardened": list(robustness["hardened"]["by_eps"].values()),
+                "trained_pgd": list(robustness["trained"]["pgd_by_eps"].values()),
+                "hardened_pgd": list(robustness["hardened"]["pgd_by_eps"].values()),
+            }
+        )
+        h, t = robustness["hardened"], robustness["trained"]
+        art = h.get("art_robust_accuracy") or float("nan")
+        robust = (
+            f"eps={cfg.eps:g} worst-case robust accuracy {t['robust_accuracy']:.4f} -> "
+            f"{h['robust_accuracy']:.4f} (ART APGD-CE {art:.4f})"
+            if first_run
+            else f"eps={cfg.eps:g} worst case: the gate's (a retrain)"
+        )
+        summary = [
+            *budget_notes(budget, cfg),
+            f"temperature {temperature:.3f}: test ECE {calibration['test_ece_before']:.4f} "
+            f"-> {calibration['test_ece_after']:.4f}",
+            f"{robust}, clean {t['clean_accuracy']:.4f} -> {h['clean_accuracy']:.4f}, "
+            f"{metrics['harden_to_train_passes']:.1f}x training's gradient passes, {seconds:.1f} s",
+        ]
+        return Hardened(
+            metrics=metrics,
+            table=table,
+            # export divides the logits by it inside the graph
+            checkpoint={"temperature": temperature},
+            history=history,
+            seconds=seconds,
+            figure=lambda path: plot_reliability(curves, path),
+            summary=summary,
+        )
+
+    # ---- export ----
+
+    def served(self, model: Any, checkpoint: dict[str, Any]) -> nn.Module:
+        return Served(model, float(checkpoint.get("temperature", 1.0)))
+
+    def parity(
+        self,
+        model: Any,
+        checkpoint: dict[str, Any],
+        graphs: tuple[Path, Path | None],
+        X: np.ndarray,
+        y: np.ndarray,
+        atol: float,
+        schema: Schema,
+    ) -> tuple[dict[str, Any], float]:
+        temperature = float(checkpoint.get("temperature", 1.0))
+        report = compare(model, graphs[0], graphs[1], X, y, atol, temperature)
+        diff = report.pop("max_abs_probability_diff")
+        return {"temperature": temperature, **report}, diff
+
+    def export_summary(self, report: dict[str, Any], diff: float) -> str:
+        p = report["parity"]
+        return (
+            f"parity max |dp| = {diff:.2e} on {p['rows']} rows, labels equal: {p['labels_equal']}"
+            + (
+                f"; int8 accuracy delta {report['int8']['accuracy_delta']:+.4f}, size x"
+                f"{report['int8']['size_ratio']:.2f}"
+                if "int8" in report
+                else ""
+            )
+        )
+
+    # ---- evaluate ----
+
+    def measure(
+        self,
+        onnx_path: Path,
+        twin: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        schema: Schema,
+        eps: float,
+        cfg: GateConfig,
+        key: str,
+        known: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        sess = session(onnx_path)
+        proba, _ = predict(sess, X)
+        quality = classification_metrics(y, proba, schema.n_classes)
+        base = {
+            **{k: v for k, v in quality.items() if k != "per_class_recall"},
+            "p99_latency_ms": compute_ms(sess, X)["p99_ms"],
+            "gate_key": key,
+        }
+        if known is not None and known.get("gate_key") == key:
+            cached = {k: known[k] for k in ROBUST_KEYS if k in known}
+            return {**base, **cached, "robust_cached": True}
+        box = Box.from_schema(schema, eps)
+        robust = worst_case(
+            twin,
+            torch.as_tensor(X),
+            torch.as_tensor(y),
+            box,
+            n_iter=cfg.apgd_iter,
+            restarts=cfg.robust_restarts,
+            pgd_steps=cfg.robust_steps,
+            seed=cfg.seed,
+        )
+        out = {**base, "robust_accuracy": robust["worst_case"], "robust_cached": False}
+        if cfg.square_queries:
+            out.update(square_check(sess, X, y, box, robust["robust_rows"], cfg))
+        return out
+
+    def on_holdout(
+        self,
+        onnx_path: Path,
+        twin: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        schema: Schema,
+        eps: float,
+        cfg: GateConfig,
+    ) -> dict[str, Any]:
+        """Accuracy and robust accuracy (the gate's worst case) on the production holdout. Only
+        the worst case is read here, so the attacks cascade (a row one breaks is not attacked
+        again)."""
+        proba, _ = predict(session(onnx_path), X)
+        robust = worst_case(
+            twin,
+            torch.as_tensor(X),
+            torch.as_tensor(y),
+            Box.from_schema(schema, eps),
+            n_iter=cfg.apgd_iter,
+            restarts=cfg.robust_restarts,
+            pgd_steps=cfg.robust_steps,
+            seed=cfg.seed,
+            cascade=True,
+        )
+        return {
+            "holdout_accuracy": float((proba.argmax(axis=1) == y).mean()),
+            "holdout_robust_accuracy": robust["worst_case"],
+            "holdout_rows": len(y),
+        }
+
+    def production(
+        self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Failing: its holdout accuracy significantly below its test accuracy (the gate's
+        ``champion_failing``)."""
+        if champion is None or not champion.get("holdout_rows"):
+            return {"champion_failing": False, "why": "no champion or no labelled production rows"}
+        rows, acc = champion["holdout_rows"], champion["holdout_accuracy"]
+        failing, p = champion_failing(champion["accuracy"], round(acc * rows), rows, cfg)
+        why = (
+            f"holdout accuracy {acc:.4f} on {rows} rows vs test accuracy "
+            f"{champion['accuracy']:.4f} - {cfg.max_accuracy_drop} (binomial p {p:.2g}, "
+            f"gate.production_alpha {cfg.production_alpha})"
+        )
+        return {"champion_failing": failing, "p": p, "why": why}
+
+    def terms(self, cfg: GateConfig, cand: Figures, export: dict[str, Any], y: np.ndarray) -> Terms:
+        def vs_champion_robust(cand: Figures, champ: Figures) -> Rule:
+            return Rule(
+                "vs_champion_robust_accuracy",
+                cand["robust_accuracy"],
+                champ["robust_accuracy"] - cfg.max_robust_drop,
+                True,
+                f"robust accuracy >= champion's {champ['robust_accuracy']:.4f} - "
+                f"{cfg.max_robust_drop}",
+            )
+
+        def waived_hint(r: dict[str, Any], eps: float, max_clean_drop: float) -> str:
+            return (
+                f"robust accuracy {r['value']:.4f} is below gate.min_robust_accuracy = "
+                f"{r['threshold']:g}, waived because robustness at harden.eps = {eps:g} costs "
+                f"more clean accuracy than harden.max_clean_drop = {max_clean_drop:g}"
+            )
+
+        return Terms(
+            main="accuracy",
+            main_name="accuracy",
+            robust="robust_accuracy",
+            robust_name="robust",
+            robust_format=".4f",
+            floors=(
+                Rule(
+                    "min_accuracy",
+                    cand["accuracy"],
+                    cfg.min_accuracy,
+                    True,
+                    "test accuracy >= floor",
+                ),
+                Rule(
+                    "min_robust_accuracy",
+                    cand["robust_accuracy"],
+                    cfg.min_robust_accuracy,
+                    True,
+                    "robust accuracy >= floor",
+                ),
+                Rule("max_ece", cand["ece"], cfg.max_ece, False, "calibration error <= ceiling"),
+            ),
+            robust_floor="min_robust_accuracy",
+            vs_champion_robust=vs_champion_robust,
+            hints=HINTS,
+            waived_robust_hint=waived_hint,
+        )
+
+    def decision_head(self, cfg: GateConfig, export: dict[str, Any], y: np.ndarray) -> dict:
+        return {"robust_method": robust_method(cfg)}
+
+    def estimate(self, onnx_path: Path, val: pd.DataFrame, schema: Schema) -> dict | None:
+        """ATC (bench/estimate.py), fit on val through the graph that ships."""
+        val_proba, _ = predict(session(onnx_path), val[schema.names].to_numpy(np.float32))
+        return AccuracyEstimator.fit(val_proba, self.target(val)).to_dict()
+
+    def card(
+        self,
+        schema: Schema,
+        decision: dict[str, Any],
+        train: dict[str, Any],
+        robustness: dict[str, Any],
+        export: dict[str, Any],
+        ckpt: dict[str, Any],
+    ) -> str:
+        c = decision["candidate"]
+        cal = robustness.get("calibration", {})
+        by_eps = robustness["hardened"]["by_eps"]
+        keys = ["accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"]
+        if "holdout_accuracy" in c:  # labelled production rows kept out of training
+            keys += ["holdout_accuracy", "holdout_robust_accuracy"]
+        lines = [
+            f"# Model card: {decision['model_name']} ({decision['variant']})",
+            "",
+            "## Data",
+            card.data_line(schema, f", classes {list(schema.classes)}"),
+            "- evaluated on the frozen test split cut once from the source",
+            "",
+            *card.model_lines(ckpt, robustness, "probabilities"),
+            *card.metrics_table(decision, keys),
+            *card.baselines_line(train),
+            "## Robustness (test split)",
+            f"Harden's evaluation: {robustness.get('evaluation', 'PGD')}. Gate's (the "
+            f"robust_accuracy above, same for candidate and champion): "
+            f"{decision.get('robust_method', 'PGD')}.",
+            "",
+            "| eps | trained | hardened | hardened, PGD only |",
+            "| --- | --- | --- | --- |",
+        ]
+        pgd_by_eps = robustness["hardened"].get("pgd_by_eps", by_eps)
+        for eps, acc in by_eps.items():
+            lines.append(
+                f"| {eps} | {robustness['trained']['by_eps'][eps]:.4f} | {acc:.4f} | "
+                f"{pgd_by_eps.get(eps, float('nan')):.4f} |"
+            )
+        square = c.get("square")
+        masking = " - gradient masking suspected" if c.get("gradient_masking_suspected") else ""
+        if square:
+            lines += [
+                "",
+                f"Black-box check (Square-style search, {square.get('queries', 0)} queries, on "
+                f"the shipped {decision['variant']} graph): {square.get('fooled', 0)} of "
+                f"{square.get('rows_attacked', 0)} rows the gradient attacks could not break "
+                f"were broken{masking}.",
+            ]
+        lines += [
+            "",
+            "## Calibration",
+            f"- {cal.get('method', 'none')}: temperature {cal.get('temperature', 1.0):.3f}, "
+            f"test ECE {cal.get('test_ece_before', float('nan')):.4f} -> "
+            f"{cal.get('test_ece_after', float('nan')):.4f} (plots/reliability.png)",
+            "",
+            "## Export",
+            f"- parity with PyTorch on {export['parity']['rows']} test rows: every probability "
+            f"within {export['parity']['atol']:g}: {export['parity']['passed']}, labels equal "
+            f"{export['parity']['labels_equal']}",
+            "",
+            *card.gate_lines(decision),
+            *card.limits_lines(
+                [
+                    "- Robustness covers L-inf perturbations within eps of each feature's "
+                    "observed range only; other threat models (patches, rotations, poisoning) "
+                    "are untested.",
+                    "- Gradient attacks run on the PyTorch twin of the graph (export proved them "
+                    "equal); the shipped graph itself, int8 included, is attacked only by the "
+                    "black-box search.",
+                ]
+            ),
+        ]
+        return card.join(lines)
+
+    def summary(self, candidate: Figures) -> str:
+        return (
+            f"accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
+            f"p99 {candidate['p99_latency_ms']:.2f} ms"
+        )

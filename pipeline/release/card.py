@@ -1,0 +1,70 @@
+"""The model card: a Markdown page of data, model, metrics, robustness, gate and limits.
+
+Written by the evaluate stage (:mod:`pipeline.evaluate`) beside the candidate's files; the
+registry keeps it with the version and the service shows it at ``GET /model``. The sections
+every task shares are built here; a task (``pipeline.learning.tasks``) writes its own terms
+between them. No I/O, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.contracts.schema import Schema
+
+
+def data_line(schema: Schema, target: str) -> str:
+    n_cat = sum(f.kind == "categorical" for f in schema.features)
+    return (
+        f"- {len(schema.features)} features ({n_cat} categorical), target `{schema.target}`{target}"
+    )
+
+
+def model_lines(ckpt: dict[str, Any], robustness: dict[str, Any], graph: str) -> list[str]:
+    return [
+        "## Model",
+        f"- {ckpt['model_config']['arch'].upper()} behind the fitted feature transform, one ONNX "
+        f"graph from raw features to {graph}",
+        f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
+        "range",
+        "",
+    ]
+
+
+def metrics_table(decision: dict[str, Any], keys: list[str]) -> list[str]:
+    """Candidate against champion, one row per figure (``-``: the champion has none)."""
+    c, champ = decision["candidate"], decision.get("champion") or {}
+    lines = ["## Test metrics", "| metric | candidate | champion |", "| --- | --- | --- |"]
+    for key in keys:
+        theirs = f"{champ[key]:.4f}" if key in champ else "-"
+        lines.append(f"| {key} | {c[key]:.4f} | {theirs} |")
+    return lines
+
+
+def baselines_line(train: dict[str, Any]) -> list[str]:
+    return ["", f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}", ""]
+
+
+def gate_lines(decision: dict[str, Any]) -> list[str]:
+    """The decision, every rule's verdict, why the champion fails (if it does), the hints."""
+    lines = [f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}"]
+    lines += [
+        f"- {'waived' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} {r['rule']}: "
+        f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
+        for r in decision["rules"]
+    ]
+    production = decision.get("production") or {}
+    if production.get("champion_failing"):
+        lines.append(f"- the champion fails in production: {production['why']}")
+    lines += [f"- hint: {h}" for h in decision.get("hints", [])]
+    return lines
+
+
+def limits_lines(limits: list[str]) -> list[str]:
+    common = "- Inputs outside the training data's range or categories are out of distribution."
+    return ["", "## Limits", *limits, common]
+
+
+def join(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""Publishing a gated candidate: its files registered as an MLflow version, the champion swapped
+if it passed, the monitor's drift reference and label-free estimate beside it, the decision
+written to ``--metrics``.
+
+Torch-free; the evaluate stage (:mod:`pipeline.evaluate`) calls :func:`publish` once it has the
+decision and the model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import registry
+from pipeline.contracts import champion as champion_files
+from pipeline.contracts.io import atomic_outputs, dump_json
+from pipeline.contracts.params import GateConfig
+from pipeline.contracts.schema import FEEDBACK, Schema
+from pipeline.release.tracking import Tracker
+
+# A retrain's train split with at least this many production rows re-baselines the monitor on them.
+REBASELINE_ROWS = 200
+
+
+def drift_reference(train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The rows the monitor compares production windows with: the train split, or, once it holds
+    at least ``REBASELINE_ROWS`` labelled production rows (a retrain on feedback), those rows
+    alone: the model was refit on what production now sends, so the same shift would otherwise
+    alarm in every window after a successful retrain (the mix of source and production rows
+    differs from either)."""
+    production = train[FEEDBACK].notna() if FEEDBACK in train.columns else None
+    if production is not None and int(production.sum()) >= REBASELINE_ROWS:
+        train = train[production]
+    return train[schema.names].astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """A candidate's files as the registry keeps them (the evaluate stage's inputs)."""
+
+    onnx: Path  # the graph the gate chose (fp32 or int8)
+    twin: Path
+    schema: Path
+    export: Path
+    reference: pd.DataFrame  # the monitor's drift reference (:func:`drift_reference`)
+
+
+def publish(
+    release: Release,
+    tracker: Tracker,
+    cfg: GateConfig,
+    decision: dict[str, Any],
+    card: str,
+    registry_dir: Path,
+    metrics: str | Path,
+) -> str:
+    """The candidate's files (with the model card, the decision, the monitor's drift reference
+    and, where the decision has one, its label-free estimate) registered as a new version,
+    promoted if it passed; then ``metrics`` and the hints. Returns the version (also set in
+    ``decision``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / champion_files.CARD
+        decision_path = Path(tmp) / champion_files.DECISION
+        reference_path = Path(tmp) / champion_files.REFERENCE
+        card_path.write_text(card)
+        release.reference.to_parquet(reference_path, index=False)
+        dump_json(decision, decision_path)  # the figures GET /model shows
+        files = {
+            champion_files.ONNX: release.onnx,
+            champion_files.TWIN: release.twin,
+            champion_files.SCHEMA: release.schema,
+            champion_files.EXPORT: release.export,
+            champion_files.DECISION: decision_path,
+            champion_files.CARD: card_path,  # registered with the version, shipped if promoted
+            champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
+        }
+        if "estimate" in decision:  # the monitor's label-free estimate (a classifier's)
+            estimate_path = Path(tmp) / champion_files.ESTIMATE
+            dump_json(decision["estimate"], estimate_path)
+            files[champion_files.ESTIMATE] = estimate_path
+        version = register(tracker, decision, files, card, cfg)
+        decision["version"] = version
+        if decision["passed"]:
+            registry.promote(tracker, cfg.model_name, version, registry_dir, files)
+    with atomic_outputs(metrics) as (tmp_metrics,):
+        dump_json(decision, tmp_metrics)
+    for line in decision["hints"]:
+        print(f"evaluate: hint: {line}")
+    return version
+
+
+def verdict(decision: dict[str, Any]) -> str:
+    if decision["passed"]:
+        return "promoted to champion"
+    return "rejected: " + "; ".join(decision["reasons"])
+
+
+def register(
+    tracker: Tracker,
+    decision: dict[str, Any],
+    files: dict[str, Path],
+    card: str,
+    cfg: GateConfig,
+) -> str:
+    """Log the candidate's files to an MLflow run and create a registry version; returns it."""
+    with tracker.run("evaluate") as run:
+        for src in files.values():
+            run.log_artifact(src, folder="model")
+        run.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
+        run.log_dict(decision, "evaluate.json")
+        tags = {
+            "gate": "passed" if decision["passed"] else "failed",
+            "variant": decision["variant"],
+            "failed_rules": ",".join(r["rule"] for r in decision["rules"] if not r["passed"]),
+        }
+        return tracker.register(cfg.model_name, run, "model", tags, card)
