@@ -29,10 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import r2_score
 from sklearn.model_selection import StratifiedKFold
-from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from tqdm.auto import tqdm
 
 from pipeline.contracts.errors import MlcycleError
@@ -41,7 +38,8 @@ from pipeline.contracts.params import FeaturesConfig
 from pipeline.contracts.schema import LABEL, WEIGHT, Schema
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import warm_start_transform
-from pipeline.learning.sampling import stratified_sample, target_bins
+from pipeline.learning.sampling import stratified_sample
+from pipeline.learning.targets import target_for
 from pipeline.learning.transforms import FeatureTransform
 
 
@@ -81,47 +79,25 @@ def make_transform(c: Candidate, schema: Schema, cfg: FeaturesConfig) -> Feature
 def score(
     c: Candidate, X: np.ndarray, y: np.ndarray, w: np.ndarray, schema: Schema, cfg: FeaturesConfig
 ) -> dict[str, Any]:
-    """Cross-validated accuracy of logistic regression on the candidate's output (train only);
-    a regression target: R² of ridge regression, folds stratified by its quantile bins."""
-    if schema.regression:
-        return score_regression(c, X, y, w, schema, cfg)
-    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
-    splitter = StratifiedKFold(
-        n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
-    )
-    accs, n_out = [], 0
-    for fit_idx, held_idx in splitter.split(X, y):
-        tf = make_transform(c, schema, cfg).fit(X[fit_idx])
-        Z_fit, Z_held = tf.transform(X[fit_idx]), tf.transform(X[held_idx])
-        model = LogisticRegression(max_iter=2000).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
-        accs.append(float((model.predict(Z_held) == y[held_idx]).mean()))
-        n_out = tf.n_features_out_
-    return {
-        "name": c.name,
-        "cv_accuracy": float(np.mean(accs)),
-        "cv_std": float(np.std(accs)),
-        "n_features_out": n_out,
-    }
-
-
-def score_regression(
-    c: Candidate, X: np.ndarray, y: np.ndarray, w: np.ndarray, schema: Schema, cfg: FeaturesConfig
-) -> dict[str, Any]:
-    bins = target_bins(y, y)
-    smallest = int(np.bincount(bins)[np.bincount(bins) > 0].min())
+    """Cross-validated score of the target's cheap model on the candidate's output (train only):
+    logistic regression's accuracy, or ridge's R² on folds stratified by the target's quantile
+    bins."""
+    target = target_for(schema)
+    strata = target.strata(y, y)
+    smallest = int(np.bincount(strata)[np.bincount(strata) > 0].min())
     splitter = StratifiedKFold(
         n_splits=max(2, min(cfg.cv_folds, smallest)), shuffle=True, random_state=cfg.seed
     )
     scores, n_out = [], 0
-    for fit_idx, held_idx in splitter.split(X, bins):
+    for fit_idx, held_idx in splitter.split(X, strata):
         tf = make_transform(c, schema, cfg).fit(X[fit_idx])
         Z_fit, Z_held = tf.transform(X[fit_idx]), tf.transform(X[held_idx])
-        model = Ridge(alpha=1.0).fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
-        scores.append(float(r2_score(y[held_idx], model.predict(Z_held))))
+        model = target.cv_model().fit(Z_fit, y[fit_idx], sample_weight=w[fit_idx])
+        scores.append(target.cv_score(y[held_idx], model.predict(Z_held)))
         n_out = tf.n_features_out_
     return {
         "name": c.name,
-        "cv_r2": float(np.mean(scores)),
+        target.cv_key: float(np.mean(scores)),
         "cv_std": float(np.std(scores)),
         "n_features_out": n_out,
     }
@@ -143,56 +119,32 @@ LEAK_ROWS = 5000  # rows the leak check looks at (a stratified sample of train)
 def likely_leaks(X: np.ndarray, y: np.ndarray, schema: Schema, seed: int) -> list[dict[str, Any]]:
     """Features that alone predict the label almost perfectly (3-fold CV of a depth-4 tree on
     that one column, missing values as their own bin): an id sorted by label, a column derived
-    from the target. Reported, not dropped: sometimes a feature really is that good. A
-    regression target: a depth-4 regression tree's R² at least ``LEAK_ACCURACY``."""
-    idx = stratified_sample(np.arange(len(y)), y, LEAK_ROWS, seed)
-    if schema.regression:
-        return leaks_regression(X, y, schema, seed)
-    Xs, ys = X[idx], y[idx]
-    majority = float(np.bincount(ys).max() / len(ys))
-    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-    if int(np.bincount(ys)[np.bincount(ys) > 0].min()) < 3:
+    from the target. Reported, not dropped: sometimes a feature really is that good. A class
+    label: accuracy at least ``LEAK_ACCURACY`` and clearly above the majority class's share; a
+    number: a regression tree's R² at least ``LEAK_ACCURACY``."""
+    target = target_for(schema)
+    strata = target.strata(y, y)
+    idx = stratified_sample(np.arange(len(y)), strata, LEAK_ROWS, seed)
+    Xs, ys, ss = X[idx], y[idx], strata[idx]
+    if int(np.bincount(ss)[np.bincount(ss) > 0].min()) < 3:
         return []
+    floor = target.leak_floor(ys, LEAK_ACCURACY)
     # The folds depend on the labels only: cut once, and the trees fit directly (cross_val_score
     # per column spent half its time setting up: digits' 64 columns 1.2 s -> 0.64 s, same scores).
-    splits = list(folds.split(Xs, ys))
+    splits = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=seed).split(Xs, ss))
     out = []
     for j, name in enumerate(schema.names):
         col = np.nan_to_num(Xs[:, j : j + 1], nan=np.nanmin(Xs[:, j], initial=0.0) - 1.0)
-        scores = [
-            DecisionTreeClassifier(max_depth=4, random_state=seed)
-            .fit(col[fit], ys[fit])
-            .score(col[held], ys[held])
-            for fit, held in splits
-        ]
-        acc = float(np.mean(scores))
-        if acc >= LEAK_ACCURACY and acc > majority + 0.05:
-            out.append({"feature": name, "cv_accuracy_alone": acc})
-    return out
-
-
-def leaks_regression(
-    X: np.ndarray, y: np.ndarray, schema: Schema, seed: int
-) -> list[dict[str, Any]]:
-    bins = target_bins(y, y)
-    idx = stratified_sample(np.arange(len(y)), bins, LEAK_ROWS, seed)
-    Xs, ys = X[idx], y[idx]
-    splits = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=seed).split(Xs, bins[idx]))
-    out = []
-    for j, name in enumerate(schema.names):
-        col = np.nan_to_num(Xs[:, j : j + 1], nan=np.nanmin(Xs[:, j], initial=0.0) - 1.0)
-        r2 = float(
+        alone = float(
             np.mean(
                 [
-                    DecisionTreeRegressor(max_depth=4, random_state=seed)
-                    .fit(col[fit], ys[fit])
-                    .score(col[held], ys[held])
+                    target.leak_tree(seed).fit(col[fit], ys[fit]).score(col[held], ys[held])
                     for fit, held in splits
                 ]
             )
         )
-        if r2 >= LEAK_ACCURACY:
-            out.append({"feature": name, "cv_r2_alone": r2})
+        if alone >= floor:
+            out.append({"feature": name, target.leak_key: alone})
     return out
 
 
@@ -207,7 +159,7 @@ def kept(
             transform = make_transform(cand, schema, cfg).fit(X_all)
             chosen = {
                 "name": cand.name,
-                "cv_r2" if schema.regression else "cv_accuracy": None,
+                target_for(schema).cv_key: None,
                 "n_features_out": transform.n_features_out_,
                 "search_rows": 0,
             }
@@ -222,7 +174,7 @@ def search(
     fit the chosen one on the whole train split."""
     X_all = train[schema.names].to_numpy(dtype=np.float64)  # prepared splits: already encoded
     y_all = train[LABEL].to_numpy()
-    strata = target_bins(y_all, y_all) if schema.regression else y_all
+    strata = target_for(schema).strata(y_all, y_all)
     rows = stratified_sample(np.arange(len(y_all)), strata, cfg.search_rows, cfg.seed)
     X, y, w = X_all[rows], y_all[rows], train[WEIGHT].to_numpy()[rows]
     cands = candidates(cfg, X.shape[1])
@@ -235,7 +187,7 @@ def search(
         score(c, X, y, w, schema, cfg)
         for c in tqdm(cands, desc="features: candidates", leave=False)
     ]
-    chosen = choose(table, cfg.tie_tolerance, "cv_r2" if schema.regression else "cv_accuracy")
+    chosen = choose(table, cfg.tie_tolerance, target_for(schema).cv_key)
     cand = next(c for c in cands if c.name == chosen["name"])
     return make_transform(cand, schema, cfg).fit(X_all), table, {**chosen, "search_rows": len(y)}
 
@@ -276,13 +228,10 @@ def body(ctx: stage.Context) -> None:
             cfg.seed,
         )
     )
-    key = "cv_r2" if schema.regression else "cv_accuracy"
+    target = target_for(schema)
+    key = target.cv_key
     for leak in leaks:
-        alone = (
-            f"R² {leak['cv_r2_alone']:.3f}"
-            if schema.regression
-            else f"{leak['cv_accuracy_alone']:.1%} accuracy"
-        )
+        alone = target.leak_text(leak)
         print(
             f"features: warning: column {leak['feature']!r} alone predicts the label with "
             f"{alone}: a likely target leak (an id sorted by "

@@ -32,24 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.svm import SVC, SVR
-from tqdm.auto import tqdm
+from sklearn.model_selection import train_test_split
 
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_parquet, write_parquet
-from pipeline.contracts.params import DataConfig, NoiseConfig, PreprocessConfig
+from pipeline.contracts.params import DataConfig, PreprocessConfig
 from pipeline.contracts.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
 from pipeline.learning import stage
-from pipeline.learning.sampling import stratified_sample, target_bins
+from pipeline.learning.targets import target_for
 
 SPLITS = ("train", "val", "test", "holdout")
 
@@ -61,165 +51,6 @@ class Prepared:
     splits: dict[str, pd.DataFrame]
     noise_report: pd.DataFrame
     metrics: dict[str, Any]
-
-
-def noise_model(kind: str, schema: Schema, seed: int) -> Pipeline:
-    """The cheap classifier (a regressor for a regression target) whose out-of-fold
-    probabilities (predictions) drive confident learning."""
-    num = [j for j, f in enumerate(schema.features) if f.kind == "numeric"]
-    cat = [j for j, f in enumerate(schema.features) if f.kind == "categorical"]
-    columns = ColumnTransformer(
-        [
-            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
-            (
-                "cat",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-                ),
-                cat,
-            ),
-        ]
-    )
-    if schema.regression:
-        regressor = {
-            "logreg": Ridge(alpha=1.0),
-            "svm": SVR(C=10.0, gamma="scale"),
-            "knn": KNeighborsRegressor(n_neighbors=10, weights="distance"),
-        }[kind]
-        return Pipeline([("columns", columns), ("model", regressor)])
-    model = {
-        "logreg": LogisticRegression(max_iter=2000, C=1.0),
-        "svm": CalibratedClassifierCV(
-            SVC(C=10.0, gamma="scale", random_state=seed), ensemble=False
-        ),
-        "knn": KNeighborsClassifier(n_neighbors=10, weights="distance"),
-    }[kind]
-    return Pipeline([("columns", columns), ("model", model)])
-
-
-def out_of_fold_proba(
-    model: Pipeline,
-    X: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    folds: int,
-    seed: int,
-    max_fit_rows: int | None = None,
-) -> np.ndarray:
-    """(rows, classes) probabilities, each row predicted by a model that never saw it.
-
-    Each fold's model is fit on at most ``max_fit_rows`` of the other folds' rows (a stratified
-    sample): a nearest-neighbour model's cost grows with rows fit x rows predicted.
-    """
-    smallest = int(np.bincount(y, minlength=n_classes)[np.bincount(y) > 0].min())
-    folds = max(2, min(folds, smallest))
-    proba = np.zeros((len(y), n_classes))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (fit_idx, held_idx) in enumerate(
-        tqdm(list(splitter.split(X, y)), desc="label noise: folds", leave=False)
-    ):
-        fit_idx = stratified_sample(fit_idx, y, max_fit_rows, seed + k)
-        fitted = clone(model).fit(X[fit_idx], y[fit_idx])
-        proba[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(X[held_idx])
-    return proba
-
-
-def find_noisy(
-    X: np.ndarray, y: np.ndarray, schema: Schema, cfg: NoiseConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of likely mislabelled rows, most suspicious first, and the OOF probabilities."""
-    from cleanlab.filter import find_label_issues
-
-    proba = out_of_fold_proba(
-        noise_model(cfg.model, schema, seed),
-        X,
-        y,
-        schema.n_classes,
-        cfg.folds,
-        seed,
-        cfg.max_fit_rows,
-    )
-    present = np.unique(y)
-    # cleanlab wants every class index present; restrict to the classes seen in this pool.
-    remap = np.full(schema.n_classes, -1)
-    remap[present] = np.arange(len(present))
-    sub = proba[:, present]
-    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
-    ranked = find_label_issues(
-        remap[y], sub, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence"
-    )
-    return cap_per_class(np.asarray(ranked, dtype=np.int64), y, cfg.max_share), proba
-
-
-OUTLIER_Z = 4.0  # a regression row is a label issue past this many robust standard deviations
-
-
-def find_noisy_regression(
-    X: np.ndarray, y: np.ndarray, strata: np.ndarray, schema: Schema, cfg: NoiseConfig, seed: int
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Likely mislabelled rows of a regression target, most suspicious first (at most
-    ``max_share`` of the rows), and a table for them (given, predicted, quality).
-
-    Out-of-fold predictions of the noise model (``folds`` folds stratified by target bin, each
-    fit on at most ``max_fit_rows`` rows) rank the rows by cleanlab 2's regression label-quality
-    score (``cleanlab.regression.rank``, residual-based); a row is flagged when its residual is
-    more than ``OUTLIER_Z`` robust standard deviations (1.4826 x the median absolute deviation)
-    from the median residual. cleanlab's ``CleanLearning`` picks how many to drop by refitting
-    at each candidate share: on a clean table with 14 prices entered 8x too high it flagged none
-    with the knn model and 122 of 600 with ridge. Here the residuals are computed twice, the
-    second time with models fit without the first pass's flagged rows (whose wrong targets pulled
-    their neighbours' predictions), and a positive skewed target on its log scale: on three such
-    tables exactly the wrong rows in train (14, 12, 16), none on the clean ones, none on the
-    diabetes data, whose residuals are wide everywhere."""
-    from cleanlab.regression.rank import get_label_quality_scores
-    from scipy.stats import skew
-
-    # A positive skewed target (a price) is compared on the log scale, where its noise is even.
-    logged = bool(y.min() > 0 and float(skew(y)) > 1.0)
-    v = np.log(y) if logged else y
-    scale = float(np.std(v)) or 1.0
-    z = (v - float(np.mean(v))) / scale
-    folds = max(2, min(cfg.folds, int(np.bincount(strata).min()) if len(strata) else 2))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    folds_idx = list(splitter.split(X, strata))
-    model = noise_model(cfg.model, schema, seed)
-    flagged = np.empty(0, dtype=np.int64)
-    # Twice: the second pass fits without the first's flagged rows, whose wrong targets pulled
-    # their neighbours' predictions (and so flagged those too).
-    for _ in tqdm(range(2), desc="label noise: passes", leave=False):
-        pred = np.zeros(len(y))
-        for k, (fit_idx, held_idx) in enumerate(folds_idx):
-            fit_idx = stratified_sample(
-                np.setdiff1d(fit_idx, flagged), strata, cfg.max_fit_rows, seed + k
-            )
-            pred[held_idx] = clone(model).fit(X[fit_idx], z[fit_idx]).predict(X[held_idx])
-        residual = z - pred
-        center = float(np.median(residual))
-        sigma = 1.4826 * float(np.median(np.abs(residual - center))) or 1e-12
-        flagged = np.flatnonzero(np.abs(residual - center) > OUTLIER_Z * sigma)
-    quality = get_label_quality_scores(z, pred)
-    order = flagged[np.argsort(quality[flagged], kind="stable")][: int(cfg.max_share * len(y))]
-    report = pd.DataFrame(
-        {
-            "given": y[order],
-            "suggested": (np.exp if logged else np.asarray)(pred[order] * scale + np.mean(v)),
-            "self_confidence": quality[order],
-        }
-    )
-    return order.astype(np.int64), report
-
-
-def cap_per_class(ranked: np.ndarray, y: np.ndarray, max_share: float) -> np.ndarray:
-    """The most suspicious of ``ranked`` rows, at most ``max_share`` of all rows and of each
-    class's rows, and never a class's last 2 (train and val each need one)."""
-    counts = np.bincount(y)
-    budget = np.minimum(np.floor(max_share * counts), np.maximum(counts - 2, 0)).astype(int)
-    keep: list[int] = []
-    for i in ranked[: int(max_share * len(y))] if len(ranked) else []:
-        if budget[y[i]] > 0:
-            budget[y[i]] -= 1
-            keep.append(int(i))
-    return np.asarray(keep, dtype=np.int64)
 
 
 def every_class_in(
@@ -339,20 +170,12 @@ def preprocess(
         X, y, rows = X[~has_missing], y[~has_missing], rows[~has_missing]
     counts["missing_strategy"] = cfg.missing
 
-    class_counts = np.bincount(y, minlength=schema.n_classes) if not schema.regression else []
-    rare = np.flatnonzero((class_counts > 0) & (class_counts < 3)) if len(class_counts) else []
-    if len(rare):
-        c = rare[0]
-        raise MlcycleError(
-            f"target column {schema.target!r}: class {schema.classes[c]!r} has "
-            f"{class_counts[c]} row(s) left after cleaning (duplicates"
-            f"{', rows with missing values' if cfg.missing == 'drop' else ''} dropped); every "
-            "class needs at least 3: one each for train, val and test"
-        )
+    target = target_for(schema)
+    target.check_counts(y, schema, cfg)
 
     # The strata of every split: the class, or a regression target's quantile bin.
     y_source = y
-    strata = target_bins(y_source, y) if schema.regression else y
+    strata = target.strata(y_source, y)
     idx = np.arange(len(y))
     pool, test = split(idx, strata, cfg.test_size, cfg.seed, "test")
 
@@ -370,7 +193,7 @@ def preprocess(
         counts["feedback_duplicates_dropped"] = int((~new).sum())
         Xf, yf, fb_rows = Xf[new], yf[new], fb_rows[new]
         X, y, rows = np.vstack([X, Xf]), np.concatenate([y, yf]), np.concatenate([rows, fb_rows])
-        strata = target_bins(y_source, y) if schema.regression else y
+        strata = target.strata(y_source, y)
         in_holdout = holdout_mask(keys.iloc[fb_rows], cfg.feedback_holdout)
         fb_idx = np.arange(n_source, len(y))
         holdout = fb_idx[in_holdout]
@@ -380,27 +203,14 @@ def preprocess(
     report = pd.DataFrame(columns=[ROW, "given", "suggested", "self_confidence"])
     val_share = cfg.val_size / (1.0 - cfg.test_size)
     val = None
-    if schema.regression:
-        # val is cut first and never filtered: the interval is calibrated on it, so it must be
-        # drawn like the test split, large residuals included.
+    if target.val_before_noise:  # val is cut first and never filtered (a regressor's)
         pool, val = split(pool, strata, val_share, cfg.seed, "validation")
-    if cfg.noise.enabled and schema.regression:
-        found, table = find_noisy_regression(
+    if cfg.noise.enabled:
+        found, table = target.find_noisy(
             X[pool], y[pool], strata[pool], schema, cfg.noise, cfg.seed
         )
         noisy = pool[found]
         report = table.assign(**{ROW: rows[noisy]})[[ROW, *table.columns]]
-    elif cfg.noise.enabled:
-        found, proba = find_noisy(X[pool], y[pool], schema, cfg.noise, cfg.seed)
-        noisy = pool[found]
-        report = pd.DataFrame(
-            {
-                ROW: rows[noisy],
-                "given": [schema.classes[c] for c in y[noisy]],
-                "suggested": [schema.classes[c] for c in proba[found].argmax(axis=1)],
-                "self_confidence": proba[found, y[pool][found]],
-            }
-        )
     counts["noise_dropped"] = len(noisy)
     counts["noise_fit_rows_per_fold"] = (
         min(cfg.noise.max_fit_rows or len(pool), len(pool)) if cfg.noise.enabled else 0
@@ -428,18 +238,17 @@ def preprocess(
         df[FEEDBACK] = pd.array(keys.to_numpy()[rows[part]], dtype="string")
         df[LABEL] = y[part]
         # Evaluation is unweighted; a test file depending on train counts would not be frozen.
-        # A regressor: the reweighing over (group, target bin), no balancing (no classes).
-        labels = strata if schema.regression else y
+        # The reweighing is over (group, stratum): a regressor's target bin, and no balancing.
         df[WEIGHT] = (
             1.0
-            if name in ("test", "holdout") or (schema.regression and groups is None)
+            if name in ("test", "holdout")
             else bias_weights(
-                labels[parts["train"]],
+                strata[parts["train"]],
                 g_train,
-                labels[part],
+                strata[part],
                 groups[part] if groups is not None else None,
-                int(labels.max()) + 1 if schema.regression else schema.n_classes,
-                cfg.class_weights == "balanced" and not schema.regression,
+                target.n_strata(strata, schema),
+                cfg.class_weights == "balanced" and target.balances,
             )
         )
         splits[name] = df
