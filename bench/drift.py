@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from monitoring.detector import Reference  # noqa: E402
 from monitoring.shifts import shift_inputs  # noqa: E402
 from pipeline.contracts.params import SimulateConfig, overlay, read_params, section  # noqa: E402
-from pipeline.contracts.schema import infer_schema  # noqa: E402
 from pipeline.ingest import load_source  # noqa: E402
+from pipeline.learning.infer_schema import infer_schema  # noqa: E402
 
 SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "prior")
 SIZES = (25, 50, 100, 200, 500)

@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             realized, errors = [], {m: [] for m in METHODS}
             for seed in range(args.windows):
                 rng = np.random.default_rng(seed)
-                rows = draw_rows(y, size, cfg, schema.n_classes, rng)
+                rows = draw_rows(y, size, cfg, schema, rng)
                 shifted = shift_inputs(X[rows], schema, cfg, rng)
                 proba, labels = predict(sess, shifted.astype(np.float32))
-                acc = float((labels == true_labels(y[rows], cfg, schema.n_classes)).mean())
+                acc = float((labels == true_labels(y[rows], cfg, schema)).mean())
                 realized.append(acc)
                 for method, est in estimator.all(proba).items():
                     errors[method].append(abs(est - acc))

@@ -65,7 +65,16 @@ def split_conformal(inputs: Inputs, cfg: TrainConfig, mcfg: ModelConfig, coverag
     scaling = TargetScaling.for_target(inputs.train.y.numpy(), cfg.log_target)
     torch.manual_seed(cfg.seed)
     model = Regressor(inputs.transform.module(), build_net(mcfg), scaling)
-    fit(model, inputs.train, inputs.val, cfg, torch.device("cpu"), progress=False)
+    objective = task_for(inputs.schema).objective
+    fit(
+        model,
+        inputs.train,
+        inputs.val,
+        cfg,
+        torch.device("cpu"),
+        objective=objective,
+        progress=False,
+    )
     q = reg.fit_interval(model, inputs.val, coverage)
     pred, lower, upper = reg.predict_interval(model, inputs.test.X, q)
     return {

@@ -41,6 +41,7 @@ from pipeline.contracts.params import (  # noqa: E402
 from pipeline.learning.model import Classifier, ModelConfig, build_net  # noqa: E402
 from pipeline.learning.splits import Split  # noqa: E402
 from pipeline.learning.tasks import task_for  # noqa: E402
+from pipeline.learning.tasks.classification import Classification  # noqa: E402
 from pipeline.learning.training import fit, load_inputs  # noqa: E402
 
 
@@ -91,6 +92,7 @@ def stage_loop(
         val,
         cfg,
         device,
+        objective=Classification().objective,
         image_shape=image_shape,
         checkpoint=checkpoint,
         progress=False,

@@ -46,10 +46,8 @@ import numpy as np
 from monitoring.detector import Reference, cached_reference
 from monitoring.policy import (
     RETRAINS,
-    accuracy_figures,
     alarm_reasons,
     harmless_drift,
-    regression_figures,
     trigger,
     window_figures,
 )
@@ -60,6 +58,7 @@ from pipeline.contracts.champion import Champion
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import MonitorConfig
 from pipeline.contracts.prodlog import ProductionLog, Window
+from pipeline.contracts.tasks import served_task
 
 
 class Monitor:
@@ -100,19 +99,13 @@ class Monitor:
 
     def assess(self, window: Window, champ: Champion) -> dict[str, Any]:
         drift = self.reference(champ).test(window.X, self.cfg.alpha)
-        quality = (
-            regression_figures(
-                window, champ.test_mae or 0.0, champ.interval_coverage or 0.9, self.cfg
-            )
-            if champ.schema.regression
-            else accuracy_figures(window, champ.test_accuracy, self.cfg, champ.estimator)
-        )
+        task = served_task(champ.schema)
         figures = {
             **drift.figures(),
-            **quality,
-            **window_figures(window, champ.schema.n_classes),
+            **task.quality(window, champ.figures, self.cfg, champ.estimator),
+            **task.mix(window, champ.schema),
+            **window_figures(window),
             "champion": champ.version,
-            "champion_test_accuracy": None if champ.schema.regression else champ.test_accuracy,
             # Rows the database refused, set aside by the service (not in any window).
             "log_rejected_rows": self.log.rejected_count(),
         }
@@ -131,7 +124,8 @@ class Monitor:
             raise MlcycleError("the window is empty: the production log has no rows there")
         champ = champion.read(self.registry)
         figures = self.assess(window, champ)
-        reasons = alarm_reasons(figures, self.cfg)
+        task = served_task(champ.schema)
+        reasons = alarm_reasons(figures, self.cfg, task)
         if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
             figures["report"] = self.write_report(window, champ, figures["drifted_features"])
         decision = "ok"
@@ -146,7 +140,7 @@ class Monitor:
                 + ("" if not reasons else f" ({'; '.join(reasons)})")
             ]
         elif figures["drifted"] and not figures["harm"]:
-            decision, more = harmless_drift(figures, self.cfg)
+            decision, more = harmless_drift(figures, self.cfg, task)
             reasons += more
         elif figures["harm"]:
             decision, more = self._policy(dry_run or self.cfg.dry_run)
@@ -197,7 +191,8 @@ class Monitor:
         return {"decision": decision, "reasons": reasons, "figures": figures, "rows": len(window)}
 
     def write_index(self) -> None:
-        write_index(self.log.decisions(last=10_000), self.reports)
+        task = served_task(champion.read(self.registry).schema)
+        write_index(self.log.decisions(last=10_000), self.reports, task)
 
     def write_report(self, window: Window, champ: Champion, drifted: list[str]) -> str:
         """The report's file name; in the background it appears there once written (atomically:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pipeline.contracts.champion import Champion
     from pipeline.contracts.prodlog import Window
     from pipeline.contracts.schema import Schema
+    from pipeline.contracts.tasks import ServedTask
 
 REFERENCE_ROWS = 5000
 REPORT_FEATURES = 10  # per-feature panels in a report: the most drifted ones
@@ -106,8 +107,8 @@ def readable(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return pd.DataFrame(out, columns=schema.names)
 
 
-def _figure(decisions: list[dict[str, Any]]) -> str:
-    """The four panels as a base64 PNG."""
+def _figure(decisions: list[dict[str, Any]], task: str) -> str:
+    """The four panels as a base64 PNG (the middle two are the task's: :data:`PANELS`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,18 +131,7 @@ def _figure(decisions: list[dict[str, Any]]) -> str:
     ax.set_ylim(-0.02, 1.08)
     ax.set_title("Input drift per window (dashed: retrain)")
     ax.legend(loc="center left", fontsize=8)
-    ax = axes[1]
-    mix = np.array([x.get("class_mix", []) for x in f if x.get("class_mix")])
-    regression = any("nominal_coverage" in x for x in f)
-    if regression:
-        _regression_panels(axes[1], axes[2], t, f)
-    elif len(mix) == len(t) and mix.ndim == 2:
-        ax.stackplot(t, mix.T, labels=[str(k) for k in range(mix.shape[1])])
-        ax.legend(loc="center left", fontsize=7, ncol=2, title="class")
-    if not regression:
-        ax.set_ylim(0, 1)
-        ax.set_title("Predicted class mix")
-        _accuracy_panel(axes[2], t, f)
+    PANELS[task](axes[1], axes[2], t, f)
     ax = axes[3]
     for key in ("p50_ms", "p99_ms"):
         ax.plot(t, [np.nan if x.get(key) is None else x[key] for x in f], marker=".", label=key)
@@ -182,7 +172,15 @@ def _regression_panels(ax_mae: Any, ax_cov: Any, t: list[Any], f: list[dict[str,
     ax_cov.legend(loc="lower left", fontsize=8)
 
 
-def _accuracy_panel(ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
+def _class_panels(ax_mix: Any, ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
+    """A classifier's: the predicted class mix; feedback accuracy beside the label-free
+    estimate and the champion's test accuracy."""
+    mix = np.array([x.get("class_mix", []) for x in f if x.get("class_mix")])
+    if len(mix) == len(t) and mix.ndim == 2:
+        ax_mix.stackplot(t, mix.T, labels=[str(k) for k in range(mix.shape[1])])
+        ax_mix.legend(loc="center left", fontsize=7, ncol=2, title="class")
+    ax_mix.set_ylim(0, 1)
+    ax_mix.set_title("Predicted class mix")
     acc = [x.get("accuracy") for x in f]
     ax.plot(t, [np.nan if a is None else a for a in acc], marker="o", label="feedback accuracy")
     est = [x.get("estimated_accuracy") for x in f]
@@ -200,7 +198,11 @@ def _accuracy_panel(ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
     ax.legend(loc="lower left", fontsize=8)
 
 
-def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
+# The index page's two middle panels, by the champion's task (schema.json's).
+PANELS = {"classification": _class_panels, "regression": _regression_panels}
+
+
+def write_index(decisions: list[dict[str, Any]], out_dir: Path, task: ServedTask) -> Path:
     """``index.html`` over every recorded decision (plots, then a table, newest first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -208,9 +210,7 @@ def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
         f = d["figures"]
         report = f.get("report")
         link = f'<a href="{html.escape(report)}">report</a>' if report else ""
-        acc = "" if f.get("accuracy") is None else f"{f['accuracy']:.3f} ({f['labelled']})"
-        if f.get("coverage") is not None:  # a regressor
-            acc = f"coverage {f['coverage']:.3f}, MAE {f['mae']:.4g} ({f['labelled']})"
+        acc = task.label_cell(f)
         rows.append(
             "<tr>"
             f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['ts']))}</td>"
@@ -220,7 +220,7 @@ def write_index(decisions: list[dict[str, Any]], out_dir: Path) -> Path:
             f"<td>{acc}</td><td>{html.escape('; '.join(d['reasons']))}</td><td>{link}</td>"
             "</tr>"
         )
-    image = _figure(decisions) if decisions else ""
+    image = _figure(decisions, task.name) if decisions else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mlcycle: production monitoring</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}

@@ -39,6 +39,7 @@ from pipeline.contracts.io import atomic_outputs, write_parquet
 from pipeline.contracts.params import ComputeConfig, MonitorConfig, read_params, section
 from pipeline.contracts.prodlog import ProductionLog, file_lock
 from pipeline.contracts.schema import FEEDBACK, Schema
+from pipeline.contracts.tasks import served_task
 
 # This machine's retrain lock (a file under the reports folder); yields False if it is held.
 retrain_lock = file_lock
@@ -170,11 +171,7 @@ def export_feedback(log: ProductionLog, schema: Schema, path: Path) -> int:
             frame[feat.name] = pd.array(feat.decode(col), dtype="string")
         else:
             frame[feat.name] = col
-    frame[schema.target] = (
-        w.true_value.astype(np.float64)
-        if schema.regression
-        else [schema.classes[c] for c in w.true_label]
-    )
+    frame[schema.target] = served_task(schema).true_values(w, schema)
     frame[FEEDBACK] = pd.array(
         [f"{r}:{i}" for r, i in zip(w.request_id, w.idx.tolist(), strict=True)], dtype="string"
     )

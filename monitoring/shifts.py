@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import SimulateConfig
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import served_task
 
 COVARIATE = ("intensity", "noise", "translate", "blur")
 
@@ -60,16 +61,15 @@ def clip_to_schema(X: np.ndarray, schema: Schema) -> np.ndarray:
 
 
 def draw_rows(
-    y: np.ndarray, n: int, cfg: SimulateConfig, n_classes: int, rng: np.random.Generator
+    y: np.ndarray, n: int, cfg: SimulateConfig, schema: Schema, rng: np.random.Generator
 ) -> np.ndarray:
     """Indices of ``n`` rows to replay, in shuffled passes over the pool (every row once per
     pass, as production sends each input once): all rows, or ``prior_classes``' only (prior
     shift)."""
     pool = np.arange(len(y))
-    if cfg.scenario == "prior" and n_classes == 0:
-        raise MlcycleError("simulate.scenario = 'prior' needs classes; the model is a regressor")
     if cfg.scenario == "prior":
-        bad = [c for c in cfg.prior_classes if not 0 <= c < n_classes]
+        served_task(schema).check_prior()
+        bad = [c for c in cfg.prior_classes if not 0 <= c < schema.n_classes]
         if bad:
             raise MlcycleError(f"simulate.prior_classes: {bad[0]} is not a class index")
         pool = pool[np.isin(y, cfg.prior_classes)]
@@ -79,11 +79,9 @@ def draw_rows(
     return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:n]
 
 
-def true_labels(y: np.ndarray, cfg: SimulateConfig, n_classes: int) -> np.ndarray:
-    """The labels the world gives back: remapped under a concept shift (a regressor's target,
-    ``n_classes`` 0: scaled and offset)."""
-    if cfg.scenario == "concept" and n_classes == 0:
-        return y * cfg.concept_scale + cfg.concept_offset
+def true_labels(y: np.ndarray, cfg: SimulateConfig, schema: Schema) -> np.ndarray:
+    """The labels the world gives back: remapped under a concept shift (the task's: classes
+    rotated, a regressor's target scaled and offset)."""
     if cfg.scenario == "concept":
-        return (y + cfg.concept_shift) % n_classes
+        return served_task(schema).concept(y, cfg, schema)
     return y

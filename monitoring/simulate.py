@@ -29,6 +29,7 @@ from monitoring.shifts import draw_rows, shift_inputs, true_labels
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import SimulateConfig
 from pipeline.contracts.schema import LABEL, Schema
+from pipeline.contracts.tasks import served_task
 
 FEEDBACK_EVERY_S = 0.2  # due labels are posted together, this often at most
 
@@ -93,7 +94,8 @@ def simulate(
     rng = np.random.default_rng(cfg.seed)
     client = Client(url, token)
     statuses: collections.Counter[int] = collections.Counter()
-    # correct, rows (a regressor: absolute error sum, rows, rows covered)
+    # the task's tally: score (correct; a regressor's absolute error) sum, rows, rows covered
+    task = served_task(schema)
     per_version: dict[str, list[Any]] = collections.defaultdict(lambda: [0, 0, 0])
     pending: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
     feedback = collections.Counter()
@@ -117,12 +119,12 @@ def simulate(
             status, _ = client.post("/feedback", {"feedback": batch}, auth=True)
             feedback[status] += len(batch)
 
-    order = draw_rows(y, cfg.requests * k, cfg, schema.n_classes, rng)
+    order = draw_rows(y, cfg.requests * k, cfg, schema, rng)
     sent = 0
     try:
         while sent < cfg.requests and time.monotonic() < deadline:
             idx = order[sent * k : (sent + 1) * k]
-            truth = true_labels(y[idx], cfg, schema.n_classes)
+            truth = true_labels(y[idx], cfg, schema)
             status, body = client.post(
                 "/predict", {"records": records(shift_inputs(X[idx], schema, cfg, rng), schema)}
             )
@@ -130,19 +132,16 @@ def simulate(
             statuses[status] += 1
             if status == 200:
                 tally = per_version[body["model_version"]]
-                lookup = {c: i for i, c in enumerate(schema.classes)}
                 for p, t in zip(body["predictions"], truth.tolist(), strict=True):
-                    if schema.regression:
-                        tally[0] += abs(p["prediction"] - t)
-                        tally[2] += int(p["lower"] <= t <= p["upper"])
-                    else:
-                        tally[0] += int(lookup[p["label"]] == t)
+                    score, covered = task.tally(p, t, schema)
+                    tally[0] += score
                     tally[1] += 1
+                    tally[2] += covered
                     if rng.random() < cfg.feedback_rate:
                         item = {
                             "request_id": body["request_id"],
                             "index": p["index"],
-                            "label": t if schema.regression else schema.classes[t],
+                            "label": task.feedback_value(t, schema),
                         }
                         pending.append((time.monotonic() + cfg.feedback_delay_s, item))
             flush(force=False)
@@ -154,22 +153,12 @@ def simulate(
     finally:
         client.close()
     total = sum(n for _, n, _ in per_version.values())
-    if schema.regression:
-        by_version = {
-            v: {"rows": n, "mae": e / n if n else None, "coverage": k / n if n else None}
-            for v, (e, n, k) in per_version.items()
-        }
-        summary = {
-            "mae": sum(e for e, _, _ in per_version.values()) / total if total else None,
-            "coverage": sum(k for _, _, k in per_version.values()) / total if total else None,
-        }
-    else:
-        by_version = {
-            v: {"rows": n, "accuracy": c / n if n else None} for v, (c, n, _) in per_version.items()
-        }
-        summary = {
-            "accuracy": sum(c for c, _, _ in per_version.values()) / total if total else None
-        }
+    by_version = {v: {"rows": n, **task.summary(e, n, k)} for v, (e, n, k) in per_version.items()}
+    summary = task.summary(
+        sum(e for e, _, _ in per_version.values()),
+        total,
+        sum(k for _, _, k in per_version.values()),
+    )
     return {
         "scenario": cfg.scenario,
         "requests": sent,

@@ -27,8 +27,10 @@ import pandas as pd
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, dump_json, source_file, write_parquet
 from pipeline.contracts.params import DataConfig
-from pipeline.contracts.schema import FEEDBACK, Schema, infer_schema, strip_text
+from pipeline.contracts.schema import FEEDBACK, Schema
+from pipeline.contracts.tasks import served_task
 from pipeline.learning import stage
+from pipeline.learning.infer_schema import infer_schema, strip_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +211,7 @@ def read_feedback(path: Path, schema: Schema, columns: list[str]) -> pd.DataFram
     if fb[FEEDBACK].duplicated().any():
         key = fb[FEEDBACK][fb[FEEDBACK].duplicated()].iloc[0]
         raise MlcycleError(f"feedback {str(path)!r}: key {key!r} appears twice")
-    if schema.regression:
-        fb[schema.target] = pd.to_numeric(fb[schema.target], errors="coerce")
+    fb[schema.target] = served_task(schema).feedback_target(fb[schema.target])
     try:
         schema.encode_labels(fb[schema.target])  # a class the source does not have: refused
     except MlcycleError as exc:
@@ -233,11 +234,7 @@ def body(ctx: stage.Context) -> None:
     n_feedback = int(df[FEEDBACK].notna().sum())
     print(
         f"ingest: {len(df)} rows ({n_feedback} from feedback), {len(schema.features)} features, "
-        + (
-            f"regression target {schema.target!r} in [{schema.target_min:g}, {schema.target_max:g}]"
-            if schema.regression
-            else f"{schema.n_classes} classes"
-        )
+        + served_task(schema).describe_target(schema)
         + f" -> {args.data}, {args.schema}"
     )
 

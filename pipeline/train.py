@@ -142,6 +142,7 @@ def train(
             inputs.val,
             cfg,
             device,
+            objective=task.objective,
             image_shape=inputs.image_shape,
             checkpoint=checkpoint,
             rank=rank,

@@ -98,6 +98,7 @@ def tune(
             inputs.val,
             tcfg,
             device,
+            objective=task.objective,
             image_shape=inputs.image_shape,
             on_epoch=report,
             progress=False,

@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.contracts import champion
 from pipeline.contracts.runtime import session
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import ServedTask, served_task
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -46,15 +47,11 @@ class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
     card: str
     export: dict[str, Any]
+    task: ServedTask  # how its answers are served and logged (schema.json's task)
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (rows, classes) float32, labels (rows,) int64) for encoded ``X``."""
-        probs, labels = self.session.run(None, {"features": X})
-        return probs, labels
-
-    def predict_interval(self, X: np.ndarray) -> np.ndarray:
-        """A regressor's (rows, 3) float32: prediction, lower, upper per row."""
-        return np.stack(self.session.run(None, {"features": X}), axis=1)
+    def run(self, X: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs (the task's, in order) for encoded ``X``."""
+        return self.session.run(None, {"features": X})
 
 
 def _providers() -> list[str]:
@@ -75,21 +72,21 @@ def load(directory: Path, threads: int = 1) -> LoadedModel:
         sess = session(directory / champion.ONNX, threads, _providers())
     except Exception as exc:  # a missing, truncated or foreign file: refuse the directory
         raise ModelLoadError(f"{directory}: {type(exc).__name__}: {exc}") from None
-    model = LoadedModel(directory.name, directory, schema, sess, card, export)
+    model = LoadedModel(directory.name, directory, schema, sess, card, export, served_task(schema))
     self_check(model)
     return model
 
 
 def self_check(model: LoadedModel) -> None:
-    """The graph must fit the schema and answer sensibly before it may serve."""
+    """The graph must fit the schema and answer a probe batch sensibly before it may serve."""
     inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
     names = [i.name for i in inputs], [o.name for o in outputs]
-    if model.schema.regression:
-        return _self_check_regression(model, names)
-    if names != (["features"], ["probabilities", "label"]):
-        raise ModelLoadError(f"{model.directory}: graph inputs/outputs are {names}")
-    width = inputs[0].shape[1]
-    n_features, n_classes = len(model.schema.features), model.schema.n_classes
+    if names != (["features"], list(model.task.outputs)):
+        raise ModelLoadError(
+            f"{model.directory}: graph inputs/outputs are {names}; a {model.task.name} model's "
+            f"are (['features'], {list(model.task.outputs)})"
+        )
+    width, n_features = inputs[0].shape[1], len(model.schema.features)
     if width != n_features:
         raise ModelLoadError(
             f"{model.directory}: the graph takes {width} features, schema.json has {n_features}"
@@ -97,37 +94,12 @@ def self_check(model: LoadedModel) -> None:
     low, high = (np.nan_to_num(b) for b in model.schema.bounds)
     probe = np.stack([low, (low + high) / 2, high]).astype(np.float32)
     try:
-        probs, labels = model.predict(probe)
+        answers = model.run(probe)
     except Exception as exc:
         raise ModelLoadError(f"{model.directory}: the graph failed on a probe: {exc}") from None
-    if probs.shape != (3, n_classes) or not np.all(np.isfinite(probs)):
-        raise ModelLoadError(
-            f"{model.directory}: probe answered probabilities of shape {probs.shape}, "
-            f"expected (3, {n_classes}) finite values"
-        )
-    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or labels.max() >= n_classes:
-        raise ModelLoadError(f"{model.directory}: probe answers are not class probabilities")
-
-
-def _self_check_regression(model: LoadedModel, names: tuple[list[str], list[str]]) -> None:
-    if names != (["features"], ["prediction", "lower", "upper"]):
-        raise ModelLoadError(f"{model.directory}: a regressor's graph inputs/outputs are {names}")
-    width = model.session.get_inputs()[0].shape[1]
-    if width != len(model.schema.features):
-        raise ModelLoadError(
-            f"{model.directory}: the graph takes {width} features, schema.json has "
-            f"{len(model.schema.features)}"
-        )
-    low, high = (np.nan_to_num(b) for b in model.schema.bounds)
-    probe = np.stack([low, (low + high) / 2, high]).astype(np.float32)
-    try:
-        out = model.predict_interval(probe)
-    except Exception as exc:
-        raise ModelLoadError(f"{model.directory}: the graph failed on a probe: {exc}") from None
-    if out.shape != (3, 3) or not np.all(np.isfinite(out)):
-        raise ModelLoadError(f"{model.directory}: probe answered {out.shape}, not finite (3, 3)")
-    if not np.all((out[:, 1] <= out[:, 0]) & (out[:, 0] <= out[:, 2])):
-        raise ModelLoadError(f"{model.directory}: probe intervals do not hold their predictions")
+    problem = model.task.probe_problem(answers, model.schema)
+    if problem is not None:
+        raise ModelLoadError(f"{model.directory}: {problem}")
 
 
 class ChampionWatcher:

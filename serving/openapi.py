@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.contracts.params import ServingConfig
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import served_task
 
 
 def _feature(f: Any) -> dict[str, Any]:
@@ -47,14 +48,8 @@ def _error(description: str) -> dict[str, Any]:
 
 def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
     record = _object({f.name: _feature(f) for f in schema.features}, schema.names)
-    class_type = (
-        {"type": "integer"}
-        if all(isinstance(c, int) for c in schema.classes)
-        else {"type": "string"}
-    )
-    label: dict[str, Any] = (
-        {"type": "number"} if schema.regression else {**class_type, "enum": list(schema.classes)}
-    )
+    task = served_task(schema)
+    label, answer = task.openapi(schema)
     item = _object(
         {
             "request_id": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -63,36 +58,7 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
         },
         ["request_id", "label"],
     )
-    answer = (
-        _object(
-            {
-                "request_id": {"type": "string"},
-                "model_version": {"type": "string"},
-                "coverage": {"type": "number"},
-                "predictions": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "index": {"type": "integer"},
-                            "prediction": {"type": "number"},
-                            "lower": {"type": "number"},
-                            "upper": {"type": "number"},
-                            "out_of_range": {"type": "array", "items": {"type": "string"}},
-                        },
-                        ["index", "prediction", "lower", "upper"],
-                    ),
-                },
-            },
-            ["request_id", "model_version", "coverage", "predictions"],
-        )
-        if schema.regression
-        else {"type": "object"}
-    )
-    what = (
-        "a prediction and its interval (lower, upper) per record"
-        if schema.regression
-        else "a label and class probabilities per record"
-    )
+    what = task.what
     records = {"type": "array", "items": record, "minItems": 1, "maxItems": cfg.max_batch}
     errors = {
         "400": _error("malformed JSON"),

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import served_task
 
 _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset(_NUMBER)
@@ -199,7 +200,7 @@ def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[s
         raise RequestError(422, "feedback: expected a non-empty list")
     if len(items) > max_items:
         raise RequestError(413, f"feedback: {len(items)} items; at most {max_items}")
-    lookup = {c: i for i, c in enumerate(schema.classes)}
+    task = served_task(schema)
     out = []
     for k, item in enumerate(items):
         where = f"feedback[{k}]"
@@ -216,23 +217,8 @@ def parse_feedback(payload: Any, schema: Schema, max_items: int) -> list[tuple[s
         if "label" not in item:
             raise RequestError(422, f"{where}: missing field 'label'")
         label = item["label"]
-        if schema.regression:
-            # type(True) is bool: true is no number; inf / nan cannot arrive as JSON numbers,
-            # but a huge one could overflow the float32 the monitor compares in.
-            if type(label) not in _NUMBER or not math.isfinite(label) or abs(label) > _FLOAT32_MAX:
-                raise RequestError(
-                    422,
-                    f"{where}.label: {_show(label)} is not a finite number (the model is a "
-                    f"regressor of {schema.target!r})",
-                )
-            out.append((rid, idx, float(label)))
-            continue
-        # type(True) is bool, not int: True must not pass for class 1.
-        if type(label) not in (str, int, float) or label not in lookup:
-            raise RequestError(
-                422,
-                f"{where}.label: {_show(label)} is not one of the schema's classes "
-                f"{list(schema.classes)[:20]}",
-            )
-        out.append((rid, idx, lookup[label]))
+        try:
+            out.append((rid, idx, task.feedback_label(label, schema)))
+        except ValueError as exc:  # not one of the task's labels: the reason names it
+            raise RequestError(422, f"{where}.label: {_show(label)} {exc}") from None
     return out

@@ -26,7 +26,6 @@ and no training module.
 from __future__ import annotations
 
 import asyncio
-import collections
 import gc
 import hmac
 import itertools
@@ -96,6 +95,7 @@ class State:
         self.metrics = Metrics(registry)
         self.encoders: dict[str, RecordEncoder] = {}
         self.class_counters: dict[str, list[Any]] = {}  # version -> counter child per class
+        self.heads: dict[str, dict[str, Any]] = {}  # version -> the task's response keys
         # Request ids: a random prefix per process and a counter (unique across workers and
         # restarts, and cheaper than a uuid4 per request).
         self._prefix = secrets.token_hex(6)
@@ -135,9 +135,11 @@ class State:
         """The new model's encoder and counters, in place before any request can see it."""
         self.encoders[model.version] = RecordEncoder(model.schema, self.cfg.max_batch)
         self.class_counters[model.version] = [
-            self.metrics.predictions.labels(label=str(c))
-            for c in (model.schema.classes or ("prediction",))  # a regressor: one series
+            self.metrics.predictions.labels(label=series)
+            for series in model.task.series(model.schema)  # a regressor: one series
         ]
+        # What /predict's body says beside the predictions (the classes; the coverage).
+        self.heads[model.version] = model.task.response_head(model.schema, model.export)
         for version in list(self.encoders):
             self.metrics.model.labels(version=version).set(int(version == model.version))
 
@@ -257,9 +259,7 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         payload = await _json_body(scope, receive, cfg.max_body_bytes)
         model = st.watcher.current  # one model for the whole request, even if a swap happens
         X, flags = st.encoders[model.version].encode(payload)
-        if model.schema.regression:
-            return await _answer_regression(send, st, model, X, flags, start)
-        probs, labels = model.predict(X)
+        answer = model.task.answer(model.run(X), model.schema)
     except RequestError as exc:
         return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
     except DisconnectedError:
@@ -271,68 +271,31 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     now = time.time()
     latency_ms = (time.perf_counter() - start) * 1e3
     version = model.version
-    label_list = labels.tolist()
+    values = answer.values
     rows = [  # prodlog.PREDICTION_COLUMNS order
-        (rid, i, now, version, X[i].tobytes(), lab, probs[i].tobytes(), latency_ms, flags[i])
-        for i, lab in enumerate(label_list)
+        (rid, i, now, version, X[i].tobytes(), lab, values[i].tobytes(), latency_ms, flags[i])
+        for i, lab in enumerate(answer.labels)
     ]
     if not st.writer.put(rows):  # no answer goes out that the log would not hold
         return await _refuse(
             send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
         )
-    classes = model.schema.classes
-    out = [
-        {"index": i, "label": classes[lab], "probabilities": p}
-        for i, (lab, p) in enumerate(zip(label_list, probs.tolist(), strict=True))
-    ]
+    out = answer.records
     flagged = [i for i, f in enumerate(flags) if f]
     for i in flagged:
         out[i]["out_of_range"] = flags[i].split(",")
     counters = st.class_counters[version]
-    for lab, count in collections.Counter(label_list).items():
-        counters[lab].inc(count)
+    for series, count in answer.counts.items():
+        counters[series].inc(count)
     if flagged:
         st.metrics.out_of_range.inc(len(flagged))
     body = orjson.dumps(
-        {"request_id": rid, "model_version": version, "classes": classes, "predictions": out}
-    )
-    st.predict_latency.observe(time.perf_counter() - start)
-    await respond(send, 200, body)
-    return None
-
-
-async def _answer_regression(
-    send: Send, st: State, model: LoadedModel, X: Any, flags: list[str], start: float
-) -> None:
-    """/predict for a regressor: a prediction with its interval per record; the log row keeps
-    label 0 and the three numbers where a classifier's probabilities go."""
-    out3 = model.predict_interval(X)  # (records, 3) float32
-    rid = st.next_id()
-    now = time.time()
-    latency_ms = (time.perf_counter() - start) * 1e3
-    version = model.version
-    rows = [
-        (rid, i, now, version, X[i].tobytes(), 0, out3[i].tobytes(), latency_ms, flags[i])
-        for i in range(len(out3))
-    ]
-    if not st.writer.put(rows):
-        return await _refuse(
-            send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
-        )
-    values = out3.tolist()
-    out = [
-        {"index": i, "prediction": p, "lower": lo, "upper": hi}
-        for i, (p, lo, hi) in enumerate(values)
-    ]
-    flagged = [i for i, f in enumerate(flags) if f]
-    for i in flagged:
-        out[i]["out_of_range"] = flags[i].split(",")
-    st.class_counters[version][0].inc(len(out))
-    if flagged:
-        st.metrics.out_of_range.inc(len(flagged))
-    coverage = model.export.get("interval", {}).get("coverage")
-    body = orjson.dumps(
-        {"request_id": rid, "model_version": version, "coverage": coverage, "predictions": out}
+        {
+            "request_id": rid,
+            "model_version": version,
+            **st.heads[version],
+            "predictions": out,
+        }
     )
     st.predict_latency.observe(time.perf_counter() - start)
     await respond(send, 200, body)
@@ -369,7 +332,7 @@ async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         # Predictions answered a moment ago may still be queued: commit them first.
         await asyncio.to_thread(st.writer.flush)
         result = await asyncio.to_thread(
-            st.log.add_feedback, items, time.time(), model.schema.regression
+            st.log.add_feedback, items, time.time(), model.task.feedback_column
         )
     except RequestError as exc:
         return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)

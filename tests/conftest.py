@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.contracts.schema import Schema, infer_schema
+from pipeline.contracts.schema import Schema
 from pipeline.ingest import load_source
+from pipeline.learning.infer_schema import infer_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

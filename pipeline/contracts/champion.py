@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import ChampionFigures, served_task
 
 LINK = "champion"  # <registry>/champion -> versions/<version>
 VERSIONS = "versions"
@@ -55,16 +56,15 @@ def target(registry: str | Path) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Champion:
-    """What the monitor needs of the champion: its version, files, schema, test accuracy and
-    label-free estimator (None for a champion promoted before it was shipped)."""
+    """What the monitor needs of the champion: its version, files, schema, test figures (the
+    task's) and label-free estimator (None for a regressor, or a champion promoted before it
+    was shipped)."""
 
     version: str
     directory: Path
     schema: Schema
-    test_accuracy: float  # a regressor: NaN (it has test_mae and interval_coverage)
+    figures: ChampionFigures
     estimator: AccuracyEstimator | None = None
-    test_mae: float | None = None  # a regressor's test MAE ...
-    interval_coverage: float | None = None  # ... and its interval's nominal coverage
 
     @property
     def reference(self) -> Path:
@@ -93,15 +93,5 @@ def read(registry: str | Path) -> Champion:
             estimator = AccuracyEstimator.from_dict(json.loads((where / ESTIMATE).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MlcycleError(f"champion {where}: {ESTIMATE} unreadable: {exc}") from None
-    cand = gate["candidate"]
-    if schema.regression:
-        return Champion(
-            where.name,
-            where,
-            schema,
-            float("nan"),
-            None,
-            float(cand["mae"]),
-            float(gate["interval_coverage"]),
-        )
-    return Champion(where.name, where, schema, float(cand["accuracy"]), estimator)
+    figures = served_task(schema).champion_figures(gate)
+    return Champion(where.name, where, schema, figures, estimator)

@@ -297,10 +297,11 @@ class ProductionLog:
             }
 
     def add_feedback(
-        self, items: Sequence[tuple[str, int, Any]], now: float, regression: bool = False
+        self, items: Sequence[tuple[str, int, Any]], now: float, column: str = "label"
     ) -> dict[str, int]:
-        """Store (request id, index, true class index) items, all or none; ``regression``: the
-        third member is the true value (stored in ``value``, label 0).
+        """Store (request id, index, true label) items, all or none, in the feedback table's
+        ``column`` (the task's ``feedback_column``): ``label`` holds a class index, ``value`` a
+        regressor's true value (its row's label 0).
 
         Idempotent: an item already stored with the same label counts as a duplicate. Raises
         :class:`UnknownPredictionsError` if any prediction is not in the log, and
@@ -314,11 +315,10 @@ class ProductionLog:
             missing = [k for k in keys if k not in known]
             if missing:
                 raise UnknownPredictionsError(missing)
-            column = feedback.c.value if regression else feedback.c.label
             stored = {
                 (r, i): lab
                 for r, i, lab in conn.execute(
-                    select(feedback.c.request_id, feedback.c.idx, column).where(
+                    select(feedback.c.request_id, feedback.c.idx, feedback.c[column]).where(
                         tuple_(feedback.c.request_id, feedback.c.idx).in_(keys)
                     )
                 )
@@ -329,8 +329,7 @@ class ProductionLog:
                     f"prediction {conflicts[0][0]}[{conflicts[0][1]}] already has another label"
                 )
             new = [
-                {"request_id": r, "idx": i, "ts": now}
-                | ({"label": 0, "value": float(lab)} if regression else {"label": lab})
+                {"request_id": r, "idx": i, "ts": now, "label": 0, column: lab}
                 for r, i, lab in items
                 if (r, i) not in stored
             ]

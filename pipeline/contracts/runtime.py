@@ -40,11 +40,6 @@ def predict(sess, X: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndar
 REGRESSION_OUTPUTS = ("prediction", "lower", "upper")
 
 
-def is_regression(sess) -> bool:
-    """Whether the graph is a regressor's (outputs prediction, lower, upper)."""
-    return [o.name for o in sess.get_outputs()] == list(REGRESSION_OUTPUTS)
-
-
 def predict_interval(
     sess, X: np.ndarray, batch: int = 4096
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

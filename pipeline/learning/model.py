@@ -170,17 +170,23 @@ def build_net(cfg: ModelConfig) -> nn.Module:
     return CNN(cfg) if cfg.arch == "cnn" else MLP(cfg)
 
 
+# How a checkpoint's task (``task``, absent before regression existed: a classifier) wraps its
+# transform and network.
+MODELS: dict[str, Any] = {
+    "classification": lambda transform, net, ckpt: Classifier(transform, net),
+    "regression": lambda transform, net, ckpt: Regressor(
+        transform, net, TargetScaling(**ckpt["target_scaling"])
+    ),
+}
+
+
 def build(checkpoint: dict[str, Any]) -> Any:
     """Rebuild the model saved by the train (or harden) stage, in eval mode: a
     :class:`Classifier`, or a :class:`Regressor` for a checkpoint of task regression."""
     cfg = ModelConfig(**checkpoint["model_config"])
     state = {k: v.numpy() for k, v in checkpoint["transform_state"].items()}
-    model: nn.Module
-    if checkpoint.get("task") == "regression":
-        scaling = TargetScaling(**checkpoint["target_scaling"])
-        model = Regressor(TransformModule(state), build_net(cfg), scaling)
-    else:
-        model = Classifier(TransformModule(state), build_net(cfg))
+    head = MODELS[checkpoint.get("task", "classification")]
+    model = head(TransformModule(state), build_net(cfg), checkpoint)
     model.net.load_state_dict(checkpoint["net"])
     return model.eval()
 

@@ -31,7 +31,6 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, load_json, require_file
 from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
 from pipeline.contracts.schema import Schema
-from pipeline.learning import regression as reg
 from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learning.model import Classifier, Regressor
 from pipeline.learning.splits import Split, load_split
@@ -107,6 +106,17 @@ def weighted_loss(
     return (per_row * w).sum() / w.sum()
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a task trains on and scores by (its :attr:`~pipeline.learning.tasks.Task.objective`):
+    ``loss(model, outputs, y, w, cfg)`` of a batch, ``evaluate(model, split, device)`` giving
+    (loss, score, predictions) on a split, and the history's name for the score."""
+
+    score_key: str
+    loss: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, TrainConfig], torch.Tensor]
+    evaluate: Callable[[Any, Split, torch.device], tuple[float, float, np.ndarray]]
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: torch.nn.Module, split: Split, device: torch.device, batch: int = 1024
@@ -146,6 +156,7 @@ def fit(
     cfg: TrainConfig,
     device: torch.device,
     *,
+    objective: Objective,
     image_shape: tuple[int, int] | None = None,
     checkpoint: Path | None = None,
     rank: int = 0,
@@ -156,16 +167,14 @@ def fit(
 ) -> FitResult:
     """Train ``model.net`` in place; on return it holds the best-validation-loss weights.
 
-    A :class:`Regressor` trains on ``train.regression_loss`` of its standardised target and is
-    scored by R² (history ``val_r2``; ``tta_target`` then reads R²).
+    ``objective``: the task's loss and score (a regressor trains on ``train.regression_loss`` of
+    its standardised target and is scored by R²: history ``val_r2``, ``tta_target`` reads R²).
 
     ``checkpoint``: written every epoch and resumed from when its fingerprint matches.
     ``on_epoch(epoch, row)``: called after each epoch (MLflow logging, Optuna pruning).
     ``extra_state``: small dict saved in the checkpoint and updated from it on resume.
     """
-    regressor = isinstance(model, Regressor)
-    score_key = "val_r2" if regressor else "val_accuracy"
-    evaluate = reg.evaluate_regression if regressor else evaluate_loss
+    score_key, evaluate = objective.score_key, objective.evaluate
     torch.manual_seed(cfg.seed)
     model.to(device)
     net: torch.nn.Module = model.net
@@ -228,13 +237,7 @@ def fit(
                 xb = random_shift(xb, image_shape, cfg.augment_shift, aug_gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = full(xb)
-            if regressor:
-                target = model.standardize(yb)
-                loss = reg.regression_loss(
-                    logits.squeeze(-1), target, wb, cfg.regression_loss, cfg.huber_delta
-                )
-            else:
-                loss = weighted_loss(logits, yb, wb, cfg.label_smoothing)
+            loss = objective.loss(model, logits, yb, wb, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

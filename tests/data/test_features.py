@@ -143,7 +143,7 @@ def test_a_column_that_alone_predicts_the_label_is_reported(
     raw = pd.DataFrame(
         {"noise": rng.normal(size=n), "customer_id": np.cumsum(rng.integers(1, 9, n)), "y": label}
     )
-    from pipeline.contracts.schema import infer_schema
+    from pipeline.learning.infer_schema import infer_schema
 
     raw, schema = infer_schema(raw, "y", None, 0.3, 50)
     cfg = section(repo_params(), "preprocess", PreprocessConfig)

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import PreprocessConfig, overlay, section
-from pipeline.contracts.schema import LABEL, ROW, WEIGHT, Schema, infer_schema
+from pipeline.contracts.schema import LABEL, ROW, WEIGHT, Schema
+from pipeline.learning.infer_schema import infer_schema
 from pipeline.learning.noise import cap_per_class
 from pipeline.preprocess import preprocess
 from tests.conftest import repo_params

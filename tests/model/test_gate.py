@@ -65,7 +65,15 @@ def shuffled(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPat
     model = build_net(ModelConfig(**ckpt["model_config"]))
     clf = Classifier(inputs.transform.module(), model)
     inputs.train.y = inputs.train.y[torch.randperm(len(inputs.train.y))]
-    fit(clf, inputs.train, inputs.val, cfg, torch.device("cpu"), progress=False)
+    fit(
+        clf,
+        inputs.train,
+        inputs.val,
+        cfg,
+        torch.device("cpu"),
+        objective=CLS.objective,
+        progress=False,
+    )
     torch.save({**ckpt, "net": clf.net.state_dict()}, out / "model.pt")
     assert export.main(export_args(stage_inputs, out / "model.pt", out)) == 0
     return out

@@ -94,12 +94,12 @@ def test_shifted_rows_are_valid_requests_and_concept_shift_remaps_labels(split: 
         assert not np.array_equal(X, d.X_held[:40])
     assert np.array_equal(clip_to_schema(d.X_held, d.schema), d.X_held)
     cfg = simulate_config(scenario="concept", concept_shift=3)
-    assert np.array_equal(true_labels(d.y_held, cfg, 10), (d.y_held + 3) % 10)
+    assert np.array_equal(true_labels(d.y_held, cfg, d.schema), (d.y_held + 3) % 10)
     prior = overlay(cfg, "simulate", scenario="prior", prior_classes=(0, 1, 2))
-    assert set(d.y_held[draw_rows(d.y_held, 300, prior, 10, rng)]) == {0, 1, 2}
+    assert set(d.y_held[draw_rows(d.y_held, 300, prior, d.schema, rng)]) == {0, 1, 2}
     # Shuffled passes: every row once before any comes again (production sends an input once).
     n = len(d.y_held)
-    order = draw_rows(d.y_held, 2 * n + 7, cfg, 10, rng)
+    order = draw_rows(d.y_held, 2 * n + 7, cfg, d.schema, rng)
     assert len(order) == 2 * n + 7 and not np.array_equal(order[:n], np.arange(n))
     for part in (order[:n], order[n : 2 * n]):
         assert np.array_equal(np.sort(part), np.arange(n))

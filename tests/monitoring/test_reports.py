@@ -28,6 +28,7 @@ from monitoring.shifts import shift_inputs
 from pipeline.contracts.champion import Champion
 from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import ChampionFigures
 from tests.conftest import ROOT
 from tests.monitoring.conftest import Traffic, make_champion, monitor_config, simulate_config
 
@@ -137,7 +138,11 @@ def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
         np.full(n, np.nan),
     )  # fmt: skip
-    name = drift_report(window, Champion("1", tmp_path, schema, 0.9), tmp_path / "out")
+    name = drift_report(
+        window,
+        Champion("1", tmp_path, schema, ChampionFigures(test_accuracy=0.9)),
+        tmp_path / "out",
+    )
     report = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
     methods = {
         m["config"]["column"]: (m["config"]["method"], m["value"])
@@ -173,7 +178,7 @@ def test_a_report_shows_the_most_drifted_features(tmp_path: Path) -> None:
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
         np.full(n, np.nan),
     )  # fmt: skip
-    champ = Champion("1", tmp_path, schema, 0.9)
+    champ = Champion("1", tmp_path, schema, ChampionFigures(test_accuracy=0.9))
 
     def columns(name: str) -> set[str]:
         report = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())

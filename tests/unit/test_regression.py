@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.contracts.params import GateConfig, read_params, section
-from pipeline.contracts.schema import Schema, infer_schema
+from pipeline.contracts.schema import Schema
+from pipeline.learning.infer_schema import infer_schema
 from pipeline.learning.tasks.regression import Regression
 from pipeline.release.gate import GateContext, coverage_failing
 from tests.conftest import ROOT, friedman_table
@@ -75,7 +76,7 @@ def test_split_conformal_covers_at_the_nominal_rate() -> None:
 
 
 def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) -> None:
-    from pipeline.contracts.runtime import is_regression, predict_interval, session
+    from pipeline.contracts.runtime import predict_interval, session
     from pipeline.export import ServedRegressor, export_onnx
     from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net
     from pipeline.learning.transforms import FeatureTransform
@@ -89,7 +90,7 @@ def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) ->
     model = Regressor(FeatureTransform().fit(X).module(), net, TargetScaling.fit(y, True)).eval()
     export_onnx(ServedRegressor(model, 0.7), 4, tmp_path / "m.onnx", 18, Regression())
     sess = session(tmp_path / "m.onnx")
-    assert is_regression(sess)
+    assert [o.name for o in sess.get_outputs()] == ["prediction", "lower", "upper"]
     pred, lower, upper = predict_interval(sess, X.astype(np.float32))
     with torch.no_grad():
         ours = ServedRegressor(model, 0.7)(torch.as_tensor(X, dtype=torch.float32))
@@ -266,13 +267,13 @@ def test_the_prodlog_keeps_a_regressors_true_values(tmp_path: Path) -> None:
     row = ("r", 0, 1.0, "1", np.zeros(2, np.float32).tobytes(), 0)
     out = np.float32([10.0, 8.0, 12.0]).tobytes()
     log.write_predictions([(*row, out, 0.1, "")])
-    assert log.add_feedback([("r", 0, 11.25)], 2.0, regression=True) == {
+    assert log.add_feedback([("r", 0, 11.25)], 2.0, column="value") == {
         "stored": 1,
         "duplicates": 0,
     }
-    assert log.add_feedback([("r", 0, 11.25)], 3.0, regression=True)["duplicates"] == 1
+    assert log.add_feedback([("r", 0, 11.25)], 3.0, column="value")["duplicates"] == 1
     with pytest.raises(FeedbackConflictError):
-        log.add_feedback([("r", 0, 11.5)], 4.0, regression=True)
+        log.add_feedback([("r", 0, 11.5)], 4.0, column="value")
     window = log.window(labelled_only=True)
     assert window.true_value.tolist() == [11.25]
     assert window.probabilities.tolist() == [[10.0, 8.0, 12.0]]

@@ -27,6 +27,7 @@ from pipeline.contracts.params import GateConfig, HardenConfig, TrainConfig
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning.model import ModelConfig
 from pipeline.learning.splits import Split
+from pipeline.learning.training import Objective
 from pipeline.learning.transforms import FeatureTransform
 from pipeline.release.gate import Figures, GateContext, Terms, hints, judge
 
@@ -122,6 +123,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
         """A retrain: the model on the champion's terms and the train keys it fine-tunes with."""
+
+    @property
+    @abc.abstractmethod
+    def objective(self) -> Objective:
+        """The training loop's loss and score (:func:`pipeline.learning.training.fit`)."""
 
     @abc.abstractmethod
     def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:

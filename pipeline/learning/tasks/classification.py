@@ -36,7 +36,7 @@ from pipeline.learning.plots import plot_confusion, plot_reliability
 from pipeline.learning.robustness import evaluate_robustness, evaluation_method
 from pipeline.learning.splits import Split
 from pipeline.learning.tasks import Hardened, Quality, Task, labels
-from pipeline.learning.training import evaluate_loss, fit_baselines
+from pipeline.learning.training import Objective, evaluate_loss, fit_baselines, weighted_loss
 from pipeline.release import card
 from pipeline.release.gate import Figures, Rule, Terms, champion_failing
 
@@ -192,6 +192,15 @@ class Classification(Task):
 
     def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
         return model, {}
+
+    @property
+    def objective(self) -> Objective:
+        """Weighted cross-entropy (with ``train.label_smoothing``), scored by accuracy."""
+        return Objective(
+            "val_accuracy",
+            lambda model, logits, y, w, cfg: weighted_loss(logits, y, w, cfg.label_smoothing),
+            evaluate_loss,
+        )
 
     def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
         model.cpu()

@@ -30,6 +30,7 @@ from pipeline.learning.model import Regressor, TargetScaling
 from pipeline.learning.plots import plot_regression
 from pipeline.learning.splits import Split
 from pipeline.learning.tasks import Hardened, Quality, Task, labels
+from pipeline.learning.training import Objective
 from pipeline.release import card
 from pipeline.release.gate import Figures, Rule, Terms, coverage_failing, coverage_ok
 
@@ -138,6 +139,18 @@ class Regression(Task):
         if "target_scaling" in warm:
             model = Regressor(model.transform, model.net, TargetScaling(**warm["target_scaling"]))
         return model, {"lr": cfg.regression_warm_start_lr}
+
+    @property
+    def objective(self) -> Objective:
+        """``train.regression_loss`` on the standardised target, scored by R²."""
+
+        def loss(model: Any, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: Any) -> Any:
+            target = model.standardize(y)
+            return reg.regression_loss(
+                out.squeeze(-1), target, w, cfg.regression_loss, cfg.huber_delta
+            )
+
+        return Objective("val_r2", loss, reg.evaluate_regression)
 
     def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
         model.cpu()

@@ -1,0 +1,166 @@
+"""Classification served and monitored (:mod:`pipeline.contracts.tasks`): a label and class
+probabilities per record; feedback is one of the schema's classes; a window's harm is its
+feedback accuracy significantly below the champion's test accuracy, or the label-free estimate
+below it."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import stats
+
+from pipeline.contracts.params import MonitorConfig, SimulateConfig
+from pipeline.contracts.prodlog import Window
+from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import Answer, ChampionFigures, ServedTask
+
+
+@functools.lru_cache(maxsize=8)
+def _lookup(classes: tuple[Any, ...]) -> dict[Any, int]:
+    return {c: i for i, c in enumerate(classes)}
+
+
+class ServedClassification(ServedTask):
+    name: ClassVar[str] = "classification"
+    outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
+    what: ClassVar[str] = "a label and class probabilities per record"
+    window_keys: ClassVar[tuple[str, ...]] = ("class_mix",)
+    feedback_column: ClassVar[str] = "label"
+
+    def describe_target(self, schema: Schema) -> str:
+        return f"{schema.n_classes} classes"
+
+    def probe_problem(self, outputs: list[np.ndarray], schema: Schema) -> str | None:
+        probs, labels = outputs
+        n = schema.n_classes
+        if probs.shape != (3, n) or not np.all(np.isfinite(probs)):
+            return (
+                f"probe answered probabilities of shape {probs.shape}, expected (3, {n}) finite "
+                "values"
+            )
+        if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or labels.max() >= n:
+            return "probe answers are not class probabilities"
+        return None
+
+    def answer(self, outputs: list[np.ndarray], schema: Schema) -> Answer:
+        probs, labels = outputs
+        label_list = labels.tolist()
+        classes = schema.classes
+        records = [
+            {"index": i, "label": classes[lab], "probabilities": p}
+            for i, (lab, p) in enumerate(zip(label_list, probs.tolist(), strict=True))
+        ]
+        return Answer(label_list, probs, records, collections.Counter(label_list))
+
+    def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
+        return {"classes": schema.classes}
+
+    def series(self, schema: Schema) -> tuple[str, ...]:
+        return tuple(str(c) for c in schema.classes)
+
+    def feedback_label(self, label: Any, schema: Schema) -> Any:
+        lookup = _lookup(tuple(schema.classes))
+        # type(True) is bool, not int: True must not pass for class 1.
+        if type(label) not in (str, int, float) or label not in lookup:
+            raise ValueError(f"is not one of the schema's classes {list(schema.classes)[:20]}")
+        return lookup[label]
+
+    def openapi(self, schema: Schema) -> tuple[dict[str, Any], dict[str, Any]]:
+        class_type = (
+            {"type": "integer"}
+            if all(isinstance(c, int) for c in schema.classes)
+            else {"type": "string"}
+        )
+        return {**class_type, "enum": list(schema.classes)}, {"type": "object"}
+
+    # ---- the monitor ----
+
+    def champion_figures(self, decision: dict[str, Any]) -> ChampionFigures:
+        return ChampionFigures(test_accuracy=float(decision["candidate"]["accuracy"]))
+
+    def quality(
+        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
+    ) -> dict[str, Any]:
+        """Feedback accuracy of a window and whether it is significantly below ``expected -
+        drop``; the label-free estimate (the champion's ``estimator``, else mean confidence)
+        and whether it is below ``expected - drop`` too (only with an estimator: mean
+        confidence is no evidence)."""
+        expected = float(champion.test_accuracy or 0.0)
+        labelled = window.true_label >= 0
+        n = int(labelled.sum())
+        confidence = float(window.probabilities.max(axis=1).mean()) if len(window) else None
+        estimate = estimator.estimate(window.probabilities) if estimator and len(window) else None
+        floor = max(expected - cfg.accuracy_drop, 0.0)
+        out: dict[str, Any] = {
+            "labelled": n,
+            "estimated_accuracy": confidence if estimate is None else estimate,
+            "estimate_method": "confidence" if estimate is None else estimator.method,
+            "mean_confidence": confidence,
+            "estimate_dropped": bool(estimate is not None and estimate < floor),
+            "accuracy": None,
+            "accuracy_dropped": False,
+            "champion_test_accuracy": champion.test_accuracy,
+        }
+        if n:
+            correct = int((window.label[labelled] == window.true_label[labelled]).sum())
+            out["accuracy"] = correct / n
+            if n >= cfg.min_labels:
+                p = float(stats.binom.cdf(correct, n, floor))  # P(this few correct | at floor)
+                out["accuracy_p"] = p
+                out["accuracy_dropped"] = bool(p < cfg.alpha)
+        return out
+
+    def mix(self, window: Window, schema: Schema) -> dict[str, Any]:
+        mix = np.bincount(window.label, minlength=schema.n_classes) / max(len(window), 1)
+        return {"class_mix": mix.round(4).tolist()}
+
+    def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
+        out = []
+        if f.get("estimate_dropped"):
+            out.append(
+                f"estimated accuracy {f['estimated_accuracy']:.3f} ({f['estimate_method']}, no "
+                f"labels) is below the champion's test accuracy "
+                f"{f['champion_test_accuracy']:.3f} - {cfg.accuracy_drop}"
+            )
+        if f["accuracy_dropped"]:
+            out.append(
+                f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is below the "
+                f"champion's test accuracy {f['champion_test_accuracy']:.3f} - "
+                f"{cfg.accuracy_drop} (binomial p {f['accuracy_p']:.2g})"
+            )
+        return out
+
+    def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+        if f["labelled"] < cfg.min_labels:
+            return (
+                f"not retraining: {f['labelled']} labels in the window, min_labels "
+                f"{cfg.min_labels} to test its accuracy; estimated accuracy "
+                f"{f['estimated_accuracy']:.3f} ({f['estimate_method']})"
+            )
+        return (
+            f"not retraining: feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is "
+            f"not significantly below the champion's test accuracy "
+            f"{f['champion_test_accuracy']:.3f} - {cfg.accuracy_drop}"
+        )
+
+    def label_cell(self, f: dict[str, Any]) -> str:
+        return "" if f.get("accuracy") is None else f"{f['accuracy']:.3f} ({f['labelled']})"
+
+    def true_values(self, window: Window, schema: Schema) -> Any:
+        return [schema.classes[c] for c in window.true_label]
+
+    def concept(self, y: np.ndarray, cfg: SimulateConfig, schema: Schema) -> np.ndarray:
+        """Every class read as the one ``simulate.concept_shift`` places on."""
+        return (y + cfg.concept_shift) % schema.n_classes
+
+    def feedback_value(self, truth: Any, schema: Schema) -> Any:
+        return schema.classes[truth]
+
+    def tally(self, record: dict[str, Any], truth: Any, schema: Schema) -> tuple[float, int]:
+        return int(_lookup(tuple(schema.classes))[record["label"]] == truth), 0
+
+    def summary(self, score: float, rows: int, covered: int) -> dict[str, Any]:
+        return {"accuracy": score / rows if rows else None}
