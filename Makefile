@@ -2,7 +2,9 @@
 #   make repro      run the pipeline (dvc repro) on the configured data
 #   make serve      the REST service over the champion on 127.0.0.1:3000 (python -m serving)
 #   make test       the default test suite (fast: mechanics on tiny settings, no slow or GPU tests)
-#   make test-all   ruff, then every test but the GPU ones (quality floors, dvc repro): what CI runs
+#   make test-all   ruff, the manual's strict build, then every test but the GPU ones (quality
+#                   floors, dvc repro) with coverage: what CI runs
+#   make docs       the manual (mkdocs build --strict into site/)
 #   make test-gpu   the GPU tests (skip without CUDA)
 #   make lint       ruff check + format check
 #   make lock       re-resolve requirements.lock from pyproject.toml (pip-tools)
@@ -12,7 +14,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro serve test test-all test-gpu lint lock
+.PHONY: setup repro serve test test-all test-gpu lint lock docs
 
 setup: $(STAMP)
 
@@ -42,10 +44,14 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	ruff check . && ruff format --check .
-	pytest -m "not gpu" --durations=25
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet
+	pytest -m "not gpu" --durations=25 --cov --cov-report=term:skip-covered
 
 test-gpu: $(STAMP)
 	pytest -m gpu
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 
 lint: $(STAMP)
 	ruff check . && ruff format --check .

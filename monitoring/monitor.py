@@ -26,7 +26,7 @@ of harm too. Retraining acts on harm, never on drift alone. The trigger policy
   champion keeps serving.
 
 Every decision goes to the production log's ``decisions`` table with its figures and reasons.
-Imports no torch and no training code (DESIGN.md's layers).
+Imports no torch and no training code (docs/design.md's layers).
 """
 
 from __future__ import annotations

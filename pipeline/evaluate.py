@@ -58,7 +58,7 @@ from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
-from pipeline.learning.tasks import Task, task_for
+from pipeline.learning.tasks import Attack, Measured, Task, task_for
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -118,12 +118,13 @@ def figures(
     the model's promotion record (a champion's), whose robust figures are reused when its
     :func:`gate_key` is unchanged (the frozen test split makes that the rule)."""
     X, y, Xh, yh = rows
-    twin = build(load_checkpoint(twin_path))
+    model = Measured(graph, build(load_checkpoint(twin_path)))
+    attack = Attack(schema, eps, cfg)
     known = load_json(record).get("candidate") if record is not None and record.is_file() else None
     key = gate_key(graph, twin_path, X, y, eps, cfg)
-    out = task.measure(graph, twin, X, y, schema, eps, cfg, key, known)
+    out = task.measure(model, X, y, attack, key, known)
     if len(yh):
-        out.update(task.on_holdout(graph, twin, Xh, yh, schema, eps, cfg))
+        out.update(task.on_holdout(model, Xh, yh, attack))
     return out
 
 

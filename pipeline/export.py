@@ -41,7 +41,7 @@ from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
-from pipeline.learning.tasks import Task, task_for
+from pipeline.learning.tasks import Exported, Task, task_for
 from pipeline.learning.tasks.classification import Served, torch_predict
 from pipeline.learning.tasks.regression import ServedRegressor
 
@@ -125,7 +125,8 @@ def body(ctx: stage.Context) -> None:
         if cfg.quantize:
             quantize(fp32, int8)
         q8 = int8 if cfg.quantize else None
-        report, diff = task.parity(model, checkpoint, (fp32, q8), X, y, cfg.parity_atol, schema)
+        exported = Exported(model, checkpoint, fp32, q8, schema)
+        report, diff = task.parity(exported, X, y, cfg.parity_atol)
         dump_json({"opset": cfg.opset, **report}, metrics_tmp)
         # This machine's figures (onnxruntime's kernels follow the CPU): a side file.
         timing = latencies(fp32, q8, X)

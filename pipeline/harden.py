@@ -58,7 +58,7 @@ from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint, warm_
 from pipeline.learning.model import build
 from pipeline.learning.plots import plot_robustness
 from pipeline.learning.splits import load_split
-from pipeline.learning.tasks import task_for
+from pipeline.learning.tasks import HardenRun, task_for
 
 FLAGS = (
     "--schema",
@@ -82,7 +82,7 @@ def body(ctx: stage.Context) -> None:
     schema = Schema.from_dict(load_json(args.schema))
     task = task_for(schema)
     data = Path(args.data)
-    splits = tuple(load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test"))
+    train, val, test = (load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test"))
     checkpoint = load_checkpoint(args.model)
     train_epochs = load_json(args.train_metrics)["epochs_run"]
     trained, hardened = build(checkpoint), build(checkpoint)
@@ -94,21 +94,25 @@ def body(ctx: stage.Context) -> None:
     elif warm is not None:
         # A retrain: harden on from the champion's robust weights (the trained model, fine-tuned
         # on the new rows, stays the clean reference and the fallback), not from scratch. The
-        # loop's hot path evaluates what its decisions read (README, Continuous learning).
+        # loop's hot path evaluates what its decisions read (docs/monitoring.md).
         hardened.net.load_state_dict(warm["net"])
         changes = {"epochs": cfg.warm_start_epochs, "lr": cfg.warm_start_lr}
         cfg = overlay(cfg, "harden", **changes, **task.warm_overlay(cfg))
     print(f"harden: {warm_note}")
     out = task.harden(
-        trained,
-        hardened,
-        splits,  # type: ignore[arg-type]
-        schema,
-        cfg,
-        ctx.device(),
-        warm is None,
-        train_epochs,
-        ctx,
+        HardenRun(
+            trained=trained,
+            hardened=hardened,
+            train=train,
+            val=val,
+            test=test,
+            schema=schema,
+            cfg=cfg,
+            device=ctx.device(),
+            first_run=warm is None,
+            train_epochs=train_epochs,
+            section=ctx.section,
+        )
     )
     out.metrics["warm_start"] = warm_note
     out_ckpt = {

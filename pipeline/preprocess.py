@@ -39,7 +39,7 @@ from pipeline.contracts.io import atomic_outputs, dump_json, load_json, read_par
 from pipeline.contracts.params import DataConfig, PreprocessConfig
 from pipeline.contracts.schema import FEEDBACK, LABEL, ROW, WEIGHT, Schema
 from pipeline.learning import stage
-from pipeline.learning.targets import target_for
+from pipeline.learning.targets import Pool, target_for
 
 SPLITS = ("train", "val", "test", "holdout")
 
@@ -207,7 +207,7 @@ def preprocess(
         pool, val = split(pool, strata, val_share, cfg.seed, "validation")
     if cfg.noise.enabled:
         found, table = target.find_noisy(
-            X[pool], y[pool], strata[pool], schema, cfg.noise, cfg.seed
+            Pool(X[pool], y[pool], strata[pool]), schema, cfg.noise, cfg.seed
         )
         noisy = pool[found]
         report = table.assign(**{ROW: rows[noisy]})[[ROW, *table.columns]]

@@ -127,7 +127,7 @@ TRAINING_MODULES = (
 
 
 def assert_imports_no_torch(*modules: str) -> None:
-    """DESIGN.md's layers at run time: importing ``modules`` (in a fresh process) loads no
+    """docs/design.md's layers at run time: importing ``modules`` (in a fresh process) loads no
     torch, no MLflow and no module of the learning layer."""
     import subprocess
     import sys

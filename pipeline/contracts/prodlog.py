@@ -5,7 +5,7 @@ mode, the default) or a PostgreSQL database that several service replicas share
 (``postgresql+psycopg://user@host/db``). The service writes through its group-commit writer
 (``serving/prodlog.py``, a background thread over :meth:`ProductionLog.write_predictions`); the
 monitor and the retraining export read through :meth:`ProductionLog.window` and friends. Torch-free
-(DESIGN.md's layers).
+(docs/design.md's layers).
 
 Tables:
 

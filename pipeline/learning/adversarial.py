@@ -2,7 +2,7 @@
 
 Methods (``harden.method``): ``fgsm_rs`` (Wong et al. 2020, with the catastrophic-overfitting
 stop), ``n_fgsm`` (de Jorge et al. 2022: large noise, no projection), ``pgd`` (Madry et al.,
-k steps) and ``trades`` (Zhang et al. 2019), against DESIGN.md's threat model. Each epoch is
+k steps) and ``trades`` (Zhang et al. 2019), against docs/design.md's threat model. Each epoch is
 scored on val; :class:`Selection` records which weights were kept and why, and
 :func:`check_budget_on_test` checks the clean-accuracy budget on the test split as the gate
 does. Used by the harden stage (:mod:`pipeline.harden`) and ``bench/harden.py``.

@@ -1,4 +1,4 @@
-"""L-inf attacks in the raw input space a client controls (DESIGN.md's threat model).
+"""L-inf attacks in the raw input space a client controls (docs/design.md's threat model).
 
 A perturbation of feature j is bounded by ``eps * (high_j - low_j)``, the feature's observed range
 in schema.json, and the perturbed value is clipped to ``[low_j, high_j]``. Attacks run on the whole

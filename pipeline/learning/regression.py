@@ -8,7 +8,7 @@ positive target, logged) target:
 - the loss (``train.regression_loss``): MSE or Huber on that scale, weighted per row;
 - metrics: RMSE, MAE, R² in the target's units (and an interval's coverage and width);
 - baselines: ridge and scikit-learn's ``HistGradientBoostingRegressor`` on the same features;
-- attacks in DESIGN.md's threat model (L-inf, ``eps`` of each feature's range, clipped to its
+- attacks in docs/design.md's threat model (L-inf, ``eps`` of each feature's range, clipped to its
   bounds, through transform and network): PGD on the squared error and PGD pushing the
   prediction up and down; the robust figure is the per-row worst-case absolute error over
   them and the clean prediction (robust MAE);
@@ -100,30 +100,6 @@ def interval_metrics(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> dic
         "coverage": float(np.mean((y >= lower) & (y <= upper))),
         "mean_width": float(np.mean(np.asarray(upper) - np.asarray(lower))),
     }
-
-
-def fit_baselines(
-    kinds: tuple[str, ...],
-    Z_train: np.ndarray,
-    y_train: np.ndarray,
-    w_train: np.ndarray,
-    Z_test: np.ndarray,
-    y_test: np.ndarray,
-    seed: int,
-) -> dict[str, dict[str, float]]:
-    """Ridge and gradient-boosted trees on the same transformed features: test RMSE, MAE, R²."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.linear_model import RidgeCV
-
-    models = {
-        "ridge": RidgeCV(alphas=np.logspace(-3, 3, 13)),
-        "hgb": HistGradientBoostingRegressor(random_state=seed),
-    }
-    out = {}
-    for kind in kinds:
-        pred = models[kind].fit(Z_train, y_train, sample_weight=w_train).predict(Z_test)
-        out[kind] = {f"test_{k}": v for k, v in regression_metrics(y_test, pred).items()}
-    return out
 
 
 # ---- intervals ----

@@ -13,6 +13,7 @@ task. A new task whose labels are neither is a new class here.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +55,18 @@ def columns(schema: Schema) -> ColumnTransformer:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """The rows the label-noise filter looks at: encoded features, labels and their strata."""
+
+    X: np.ndarray
+    y: np.ndarray
+    strata: np.ndarray
+
+
+Found = tuple[np.ndarray, pd.DataFrame]  # flagged rows, most suspicious first, and their table
+
+
 class Target(abc.ABC):
     cv_key: ClassVar[str]  # metrics/features.json's cross-validated figure
     leak_key: ClassVar[str]  # a leak's figure: the column alone
@@ -73,19 +86,15 @@ class Target(abc.ABC):
         return None
 
     @abc.abstractmethod
+    def noise_models(self, seed: int) -> dict[str, Any]:
+        """The cheap models (``preprocess.noise.model``) whose out-of-fold answers drive
+        confident learning."""
+
     def noise_model(self, kind: str, schema: Schema, seed: int) -> Pipeline:
-        """The cheap model whose out-of-fold answers drive confident learning."""
+        return Pipeline([("columns", columns(schema)), ("model", self.noise_models(seed)[kind])])
 
     @abc.abstractmethod
-    def find_noisy(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        strata: np.ndarray,
-        schema: Schema,
-        cfg: NoiseConfig,
-        seed: int,
-    ) -> tuple[np.ndarray, pd.DataFrame]:
+    def find_noisy(self, pool: Pool, schema: Schema, cfg: NoiseConfig, seed: int) -> Found:
         """Likely mislabelled rows, most suspicious first, and a table of them (given,
         suggested, self_confidence)."""
 
@@ -132,27 +141,17 @@ class Classes(Target):
                 "every class needs at least 3: one each for train, val and test"
             )
 
-    def noise_model(self, kind: str, schema: Schema, seed: int) -> Pipeline:
-        model = {
+    def noise_models(self, seed: int) -> dict[str, Any]:
+        svm = SVC(C=10.0, gamma="scale", random_state=seed)
+        return {
             "logreg": LogisticRegression(max_iter=2000, C=1.0),
-            "svm": CalibratedClassifierCV(
-                SVC(C=10.0, gamma="scale", random_state=seed), ensemble=False
-            ),
+            "svm": CalibratedClassifierCV(svm, ensemble=False),
             "knn": KNeighborsClassifier(n_neighbors=10, weights="distance"),
-        }[kind]
-        return Pipeline([("columns", columns(schema)), ("model", model)])
+        }
 
-    def find_noisy(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        strata: np.ndarray,
-        schema: Schema,
-        cfg: NoiseConfig,
-        seed: int,
-    ) -> tuple[np.ndarray, pd.DataFrame]:
-        model = self.noise_model(cfg.model, schema, seed)
-        found, proba = find_noisy(model, X, y, schema.n_classes, cfg, seed)
+    def find_noisy(self, pool: Pool, schema: Schema, cfg: NoiseConfig, seed: int) -> Found:
+        model, y = self.noise_model(cfg.model, schema, seed), pool.y
+        found, proba = find_noisy(model, pool.X, y, schema.n_classes, cfg, seed)
         table = pd.DataFrame(
             {
                 "given": [schema.classes[c] for c in y[found]],
@@ -191,25 +190,17 @@ class Values(Target):
     def strata(self, y_source: np.ndarray, y: np.ndarray) -> np.ndarray:
         return target_bins(y_source, y)
 
-    def noise_model(self, kind: str, schema: Schema, seed: int) -> Pipeline:
-        model = {
+    def noise_models(self, seed: int) -> dict[str, Any]:
+        """Regressors under the classifiers' names (``logreg``: ridge, ``svm``: SVR)."""
+        return {
             "logreg": Ridge(alpha=1.0),
             "svm": SVR(C=10.0, gamma="scale"),
             "knn": KNeighborsRegressor(n_neighbors=10, weights="distance"),
-        }[kind]
-        return Pipeline([("columns", columns(schema)), ("model", model)])
+        }
 
-    def find_noisy(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        strata: np.ndarray,
-        schema: Schema,
-        cfg: NoiseConfig,
-        seed: int,
-    ) -> tuple[np.ndarray, pd.DataFrame]:
+    def find_noisy(self, pool: Pool, schema: Schema, cfg: NoiseConfig, seed: int) -> Found:
         model = self.noise_model(cfg.model, schema, seed)
-        return find_noisy_values(model, X, y, strata, cfg, seed)
+        return find_noisy_values(model, pool.X, pool.y, pool.strata, cfg, seed)
 
     def cv_model(self) -> Any:
         return Ridge(alpha=1.0)

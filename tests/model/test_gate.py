@@ -26,6 +26,7 @@ from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning.attacks import Box
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import Classifier, ModelConfig, build, build_net
+from pipeline.learning.tasks import Attack, Measured
 from pipeline.learning.tasks.classification import Classification, square_check
 from pipeline.learning.training import fit, load_inputs
 from pipeline.release import gate as gate_rules
@@ -171,12 +172,13 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     gcfg = section(yaml.safe_load(params.read_text()), "gate", GateConfig)
     key = evaluate.gate_key(v1 / "model.onnx", v1 / "model.pt", X, y, 0.1, gcfg)
     assert key == d1["candidate"]["gate_key"]
-    twin = build(load_checkpoint(v1 / "model.pt"))
+    v1_model = Measured(v1 / "model.onnx", build(load_checkpoint(v1 / "model.pt")))
+    attack = Attack(schema, 0.1, gcfg)
     fake = {**d1["candidate"], "robust_accuracy": 0.123}
-    cached = CLS.measure(v1 / "model.onnx", twin, X, y, schema, 0.1, gcfg, key, fake)
+    cached = CLS.measure(v1_model, X, y, attack, key, fake)
     assert cached["robust_accuracy"] == 0.123 and cached["robust_cached"]
     stale = {**fake, "gate_key": "another split or attack"}
-    fresh = CLS.measure(v1 / "model.onnx", twin, X, y, schema, 0.1, gcfg, key, stale)
+    fresh = CLS.measure(v1_model, X, y, attack, key, stale)
     assert fresh["robust_accuracy"] == d1["candidate"]["robust_accuracy"]
     assert not fresh["robust_cached"]
     assert link.resolve() == (tmp_path / "registry/versions/3").resolve()

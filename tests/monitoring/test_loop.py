@@ -187,8 +187,8 @@ def test_strong_shift_is_recovered_with_default_params_and_the_loop_goes_quiet(
     # between the production holdout and training from run to run, so this figure is a draw:
     # seven retrain sets of this test (harden re-run, every epoch scored on it) gave 0.964-0.978
     # at the last epoch, and CI runs 0.9667 (four times) to 0.978. Issue 17's target, 2 points
-    # under v1's clean 0.9889 (0.9689, 349 of 360 rows), is met on most sets but not all (README,
-    # Continuous learning); the floor sits below the worst draw measured, 3 points under
+    # under v1's clean 0.9889 (0.9689, 349 of 360 rows), is met on most sets but not all
+    # (docs/monitoring.md); the floor sits below the worst draw measured, 3 points under
     # (0.9589, 346 rows), so the test fails on a retrain that did not recover, not on a draw.
     assert after["accuracy"] >= v1["accuracy"] - 0.03
     assert v2["accuracy"] >= v1["accuracy"] - 0.01  # the clean test split

@@ -36,6 +36,15 @@ def split(stage_inputs: Path) -> tuple[list[dict[str, float]], np.ndarray, Schem
     return records, X, schema
 
 
+def counted(server: Server, name: str) -> float:
+    """The sum of a Prometheus series' samples (every label set) on ``GET /metrics``."""
+    total = 0.0
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith((f"{name}{{", f"{name} ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def wait_logged(server: Server, n: int, timeout: float = 10) -> ProductionLog:
     log = ProductionLog(str(server.state / "production.db"))
     deadline = time.monotonic() + timeout
@@ -135,10 +144,12 @@ def test_a_streamed_body_over_the_limit_is_cut_off(server: Server) -> None:
 def test_out_of_range_values_are_served_and_flagged(server: Server, stage_inputs: Path) -> None:
     records, _, _ = split(stage_inputs)
     rec = {**records[0], "pixel_0_0": 99.0}  # pixel_0_0 is 0 in every digit
-    body = post(f"{server.url}/predict", {"records": [rec]}).json()
+    before = counted(server, "mlcycle_out_of_range_records_total")
+    body = post(f"{server.url}/predict", {"records": [rec, records[1]]}).json()
     assert body["predictions"][0]["out_of_range"] == ["pixel_0_0"]
-    metrics = httpx.get(f"{server.url}/metrics").text
-    assert "mlcycle_out_of_range_records_total" in metrics
+    assert "out_of_range" not in body["predictions"][1]
+    # one flagged record of the two
+    assert counted(server, "mlcycle_out_of_range_records_total") == before + 1
 
 
 def test_feedback_needs_the_token_and_stores_only_valid_labels(server: Server) -> None:
@@ -179,16 +190,23 @@ def test_model_health_metrics_and_openapi(server: Server) -> None:
     assert model["metrics"]["promoted"] and "## Gate: PROMOTED" in model["model_card"]
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     assert httpx.get(f"{server.url}/healthz").status_code == 200
-    metrics = httpx.get(f"{server.url}/metrics").text
-    for series in (
-        "mlcycle_request_seconds_bucket",
-        "mlcycle_predictions_total",
-        "mlcycle_rejected_requests_total",
-        'mlcycle_model_version{version="1"} 1.0',
-        "mlcycle_log_queue_rows",
-        "mlcycle_log_rows_written",
-    ):
-        assert series in metrics, series
+    assert 'mlcycle_model_version{version="1"} 1.0' in httpx.get(f"{server.url}/metrics").text
+    # Every answered record counts once per class series, every refusal once, every logged row
+    # once (the writer commits in the background: waited for).
+    names = [f"pixel_{i}_{j}" for i in range(8) for j in range(8)]
+    counters = ("mlcycle_predictions_total", "mlcycle_rejected_requests_total")
+    before = {c: counted(server, c) for c in counters}
+    answered = counted(server, "mlcycle_request_seconds_count")
+    assert post(f"{server.url}/predict", {"records": [record(names, 1.0)] * 3}).status_code == 200
+    assert post(f"{server.url}/predict", {"records": []}).status_code == 422
+    assert counted(server, "mlcycle_predictions_total") == before[counters[0]] + 3
+    assert counted(server, "mlcycle_rejected_requests_total") == before[counters[1]] + 1
+    assert counted(server, "mlcycle_request_seconds_count") >= answered + 1
+    written = ProductionLog(str(server.state / "production.db")).count()["predictions"]
+    deadline = time.monotonic() + 10
+    while counted(server, "mlcycle_log_rows_written") < written and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted(server, "mlcycle_log_rows_written") >= written
     spec = httpx.get(f"{server.url}/openapi.json").json()
     record_schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"][
         "schema"
@@ -210,3 +228,21 @@ def test_without_a_champion_serving_exits_with_what_to_run(tmp_path: Path) -> No
     )  # fmt: skip
     assert proc.returncode == 2
     assert "no champion to serve" in proc.stderr and "make repro" in proc.stderr
+
+
+def test_the_readmes_request_is_answered(server: Server) -> None:
+    """The README's example request, run as written (only the address is the test server's)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- readme-request -->")[1].split("<!-- /readme-request -->")[0]
+    command = block.strip().removeprefix("```bash").removesuffix("```").strip()
+    assert command.startswith("curl ") and "http://127.0.0.1:3000/predict" in command
+    command = command.replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    body = json.loads(out)
+    assert body["model_version"] == "1" and body["request_id"]
+    (answer,) = body["predictions"]
+    assert answer["label"] in body["classes"]
+    assert len(answer["probabilities"]) == len(body["classes"])
+    assert abs(sum(answer["probabilities"]) - 1.0) < 1e-4

@@ -178,3 +178,27 @@ def test_each_plot_is_declared_once_with_a_title_and_is_a_stage_output() -> None
     outs = set().union(*(paths(st.get("outs")) for st in dvc["stages"].values()))
     images = [f for f in files if f.endswith(".png")]
     assert len(images) == len(set(images)) and set(files) <= outs
+
+
+def test_the_paths_params_yaml_repeats_are_the_ones_dvc_yaml_declares() -> None:
+    """The monitor writes the feedback a retrain ingests and the weights it starts from, and
+    reads the decision the gate writes; the service serves the registry evaluate promotes to.
+    params.yaml names them for those two (they run outside dvc), dvc.yaml for the stages: each
+    must be the path the stage's command uses."""
+    from pipeline.contracts.params import MonitorConfig, ServingConfig, read_params, section
+
+    params = read_params(ROOT / "params.yaml")
+    monitor, serving = (
+        section(params, "monitor", MonitorConfig),
+        section(params, "serving", ServingConfig),
+    )
+
+    def flag(stage: str, name: str) -> set[str]:
+        words = dvc_file()["stages"][stage]["cmd"].split()
+        return {v for k, v in itertools.pairwise(words) if k == name}
+
+    assert flag("ingest", "--feedback") == {monitor.feedback_path}
+    for stage in ("features", "train", "harden"):
+        assert flag(stage, "--warm-start") == {monitor.warm_start_path}, stage
+    assert flag("evaluate", "--metrics") == {monitor.gate_metrics}
+    assert flag("evaluate", "--registry") == {serving.registry}

@@ -1,4 +1,4 @@
-"""DESIGN.md's layers, read from the source: who may import whom, and what the service ships.
+"""docs/design.md's layers, read from the source: who may import whom, and what the service ships.
 
 - ``pipeline/contracts/`` (torch-free) imports no other project module outside itself;
 - ``serving/`` and ``monitoring/`` import ``pipeline`` only through ``pipeline.contracts``;
@@ -115,6 +115,22 @@ def test_the_contracts_import_only_each_other_and_no_learning_stack() -> None:
     assert third == set()
 
 
+def test_the_release_layer_imports_no_learning_library_and_no_torch() -> None:
+    """The gate, the card, MLflow and publishing read what the learning library measured; they
+    never import it (nor torch), so the rules can be read and tested without the network."""
+    files = project_files("pipeline/release")
+    allowed = (CONTRACTS, "pipeline.release", "pipeline.registry")
+    assert violations(files, allowed, ("pipeline", "serving", "monitoring")) == []
+    heavy = {
+        (str(p.relative_to(ROOT)), n)
+        for p in files
+        for n in imported_modules(p.read_text(), module_name(p))
+        if n.split(".")[0] in ("torch", "sklearn", "optuna", "cleanlab", "art")
+    }
+    assert heavy == set()
+    assert len(files) >= 4  # gate, card, tracking, publish: the check is not vacuous
+
+
 def test_pipeline_knows_nothing_of_serving_or_monitoring() -> None:
     assert violations(project_files("pipeline"), (), ("serving", "monitoring")) == []
 
@@ -202,3 +218,22 @@ def test_the_service_and_the_monitor_load_no_torch_at_run_time() -> None:
         "monitoring.reports",
         "monitoring.simulate",
     )
+
+
+@pytest.mark.slow  # a fresh interpreter importing the service: 3 s
+def test_the_service_loads_only_what_its_image_installs() -> None:
+    """The image installs bentoml, numpy, pandas, pyyaml, pydantic, orjson, SQLAlchemy, psycopg
+    and onnxruntime (the Dockerfile): importing the service loads none of the training or
+    monitoring stack (a task's window statistics import scipy only when the monitor runs them)."""
+    import subprocess
+    import sys
+
+    absent = ("scipy", "sklearn", "evidently", "matplotlib", "mlflow", "torch", "dvc", "optuna")
+    code = (
+        "import sys, serving.service, serving.__main__; "
+        "import pipeline.contracts.tasks.classification, pipeline.contracts.tasks.regression; "
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({absent!r})); "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,7 +10,6 @@ import functools
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import Window
@@ -88,6 +87,8 @@ class ServedClassification(ServedTask):
         drop``; the label-free estimate (the champion's ``estimator``, else mean confidence)
         and whether it is below ``expected - drop`` too (only with an estimator: mean
         confidence is no evidence)."""
+        from scipy import stats  # the monitor's: the service's image has no scipy
+
         expected = float(champion.test_accuracy or 0.0)
         labelled = window.true_label >= 0
         n = int(labelled.sum())

@@ -8,7 +8,6 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
@@ -112,6 +111,8 @@ class ServedRegression(ServedTask):
         (one-sided binomial test at ``alpha``): the intervals stop holding the truth when the
         concept moves (a scaled or offset target), or the inputs move where the model errs
         more."""
+        from scipy import stats  # the monitor's: the service's image has no scipy
+
         nominal = float(champion.interval_coverage or 0.0)
         labelled = ~np.isnan(window.true_value)
         n = int(labelled.sum())

@@ -27,7 +27,7 @@ from pipeline.contracts.params import GateConfig, HardenConfig, TrainConfig
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.learning.model import ModelConfig
 from pipeline.learning.splits import Split
-from pipeline.learning.training import Objective
+from pipeline.learning.training import Objective, fit_baselines
 from pipeline.learning.transforms import FeatureTransform
 from pipeline.release.gate import Figures, GateContext, Terms, hints, judge
 
@@ -59,6 +59,54 @@ class Hardened:
     summary: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class HardenRun:
+    """What the harden stage hands its task: both models (``hardened`` is fine-tuned in place;
+    ``trained`` stays the clean reference), the splits, and the settings."""
+
+    trained: Any
+    hardened: Any
+    train: Split
+    val: Split
+    test: Split
+    schema: Schema
+    cfg: HardenConfig
+    device: torch.device
+    first_run: bool  # no champion to start from: the full evaluation sweep
+    train_epochs: int  # the train stage's, for the cost ratio
+    section: Any  # Callable[[str, type[T]], T]: another params.yaml section the task reads
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A model and the graphs exported from it, for the parity check."""
+
+    model: Any
+    checkpoint: dict[str, Any]
+    fp32: Path
+    int8: Path | None
+    schema: Schema
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """A model as the gate measures it: its shipped graph and its PyTorch twin (the gradient
+    attacks run on the twin, which export proved equal to the graph)."""
+
+    onnx: Path
+    twin: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """How the gate attacks: the box (schema.json's bounds, ``eps`` of each feature's range) and
+    the attacks' settings (``gate``)."""
+
+    schema: Schema
+    eps: float
+    cfg: GateConfig
+
+
 class Task(abc.ABC):
     """What differs between tasks, for the stages; see the module docstring."""
 
@@ -67,6 +115,8 @@ class Task(abc.ABC):
     int8_delta: ClassVar[str]  # metrics/export.json's int8-minus-fp32 figure
     outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs
     robustness_axes: ClassVar[dict[str, Any]]  # plots/robustness.png's labels
+    # What the stages' records say of the task (a classifier's records predate the key: none).
+    tag: ClassVar[dict[str, str]]
 
     @property
     def baseline_key(self) -> str:
@@ -130,12 +180,55 @@ class Task(abc.ABC):
         """The training loop's loss and score (:func:`pipeline.learning.training.fit`)."""
 
     @abc.abstractmethod
-    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
-        """Test and val figures and the baselines' (train stage; deterministic, no timings)."""
+    def metrics(self, y: np.ndarray, predictions: np.ndarray, schema: Schema) -> dict[str, Any]:
+        """The task's quality figures of ``predictions`` against ``y``."""
 
     @abc.abstractmethod
+    def baselines(self, cfg: TrainConfig) -> dict[str, Any]:
+        """The scikit-learn baselines ``train`` names, unfitted, by name."""
+
+    @abc.abstractmethod
+    def baseline_score(self, y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """A baseline's test figures (``test_<main>`` among them)."""
+
+    def fitted(self, model: Any) -> dict[str, Any]:
+        """What metrics/train.json says of the trained model beyond its figures."""
+        return {}
+
+    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
+        """Test and val figures and the baselines' on the same transformed features (train
+        stage; deterministic, no timings)."""
+        model.cpu()
+        cpu = torch.device("cpu")
+        _, _, val_pred = self.objective.evaluate(model, inputs.val, cpu)
+        _, _, test_pred = self.objective.evaluate(model, inputs.test, cpu)
+        tf, train, test_split = inputs.transform, inputs.train, inputs.test
+        baselines = fit_baselines(
+            self.baselines(cfg),
+            tf.transform(train.X.numpy()),
+            train.y.numpy(),
+            train.w.numpy(),
+            tf.transform(test_split.X.numpy()),
+            test_split.y.numpy(),
+            self.baseline_score,
+        )
+        test = self.metrics(test_split.y.numpy(), test_pred, inputs.schema)
+        key = self.baseline_key
+        best = max(baselines.items(), key=lambda kv: kv[1][key], default=None)
+        metrics = {
+            **self.tag,
+            "test": test,
+            "val": self.metrics(inputs.val.y.numpy(), val_pred, inputs.schema),
+            **self.fitted(model),
+            "baselines": baselines,
+            "best_baseline": best[0] if best else None,
+            "beat_baseline": bool(best is None or test[self.main] > best[1][key]),
+        }
+        return Quality(metrics, test_pred)
+
     def saved(self, model: Any) -> dict[str, Any]:
-        """What a checkpoint carries for this task beyond the shared keys."""
+        """What a checkpoint carries for this task beyond the shared keys (build() reads it)."""
+        return {**self.tag, **self.fitted(model)}
 
     @abc.abstractmethod
     def plot_test(self, y: np.ndarray, predictions: np.ndarray, schema: Schema, path: Path) -> None:
@@ -152,20 +245,9 @@ class Task(abc.ABC):
         """The harden keys a retrain changes beyond its epochs and learning rate."""
 
     @abc.abstractmethod
-    def harden(
-        self,
-        trained: Any,
-        hardened: Any,
-        splits: tuple[Split, Split, Split],
-        schema: Schema,
-        cfg: HardenConfig,
-        device: torch.device,
-        first_run: bool,
-        train_epochs: int,
-        ctx: Any,
-    ) -> Hardened:
-        """Adversarial fine-tuning of ``hardened`` in place, its evaluation and calibration
-        (``ctx``: the stage's context, for the params sections the task reads)."""
+    def harden(self, run: HardenRun) -> Hardened:
+        """Adversarial fine-tuning of ``run.hardened`` in place, its evaluation and its
+        calibration head."""
 
     # ---- export ----
 
@@ -175,14 +257,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def parity(
-        self,
-        model: Any,
-        checkpoint: dict[str, Any],
-        graphs: tuple[Path, Path | None],
-        X: np.ndarray,
-        y: np.ndarray,
-        atol: float,
-        schema: Schema,
+        self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
         """(metrics/export.json's figures, the largest difference for the side file)."""
 
@@ -193,30 +268,15 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def measure(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
-        key: str,
-        known: dict[str, Any] | None = None,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack, key: str, known: Any
     ) -> dict[str, Any]:
-        """Quality, robustness and latency of one model on the test rows; ``known``: the robust
-        figures of its promotion record, reused when its ``gate_key`` equals ``key``."""
+        """Quality, robustness and latency of one model on the test rows; ``known``: the
+        figures of its promotion record (or None), whose robust ones are reused when its
+        ``gate_key`` equals ``key``."""
 
     @abc.abstractmethod
     def on_holdout(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack
     ) -> dict[str, Any]:
         """The figures on the production holdout (``holdout_*``)."""
 

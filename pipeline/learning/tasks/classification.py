@@ -35,8 +35,16 @@ from pipeline.learning.model import Classifier
 from pipeline.learning.plots import plot_confusion, plot_reliability
 from pipeline.learning.robustness import evaluate_robustness, evaluation_method
 from pipeline.learning.splits import Split
-from pipeline.learning.tasks import Hardened, Quality, Task, labels
-from pipeline.learning.training import Objective, evaluate_loss, fit_baselines, weighted_loss
+from pipeline.learning.tasks import (
+    Attack,
+    Exported,
+    Hardened,
+    HardenRun,
+    Measured,
+    Task,
+    labels,
+)
+from pipeline.learning.training import Objective, evaluate_loss, weighted_loss
 from pipeline.release import card
 from pipeline.release.gate import Figures, Rule, Terms, champion_failing
 
@@ -171,6 +179,7 @@ class Classification(Task):
     main: ClassVar[str] = "accuracy"
     int8_delta: ClassVar[str] = "accuracy_delta"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
+    tag: ClassVar[dict[str, str]] = {}
     robustness_axes: ClassVar[dict[str, Any]] = {
         "ylabel": "test accuracy under attack",
         "title": "robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
@@ -202,34 +211,26 @@ class Classification(Task):
             evaluate_loss,
         )
 
-    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
-        model.cpu()
-        _, _, val_proba = evaluate_loss(model, inputs.val, torch.device("cpu"))
-        _, _, test_proba = evaluate_loss(model, inputs.test, torch.device("cpu"))
-        n_classes = inputs.schema.n_classes
-        tf = inputs.transform
-        baselines = fit_baselines(
-            cfg.baselines,
-            tf.transform(inputs.train.X.numpy()),
-            inputs.train.y.numpy(),
-            inputs.train.w.numpy(),
-            tf.transform(inputs.test.X.numpy()),
-            inputs.test.y.numpy(),
-            cfg.seed,
-        )
-        test = classification_metrics(inputs.test.y.numpy(), test_proba, n_classes)
-        best = max(baselines.items(), key=lambda kv: kv[1]["test_accuracy"], default=None)
-        metrics = {
-            "test": test,
-            "val": classification_metrics(inputs.val.y.numpy(), val_proba, n_classes),
-            "baselines": baselines,
-            "best_baseline": best[0] if best else None,
-            "beat_baseline": bool(best is None or test["accuracy"] > best[1]["test_accuracy"]),
-        }
-        return Quality(metrics, test_proba)
+    def metrics(self, y: np.ndarray, predictions: np.ndarray, schema: Schema) -> dict[str, Any]:
+        return classification_metrics(y, predictions, schema.n_classes)
 
-    def saved(self, model: Any) -> dict[str, Any]:
-        return {}
+    def baselines(self, cfg: TrainConfig) -> dict[str, Any]:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import SVC
+
+        models = {
+            "logreg": LogisticRegression(max_iter=5000),
+            "svm": SVC(C=10.0, gamma="scale", random_state=cfg.seed),
+        }
+        return {kind: models[kind] for kind in cfg.baselines}
+
+    def baseline_score(self, y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import f1_score
+
+        return {
+            "test_accuracy": float((predictions == y).mean()),
+            "test_macro_f1": float(f1_score(y, predictions, average="macro")),
+        }
 
     def plot_test(self, y: np.ndarray, predictions: np.ndarray, schema: Schema, path: Path) -> None:
         plot_confusion(y, predictions.argmax(1), schema.classes, path)
@@ -242,22 +243,18 @@ class Classification(Task):
     def warm_overlay(self, cfg: HardenConfig) -> dict[str, Any]:
         return {"ema_decay": cfg.warm_start_ema_decay}
 
-    def harden(
-        self,
-        trained: Any,
-        hardened: Any,
-        splits: tuple[Split, Split, Split],
-        schema: Schema,
-        cfg: HardenConfig,
-        device: torch.device,
-        first_run: bool,
-        train_epochs: int,
-        ctx: Any,
-    ) -> Hardened:
+    def harden(self, run: HardenRun) -> Hardened:
         """Adversarial training against the class margin; every ``harden.eval_eps`` by the
         per-row worst case on a first run (the gate's eps alone on a retrain); temperature
         scaling on val."""
-        train, val, test = splits
+        trained, hardened, train, val, test = (
+            run.trained,
+            run.hardened,
+            run.train,
+            run.val,
+            run.test,
+        )
+        cfg, schema, device, first_run = run.cfg, run.schema, run.device, run.first_run
         history, seconds, selection = [], 0.0, Selection(kept="trained (harden.method none)")
         if cfg.method != "none":
             history, seconds, selection = harden(
@@ -288,7 +285,7 @@ class Classification(Task):
             "warm_start": "",  # the stage sets it
             # Deterministic cost: gradient passes relative to training's (wall time: --timing).
             "harden_to_train_passes": gradient_passes(cfg, len(history), rows, attacked)
-            / max(train_epochs * rows, 1),
+            / max(run.train_epochs * rows, 1),
         }
         table = pd.DataFrame(
             {
@@ -331,17 +328,10 @@ class Classification(Task):
         return Served(model, float(checkpoint.get("temperature", 1.0)))
 
     def parity(
-        self,
-        model: Any,
-        checkpoint: dict[str, Any],
-        graphs: tuple[Path, Path | None],
-        X: np.ndarray,
-        y: np.ndarray,
-        atol: float,
-        schema: Schema,
+        self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
-        temperature = float(checkpoint.get("temperature", 1.0))
-        report = compare(model, graphs[0], graphs[1], X, y, atol, temperature)
+        temperature = float(exported.checkpoint.get("temperature", 1.0))
+        report = compare(exported.model, exported.fp32, exported.int8, X, y, atol, temperature)
         diff = report.pop("max_abs_probability_diff")
         return {"temperature": temperature, **report}, diff
 
@@ -360,18 +350,10 @@ class Classification(Task):
     # ---- evaluate ----
 
     def measure(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
-        key: str,
-        known: dict[str, Any] | None = None,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack, key: str, known: Any
     ) -> dict[str, Any]:
-        sess = session(onnx_path)
+        schema, eps, cfg = attack.schema, attack.eps, attack.cfg
+        sess = session(model.onnx)
         proba, _ = predict(sess, X)
         quality = classification_metrics(y, proba, schema.n_classes)
         base = {
@@ -384,7 +366,7 @@ class Classification(Task):
             return {**base, **cached, "robust_cached": True}
         box = Box.from_schema(schema, eps)
         robust = worst_case(
-            twin,
+            model.twin,
             torch.as_tensor(X),
             torch.as_tensor(y),
             box,
@@ -399,24 +381,18 @@ class Classification(Task):
         return out
 
     def on_holdout(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack
     ) -> dict[str, Any]:
         """Accuracy and robust accuracy (the gate's worst case) on the production holdout. Only
         the worst case is read here, so the attacks cascade (a row one breaks is not attacked
         again)."""
-        proba, _ = predict(session(onnx_path), X)
+        cfg = attack.cfg
+        proba, _ = predict(session(model.onnx), X)
         robust = worst_case(
-            twin,
+            model.twin,
             torch.as_tensor(X),
             torch.as_tensor(y),
-            Box.from_schema(schema, eps),
+            Box.from_schema(attack.schema, attack.eps),
             n_iter=cfg.apgd_iter,
             restarts=cfg.robust_restarts,
             pgd_steps=cfg.robust_steps,

@@ -29,7 +29,15 @@ from pipeline.learning.attacks import Box
 from pipeline.learning.model import Regressor, TargetScaling
 from pipeline.learning.plots import plot_regression
 from pipeline.learning.splits import Split
-from pipeline.learning.tasks import Hardened, Quality, Task, labels
+from pipeline.learning.tasks import (
+    Attack,
+    Exported,
+    Hardened,
+    HardenRun,
+    Measured,
+    Task,
+    labels,
+)
 from pipeline.learning.training import Objective
 from pipeline.release import card
 from pipeline.release.gate import Figures, Rule, Terms, coverage_failing, coverage_ok
@@ -115,6 +123,7 @@ class Regression(Task):
     main: ClassVar[str] = "r2"
     int8_delta: ClassVar[str] = "r2_delta"
     outputs: ClassVar[tuple[str, ...]] = ("prediction", "lower", "upper")
+    tag: ClassVar[dict[str, str]] = {"task": "regression"}
     robustness_axes: ClassVar[dict[str, Any]] = {
         "ylabel": "test MAE under attack (worst case per row)",
         "title": "robustness vs eps (worst case: PGD on the error, PGD up, PGD down)",
@@ -152,36 +161,25 @@ class Regression(Task):
 
         return Objective("val_r2", loss, reg.evaluate_regression)
 
-    def quality(self, model: Any, inputs: Any, cfg: TrainConfig) -> Quality:
-        model.cpu()
-        _, _, val_pred = reg.evaluate_regression(model, inputs.val)
-        _, _, test_pred = reg.evaluate_regression(model, inputs.test)
-        tf = inputs.transform
-        baselines = reg.fit_baselines(
-            cfg.regression_baselines,
-            tf.transform(inputs.train.X.numpy()),
-            inputs.train.y.numpy(),
-            inputs.train.w.numpy(),
-            tf.transform(inputs.test.X.numpy()),
-            inputs.test.y.numpy(),
-            cfg.seed,
-        )
-        test = reg.regression_metrics(inputs.test.y.numpy(), test_pred)
-        best = max(baselines.items(), key=lambda kv: kv[1]["test_r2"], default=None)
-        metrics = {
-            "task": "regression",
-            "test": test,
-            "val": reg.regression_metrics(inputs.val.y.numpy(), val_pred),
-            "target_scaling": dataclasses.asdict(model.scaling),
-            "baselines": baselines,
-            "best_baseline": best[0] if best else None,
-            "beat_baseline": bool(best is None or test["r2"] > best[1]["test_r2"]),
-        }
-        return Quality(metrics, test_pred)
+    def metrics(self, y: np.ndarray, predictions: np.ndarray, schema: Schema) -> dict[str, Any]:
+        return reg.regression_metrics(y, predictions)
 
-    def saved(self, model: Any) -> dict[str, Any]:
-        # build() makes a Regressor of it
-        return {"task": "regression", "target_scaling": dataclasses.asdict(model.scaling)}
+    def baselines(self, cfg: TrainConfig) -> dict[str, Any]:
+        """Ridge and gradient-boosted trees."""
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.linear_model import RidgeCV
+
+        models = {
+            "ridge": RidgeCV(alphas=np.logspace(-3, 3, 13)),
+            "hgb": HistGradientBoostingRegressor(random_state=cfg.seed),
+        }
+        return {kind: models[kind] for kind in cfg.regression_baselines}
+
+    def baseline_score(self, y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        return {f"test_{k}": v for k, v in reg.regression_metrics(y, predictions).items()}
+
+    def fitted(self, model: Any) -> dict[str, Any]:
+        return {"target_scaling": dataclasses.asdict(model.scaling)}
 
     def plot_test(self, y: np.ndarray, predictions: np.ndarray, schema: Schema, path: Path) -> None:
         plot_regression(y, predictions, schema.target, path)
@@ -194,24 +192,20 @@ class Regression(Task):
     def warm_overlay(self, cfg: HardenConfig) -> dict[str, Any]:
         return {"ema_decay": 0.0}
 
-    def harden(
-        self,
-        trained: Any,
-        hardened: Any,
-        splits: tuple[Split, Split, Split],
-        schema: Schema,
-        cfg: HardenConfig,
-        device: torch.device,
-        first_run: bool,
-        train_epochs: int,
-        ctx: Any,
-    ) -> Hardened:
+    def harden(self, run: HardenRun) -> Hardened:
         """Adversarial training maximising the loss; the robust MAE; the conformal interval at
         ``serving.interval_coverage`` fit on val (on a retrain whose val holds at least 200
         labelled production rows, on those alone)."""
-        train, val, test = splits
-        coverage = ctx.section("serving", ServingConfig).interval_coverage
-        train_cfg = ctx.section("train", TrainConfig)
+        trained, hardened, train, val, test = (
+            run.trained,
+            run.hardened,
+            run.train,
+            run.val,
+            run.test,
+        )
+        cfg, schema, device, first_run = run.cfg, run.schema, run.device, run.first_run
+        coverage = run.section("serving", ServingConfig).interval_coverage
+        train_cfg = run.section("train", TrainConfig)
         loss = (train_cfg.regression_loss, train_cfg.huber_delta)
         history: list[dict[str, float]] = []
         seconds = 0.0
@@ -280,7 +274,7 @@ class Regression(Task):
             "epochs_run": len(history),
             "warm_start": "",  # the stage sets it
             "harden_to_train_passes": gradient_passes(cfg, len(history), len(train.y))
-            / max(train_epochs * len(train.y), 1),
+            / max(run.train_epochs * len(train.y), 1),
         }
         table = pd.DataFrame(
             {
@@ -318,20 +312,15 @@ class Regression(Task):
         return ServedRegressor(model, checkpoint["interval"]["half_width"] or 0.0)
 
     def parity(
-        self,
-        model: Any,
-        checkpoint: dict[str, Any],
-        graphs: tuple[Path, Path | None],
-        X: np.ndarray,
-        y: np.ndarray,
-        atol: float,
-        schema: Schema,
+        self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
+        schema, interval = exported.schema, exported.checkpoint["interval"]
         span = float(schema.target_max or 0.0) - float(schema.target_min or 0.0)
-        half_width = checkpoint["interval"]["half_width"] or 0.0
-        report = compare(model, half_width, graphs[0], graphs[1], X, y, atol, span)
+        half_width = interval["half_width"] or 0.0
+        graphs = (exported.fp32, exported.int8)
+        report = compare(exported.model, half_width, *graphs, X, y, atol, span)
         diff = report.pop("max_abs_probability_diff")
-        return {"task": "regression", "interval": checkpoint["interval"], **report}, diff
+        return {"task": "regression", "interval": interval, **report}, diff
 
     def export_summary(self, report: dict[str, Any], diff: float) -> str:
         return f"parity max |difference| / target range = {diff:.2e} on " + (
@@ -347,18 +336,10 @@ class Regression(Task):
     # ---- evaluate ----
 
     def measure(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
-        key: str,
-        known: dict[str, Any] | None = None,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack, key: str, known: Any
     ) -> dict[str, Any]:
-        sess = session(onnx_path)
+        cfg = attack.cfg
+        sess = session(model.onnx)
         pred, lower, upper = predict_interval(sess, X)
         base = {
             **reg.regression_metrics(y, pred),
@@ -370,10 +351,10 @@ class Regression(Task):
         if known is not None and known.get("gate_key") == key and "robust_mae" in known:
             return {**base, "robust_mae": known["robust_mae"], "robust_cached": True}
         errors = reg.worst_case_error(
-            twin,
+            model.twin,
             torch.as_tensor(X),
             torch.as_tensor(y, dtype=torch.float32),
-            Box.from_schema(schema, eps),
+            Box.from_schema(attack.schema, attack.eps),
             cfg.robust_steps,
             cfg.robust_restarts,
             cfg.seed,
@@ -382,17 +363,10 @@ class Regression(Task):
         return {**base, "robust_mae": float(errors.mean()), "robust_cached": False}
 
     def on_holdout(
-        self,
-        onnx_path: Path,
-        twin: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        schema: Schema,
-        eps: float,
-        cfg: GateConfig,
+        self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack
     ) -> dict[str, Any]:
         """R², MAE and interval coverage on the production holdout."""
-        pred, lower, upper = predict_interval(session(onnx_path), X)
+        pred, lower, upper = predict_interval(session(model.onnx), X)
         quality = reg.regression_metrics(y, pred)
         return {
             "holdout_r2": quality["r2"],
