@@ -40,25 +40,21 @@ estimate: the monitor waits for labels).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipeline import registry
 from pipeline.contracts import champion as champion_files
 from pipeline.contracts.io import load_json, read_parquet, require_file
 from pipeline.contracts.params import GateConfig, HardenConfig
-from pipeline.contracts.runtime import compute_ms, session
 from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
+from pipeline.learning.assess import figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
-from pipeline.learning.model import build
-from pipeline.learning.tasks import Attack, Measured, Task, task_for
+from pipeline.learning.tasks import task_for
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -79,53 +75,6 @@ FLAGS = (
     "--tracking-db",
     "--metrics",
 )
-
-
-def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
-    return compute_ms(session(int8), X)["p50_ms"] / compute_ms(session(fp32), X)["p50_ms"]
-
-
-def gate_key(
-    onnx_path: Path, twin_path: Path, X: np.ndarray, y: np.ndarray, eps: float, cfg: GateConfig
-) -> str:
-    """What the gate's robust figures on the test split are a function of: the graph and its
-    twin (their bytes), the rows, ``eps``, the attacks' settings and the torch version that
-    runs them (kernels differ between versions)."""
-    digest = hashlib.sha256()
-    for part in (onnx_path.read_bytes(), twin_path.read_bytes(), X.tobytes(), y.tobytes()):
-        digest.update(hashlib.sha256(part).digest())
-    attacks = {
-        "torch": torch.__version__,
-        "eps": eps,
-        **{k: getattr(cfg, k) for k in ("robust_steps", "apgd_iter", "robust_restarts")},
-        **{k: getattr(cfg, k) for k in ("seed", "square_queries")},
-    }
-    digest.update(json.dumps(attacks, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def figures(
-    task: Task,
-    graph: Path,
-    twin_path: Path,
-    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    schema: Schema,
-    eps: float,
-    cfg: GateConfig,
-    record: Path | None = None,
-) -> dict[str, Any]:
-    """One model's figures on test and, where it has rows, the production holdout. ``record``:
-    the model's promotion record (a champion's), whose robust figures are reused when its
-    :func:`gate_key` is unchanged (the frozen test split makes that the rule)."""
-    X, y, Xh, yh = rows
-    model = Measured(graph, build(load_checkpoint(twin_path)))
-    attack = Attack(schema, eps, cfg)
-    known = load_json(record).get("candidate") if record is not None and record.is_file() else None
-    key = gate_key(graph, twin_path, X, y, eps, cfg)
-    out = task.measure(model, X, y, attack, key, known)
-    if len(yh):
-        out.update(task.on_holdout(model, Xh, yh, attack))
-    return out
 
 
 def body(ctx: stage.Context) -> None:

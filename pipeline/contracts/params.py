@@ -7,6 +7,9 @@ with something else. Every error becomes one :class:`MlcycleError` line that nam
 value seen and what was expected. :func:`overlay` re-validates a section with some keys changed,
 so no code path builds a config that skipped these checks. Used by every stage, the service and
 the monitor; not run on its own.
+
+One module (about 420 lines): one pydantic model per ``params.yaml`` section, side by side with
+the cross-key rules, so the whole file's contract reads in one place.
 """
 
 from __future__ import annotations

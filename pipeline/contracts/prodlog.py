@@ -29,6 +29,10 @@ writing the same row again (a retried commit whose answer was lost, a spill file
 part of it was written) stores it once.
 
 Nothing here runs on import; ``python -m serving.prodlog --url production.db`` prints counts.
+
+One module (about 500 lines) because it is one interface: the tables, the writes, the reads
+and the windows share the engine's dialect handling (SQLite and PostgreSQL), and the service,
+the monitor and the feedback export must all see the same schema.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ k steps) and ``trades`` (Zhang et al. 2019), against docs/design.md's threat mod
 scored on val; :class:`Selection` records which weights were kept and why, and
 :func:`check_budget_on_test` checks the clean-accuracy budget on the test split as the gate
 does. Used by the harden stage (:mod:`pipeline.harden`) and ``bench/harden.py``.
+
+One module (about 440 lines): the loop, its epoch selection and the budget check on test read
+the same per-epoch records (:class:`Epoch`, :class:`Selection`), which split apart would travel
+between modules.
 """
 
 from __future__ import annotations

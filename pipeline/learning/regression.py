@@ -17,6 +17,9 @@ positive target, logged) target:
 - split conformal intervals (Vovk et al.; Lei et al. 2018) on the network's scale, fit on the
   validation split: ``[f(z - q), f(z + q)]`` with ``f`` the monotone map back to the target, so
   a logged target gets intervals that widen with the prediction.
+
+One module (about 420 lines): a regressor's counterpart of the classifier's several libraries
+(metrics, attacks, adversarial, calibration), each part a few dozen lines.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import yaml
 from pipeline import evaluate, export, registry
 from pipeline.contracts.params import GateConfig, TrainConfig, overlay, section
 from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning.assess import gate_key
 from pipeline.learning.attacks import Box
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import Classifier, ModelConfig, build, build_net
@@ -170,7 +171,7 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     X, y = test[schema.names].to_numpy(np.float32), test[LABEL].to_numpy()
     gcfg = section(yaml.safe_load(params.read_text()), "gate", GateConfig)
-    key = evaluate.gate_key(v1 / "model.onnx", v1 / "model.pt", X, y, 0.1, gcfg)
+    key = gate_key(v1 / "model.onnx", v1 / "model.pt", X, y, 0.1, gcfg)
     assert key == d1["candidate"]["gate_key"]
     v1_model = Measured(v1 / "model.onnx", build(load_checkpoint(v1 / "model.pt")))
     attack = Attack(schema, 0.1, gcfg)

@@ -20,7 +20,8 @@ from pipeline.contracts.params import ServingConfig, overlay, read_params, secti
 from pipeline.contracts.prodlog import ProductionLog
 from pipeline.contracts.schema import Schema
 from pipeline.registry import point_champion_at
-from serving import service
+from serving import routes
+from serving.state import State
 
 
 def call(handler: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -57,9 +58,9 @@ def test_a_reload_during_inference_leaves_the_request_on_its_model(
     point_champion_at(registry, v1)
     cfg = section(read_params(served_state / "params.yaml"), "serving", ServingConfig)
     cfg = overlay(cfg, "serving", registry=str(registry), log_url=str(tmp_path / "log.db"))
-    state = service.State(cfg)
+    state = State(cfg)
     state.watcher.stop()  # this test drives the reloads itself
-    service._current[:] = [state]
+    routes._current[:] = [state]
     try:
         first = state.watcher.current
         assert first.version == "1"
@@ -82,10 +83,10 @@ def test_a_reload_during_inference_leaves_the_request_on_its_model(
         test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
         record = {k: float(v) for k, v in test[schema.names].iloc[0].items()}
 
-        status, during = call(service.predict, {"records": [record]})
+        status, during = call(routes.predict, {"records": [record]})
         assert status == 200 and during["model_version"] == "1"
         assert state.watcher.current.version == "2"
-        status, after = call(service.predict, {"records": [record]})
+        status, after = call(routes.predict, {"records": [record]})
         assert status == 200 and after["model_version"] == "2"
         assert during["predictions"] == after["predictions"]  # same files, same answer
         state.writer.flush()
@@ -95,5 +96,5 @@ def test_a_reload_during_inference_leaves_the_request_on_its_model(
             after["request_id"]: "2",
         }
     finally:
-        service._current[:] = []
+        routes._current[:] = []
         state.close()

@@ -60,3 +60,19 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
     ).is_file()
     assert (src / "params.yaml").is_file()
     assert "torch" not in (bento / "env/python/requirements.txt").read_text()
+
+
+def test_the_fast_path_sits_in_front_of_bentomls_app() -> None:
+    """serving/service.py swaps the service object's class for a subclass of BentoML's Service
+    whose ASGI app is FastPath around BentoML's own: written against BentoML 1.4's
+    ``Service.to_asgi(is_main)``. An upgrade that changes it fails here, not in production."""
+    import bentoml
+
+    from serving.routes import FastPath
+    from serving.service import Mlcycle
+
+    assert bentoml.__version__.startswith("1.4."), bentoml.__version__
+    assert type(Mlcycle).__mro__[1] is bentoml.Service
+    app = Mlcycle.to_asgi()
+    assert isinstance(app, FastPath) and set(app.routes) == {"/predict", "/feedback"}
+    assert app.inner is not None  # BentoML's own app serves everything else

@@ -5,6 +5,10 @@ baselines, hardening against the worst class margin (:mod:`pipeline.learning.adv
 temperature scaling as the calibration head, a graph to ``probabilities`` and ``label``, the
 gate's worst-case robust accuracy (PGD, APGD-CE, APGD-DLR, then a black-box Square check on the
 shipped graph) and a label-free accuracy estimate for the monitor.
+
+One module (about 560 lines) because it is the task's whole part in every stage, a section per
+stage in the order they run (data and model, harden, export, evaluate and the card): a new task
+is one such module, not a file per stage.
 """
 
 from __future__ import annotations

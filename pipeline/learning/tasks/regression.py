@@ -7,6 +7,10 @@ maximises the loss (:mod:`pipeline.learning.regression`); a split conformal inte
 ``lower`` and ``upper``; the gate reads R² for accuracy, robust MAE (in test target standard
 deviations) for robust accuracy and the interval's coverage for calibration. No label-free
 estimate: the monitor waits for labels.
+
+One module (about 550 lines) because it is the task's whole part in every stage, a section per
+stage in the order they run (data and model, harden, export, evaluate and the card): a new task
+is one such module, not a file per stage.
 """
 
 from __future__ import annotations
