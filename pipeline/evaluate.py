@@ -54,7 +54,7 @@ from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
 from pipeline.learning.assess import figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
-from pipeline.learning.tasks import task_for
+from pipeline.learning.tasks import Record, task_for
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -153,9 +153,8 @@ def body(ctx: stage.Context) -> None:
     estimate = task.estimate(onnx_path, read_parquet(args.val), schema)
     if estimate is not None:  # what the monitor estimates with before labels (bench/estimate.py)
         decision["estimate"] = estimate
-    card = task.card(
-        schema, decision, train_metrics, robustness, export, load_checkpoint(args.model)
-    )
+    checkpoint = load_checkpoint(args.model)
+    card = task.card(Record(schema, decision, train_metrics, robustness, export, checkpoint))
     release = Release(
         onnx=onnx_path,
         twin=Path(args.model),

@@ -62,8 +62,21 @@ def gate_lines(decision: dict[str, Any]) -> list[str]:
 
 
 def limits_lines(limits: list[str]) -> list[str]:
-    common = "- Inputs outside the training data's range or categories are out of distribution."
-    return ["", "## Limits", *limits, common]
+    """The limits every model has, with the task's own (``limits``) between them."""
+    return [
+        "",
+        "## Limits",
+        "- Robustness covers L-inf perturbations within eps of each feature's observed range "
+        "only; other threat models (patches, rotations, poisoning) are untested.",
+        *limits,
+        "- Inputs outside the training data's range or categories are out of distribution.",
+    ]
+
+
+def closing(export: str, decision: dict[str, Any], limits: list[str]) -> list[str]:
+    """The card's last sections: the export's parity (``export``, the task's line), the gate,
+    the limits (the task's among them)."""
+    return ["", "## Export", export, "", *gate_lines(decision), *limits_lines(limits)]
 
 
 def join(lines: list[str]) -> str:

@@ -29,6 +29,7 @@ from pipeline.learning.model import ModelConfig
 from pipeline.learning.splits import Split
 from pipeline.learning.training import Objective, fit_baselines
 from pipeline.learning.transforms import FeatureTransform
+from pipeline.release import card
 from pipeline.release.gate import Figures, GateContext, Terms, hints, judge
 
 
@@ -107,11 +108,25 @@ class Attack:
     cfg: GateConfig
 
 
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What the model card reads: the schema, the gate's decision and the earlier stages'
+    metrics (metrics/train.json, robustness.json, export.json) and the checkpoint."""
+
+    schema: Schema
+    decision: dict[str, Any]
+    train: dict[str, Any]
+    robustness: dict[str, Any]
+    export: dict[str, Any]
+    checkpoint: dict[str, Any]
+
+
 class Task(abc.ABC):
     """What differs between tasks, for the stages; see the module docstring."""
 
     name: ClassVar[str]
     main: ClassVar[str]  # the main figure: accuracy, r2
+    main_name: ClassVar[str]  # how texts name it: accuracy, R²
     int8_delta: ClassVar[str]  # metrics/export.json's int8-minus-fp32 figure
     outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs
     robustness_axes: ClassVar[dict[str, Any]]  # plots/robustness.png's labels
@@ -262,7 +277,18 @@ class Task(abc.ABC):
         """(metrics/export.json's figures, the largest difference for the side file)."""
 
     @abc.abstractmethod
-    def export_summary(self, report: dict[str, Any], diff: float) -> str: ...
+    def parity_summary(self, report: dict[str, Any], diff: float) -> str:
+        """The parity check in words."""
+
+    def export_summary(self, report: dict[str, Any], diff: float) -> str:
+        """The export stage's closing line: parity, and the int8 graph's cost."""
+        q = report.get("int8")
+        int8 = (
+            f"; int8 {self.main_name} delta {q[self.int8_delta]:+.4f}, size x{q['size_ratio']:.2f}"
+            if q
+            else ""
+        )
+        return self.parity_summary(report, diff) + int8
 
     # ---- evaluate ----
 
@@ -316,21 +342,28 @@ class Task(abc.ABC):
         """The monitor's label-free estimate of the main figure, fit on val (or None)."""
         return None
 
-    @abc.abstractmethod
-    def card(
-        self,
-        schema: Schema,
-        decision: dict[str, Any],
-        train: dict[str, Any],
-        robustness: dict[str, Any],
-        export: dict[str, Any],
-        ckpt: dict[str, Any],
-    ) -> str:
-        """The model card (Markdown)."""
+    limits: ClassVar[tuple[str, ...]]  # the model card's limits of this task's models
 
     @abc.abstractmethod
+    def card_body(self, record: Record) -> list[str]:
+        """The model card's sections up to the export (data, model, metrics, robustness and
+        the calibration head), as Markdown lines."""
+
+    # The card's line on metrics/export.json's parity check, and the evaluate stage's closing
+    # figures: formats over the parity report and the candidate's figures.
+    parity_line: ClassVar[str]
+    summary_line: ClassVar[str]
+
+    def card(self, record: Record) -> str:
+        """The model card (Markdown): the task's sections, then the export, the gate and the
+        limits."""
+        export = self.parity_line.format(**record.export["parity"])
+        closing = card.closing(export, record.decision, list(self.limits))
+        return card.join([*self.card_body(record), *closing])
+
     def summary(self, candidate: Figures) -> str:
         """The candidate's figures in the stage's closing line."""
+        return self.summary_line.format(**candidate)
 
 
 def labels(df: pd.DataFrame, dtype: Any = None) -> np.ndarray:

@@ -45,6 +45,7 @@ from pipeline.learning.tasks import (
     Hardened,
     HardenRun,
     Measured,
+    Record,
     Task,
     labels,
 )
@@ -181,9 +182,22 @@ def square_check(
 class Classification(Task):
     name: ClassVar[str] = "classification"
     main: ClassVar[str] = "accuracy"
+    main_name: ClassVar[str] = "accuracy"
     int8_delta: ClassVar[str] = "accuracy_delta"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
     tag: ClassVar[dict[str, str]] = {}
+    parity_line: ClassVar[str] = (
+        "- parity with PyTorch on {rows} test rows: every probability within {atol:g}: "
+        "{passed}, labels equal {labels_equal}"
+    )
+    summary_line: ClassVar[str] = (
+        "accuracy {accuracy:.4f}, robust {robust_accuracy:.4f}, p99 {p99_latency_ms:.2f} ms"
+    )
+    limits: ClassVar[tuple[str, ...]] = (
+        "- Gradient attacks run on the PyTorch twin of the graph (export proved them "
+        "equal); the shipped graph itself, int8 included, is attacked only by the "
+        "black-box search.",
+    )
     robustness_axes: ClassVar[dict[str, Any]] = {
         "ylabel": "test accuracy under attack",
         "title": "robustness vs eps (worst case: PGD, APGD-CE, APGD-DLR)",
@@ -339,16 +353,10 @@ class Classification(Task):
         diff = report.pop("max_abs_probability_diff")
         return {"temperature": temperature, **report}, diff
 
-    def export_summary(self, report: dict[str, Any], diff: float) -> str:
+    def parity_summary(self, report: dict[str, Any], diff: float) -> str:
         p = report["parity"]
         return (
             f"parity max |dp| = {diff:.2e} on {p['rows']} rows, labels equal: {p['labels_equal']}"
-            + (
-                f"; int8 accuracy delta {report['int8']['accuracy_delta']:+.4f}, size x"
-                f"{report['int8']['size_ratio']:.2f}"
-                if "int8" in report
-                else ""
-            )
         )
 
     # ---- evaluate ----
@@ -480,16 +488,14 @@ class Classification(Task):
         val_proba, _ = predict(session(onnx_path), val[schema.names].to_numpy(np.float32))
         return AccuracyEstimator.fit(val_proba, self.target(val)).to_dict()
 
-    def card(
-        self,
-        schema: Schema,
-        decision: dict[str, Any],
-        train: dict[str, Any],
-        robustness: dict[str, Any],
-        export: dict[str, Any],
-        ckpt: dict[str, Any],
-    ) -> str:
-        c = decision["candidate"]
+    def card_body(self, record: Record) -> list[str]:
+        decision, robustness = record.decision, record.robustness
+        c, schema, train, ckpt = (
+            decision["candidate"],
+            record.schema,
+            record.train,
+            record.checkpoint,
+        )
         cal = robustness.get("calibration", {})
         by_eps = robustness["hardened"]["by_eps"]
         keys = ["accuracy", "macro_f1", "log_loss", "ece", "robust_accuracy", "p99_latency_ms"]
@@ -535,28 +541,5 @@ class Classification(Task):
             f"- {cal.get('method', 'none')}: temperature {cal.get('temperature', 1.0):.3f}, "
             f"test ECE {cal.get('test_ece_before', float('nan')):.4f} -> "
             f"{cal.get('test_ece_after', float('nan')):.4f} (plots/reliability.png)",
-            "",
-            "## Export",
-            f"- parity with PyTorch on {export['parity']['rows']} test rows: every probability "
-            f"within {export['parity']['atol']:g}: {export['parity']['passed']}, labels equal "
-            f"{export['parity']['labels_equal']}",
-            "",
-            *card.gate_lines(decision),
-            *card.limits_lines(
-                [
-                    "- Robustness covers L-inf perturbations within eps of each feature's "
-                    "observed range only; other threat models (patches, rotations, poisoning) "
-                    "are untested.",
-                    "- Gradient attacks run on the PyTorch twin of the graph (export proved them "
-                    "equal); the shipped graph itself, int8 included, is attacked only by the "
-                    "black-box search.",
-                ]
-            ),
         ]
-        return card.join(lines)
-
-    def summary(self, candidate: Figures) -> str:
-        return (
-            f"accuracy {candidate['accuracy']:.4f}, robust {candidate['robust_accuracy']:.4f}, "
-            f"p99 {candidate['p99_latency_ms']:.2f} ms"
-        )
+        return lines

@@ -8,9 +8,9 @@ maximises the loss (:mod:`pipeline.learning.regression`); a split conformal inte
 deviations) for robust accuracy and the interval's coverage for calibration. No label-free
 estimate: the monitor waits for labels.
 
-One module (about 550 lines) because it is the task's whole part in every stage, a section per
-stage in the order they run (data and model, harden, export, evaluate and the card): a new task
-is one such module, not a file per stage.
+Why about 550 lines in one module: it is a regressor's part in each of the stages, which read
+it top to bottom in their order (model and data, hardening, export, the gate, the card), as
+the classifier's module does; another task would be one more such module.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pipeline.learning.tasks import (
     Hardened,
     HardenRun,
     Measured,
+    Record,
     Task,
     labels,
 )
@@ -125,9 +126,22 @@ def robust_method(cfg: GateConfig) -> str:
 class Regression(Task):
     name: ClassVar[str] = "regression"
     main: ClassVar[str] = "r2"
+    main_name: ClassVar[str] = "R²"
     int8_delta: ClassVar[str] = "r2_delta"
     outputs: ClassVar[tuple[str, ...]] = ("prediction", "lower", "upper")
     tag: ClassVar[dict[str, str]] = {"task": "regression"}
+    parity_line: ClassVar[str] = (
+        "- parity with PyTorch on {rows} test rows ({measure} within {atol:g}): {passed}"
+    )
+    summary_line: ClassVar[str] = (
+        "R² {r2:.4f}, RMSE {rmse:.4g}, coverage {coverage:.3f}, robust MAE {robust_mae:.4g}, "
+        "p99 {p99_latency_ms:.2f} ms"
+    )
+    limits: ClassVar[tuple[str, ...]] = (
+        "- The interval's coverage is marginal (on average over rows like the validation "
+        "split's), not per row; a shift in the inputs or the target can break it, which "
+        "the monitor's coverage per window shows.",
+    )
     robustness_axes: ClassVar[dict[str, Any]] = {
         "ylabel": "test MAE under attack (worst case per row)",
         "title": "robustness vs eps (worst case: PGD on the error, PGD up, PGD down)",
@@ -326,16 +340,9 @@ class Regression(Task):
         diff = report.pop("max_abs_probability_diff")
         return {"task": "regression", "interval": interval, **report}, diff
 
-    def export_summary(self, report: dict[str, Any], diff: float) -> str:
-        return f"parity max |difference| / target range = {diff:.2e} on " + (
-            f"{report['parity']['rows']} rows"
-            + (
-                f"; int8 R² delta {report['int8']['r2_delta']:+.4f}, size x"
-                f"{report['int8']['size_ratio']:.2f}"
-                if "int8" in report
-                else ""
-            )
-        )
+    def parity_summary(self, report: dict[str, Any], diff: float) -> str:
+        rows = report["parity"]["rows"]
+        return f"parity max |difference| / target range = {diff:.2e} on {rows} rows"
 
     # ---- evaluate ----
 
@@ -481,16 +488,14 @@ class Regression(Task):
             "target_std": float(np.std(y)) or 1.0,
         }
 
-    def card(
-        self,
-        schema: Schema,
-        decision: dict[str, Any],
-        train: dict[str, Any],
-        robustness: dict[str, Any],
-        export: dict[str, Any],
-        ckpt: dict[str, Any],
-    ) -> str:
-        c = decision["candidate"]
+    def card_body(self, record: Record) -> list[str]:
+        decision, robustness = record.decision, record.robustness
+        c, schema, train, ckpt = (
+            decision["candidate"],
+            record.schema,
+            record.train,
+            record.checkpoint,
+        )
         interval = robustness.get("interval", {})
         logged = " (target learnt as log1p)" if ckpt.get("target_scaling", {}).get("log") else ""
         keys = ["r2", "rmse", "mae", "coverage", "mean_width", "robust_mae", "p99_latency_ms"]
@@ -520,29 +525,4 @@ class Regression(Task):
         ]
         for eps, mae in robustness["hardened"]["by_eps"].items():
             lines.append(f"| {eps} | {robustness['trained']['by_eps'][eps]:.4g} | {mae:.4g} |")
-        lines += [
-            "",
-            "## Export",
-            f"- parity with PyTorch on {export['parity']['rows']} test rows "
-            f"({export['parity']['measure']} within {export['parity']['atol']:g}): "
-            f"{export['parity']['passed']}",
-            "",
-            *card.gate_lines(decision),
-            *card.limits_lines(
-                [
-                    "- The interval's coverage is marginal (on average over rows like the "
-                    "validation split's), not per row; a shift in the inputs or the target can "
-                    "break it, which the monitor's coverage per window shows.",
-                    "- Robustness covers L-inf perturbations within eps of each feature's "
-                    "observed range only.",
-                ]
-            ),
-        ]
-        return card.join(lines)
-
-    def summary(self, candidate: Figures) -> str:
-        return (
-            f"R² {candidate['r2']:.4f}, RMSE {candidate['rmse']:.4g}, coverage "
-            f"{candidate['coverage']:.3f}, robust MAE {candidate['robust_mae']:.4g}, "
-            f"p99 {candidate['p99_latency_ms']:.2f} ms"
-        )
+        return lines
