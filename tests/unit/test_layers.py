@@ -237,3 +237,32 @@ def test_the_service_loads_only_what_its_image_installs() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_project_module_imports_itself_back() -> None:
+    """No import cycle among the project's modules (importing ``a.b.c`` runs package ``a.b``
+    too, so a package's ``__init__`` counts): each layer can be read bottom up."""
+    files = project_files("pipeline") + project_files("serving") + project_files("monitoring")
+    names = {module_name(p): p for p in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps = set()
+        for imported in imported_modules(path.read_text(), name):
+            parts = imported.split(".")
+            deps |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & names.keys()
+        graph[name] = deps - {name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += graph[node]
+        return False
+
+    cycles = sorted(n for n in graph if reaches(n, n))
+    assert cycles == [], cycles
+    assert len(graph) > 50  # the walk saw the project

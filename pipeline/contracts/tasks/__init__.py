@@ -4,159 +4,28 @@ docs/design.md, "The task is a type". The learning library has the network's sid
 (:mod:`pipeline.learning.tasks`); this is what the service and the monitor need, chosen once
 from schema.json like it: how the graph's outputs become a response and a production-log row,
 what a feedback label must be, how the OpenAPI description names the answer, the champion's
-test figures, a window's figures from its labels and when they are harm. A new task is a new
-module here, registered in :func:`served_task`.
+test figures, a window's figures from its labels and when they are harm. The base class is in
+:mod:`pipeline.contracts.task`; a new task is a new module here, registered in
+:data:`SERVED`.
 
     task = served_task(schema)      # ServedClassification() or ServedRegression()
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-from typing import Any, ClassVar
-
-import numpy as np
-import pandas as pd
-
-from pipeline.contracts.params import MonitorConfig, SimulateConfig
-from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
+from pipeline.contracts.tasks.classification import ServedClassification
+from pipeline.contracts.tasks.regression import ServedRegression
 
+SERVED: dict[str, type[ServedTask]] = {
+    "classification": ServedClassification,
+    "regression": ServedRegression,
+}
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """The graph's answer to a batch, as the service logs and returns it.
-
-    ``labels``: the log row's label (a class index; 0 for a regressor); ``values``: (rows, k)
-    float32, the log row's values (class probabilities; a regressor's prediction, lower,
-    upper); ``records``: the response's predictions (without ``out_of_range``); ``counts``: how
-    many answers each of the task's counter series gets (by position in
-    :meth:`ServedTask.series`).
-    """
-
-    labels: list[int]
-    values: np.ndarray
-    records: list[dict[str, Any]]
-    counts: dict[int, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class ChampionFigures:
-    """The champion's test figures the monitor compares windows with."""
-
-    test_accuracy: float | None = None  # a classifier's
-    test_mae: float | None = None  # a regressor's ...
-    interval_coverage: float | None = None  # ... and its interval's nominal coverage
-
-
-class ServedTask(abc.ABC):
-    name: ClassVar[str]
-    outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs, in order
-    what: ClassVar[str]  # what /predict answers per record, in words
-    window_keys: ClassVar[tuple[str, ...]]  # the window figures the index page plots
-
-    # ---- ingest ----
-
-    @abc.abstractmethod
-    def describe_target(self, schema: Schema) -> str:
-        """The target in one phrase (the ingest stage's summary)."""
-
-    def feedback_target(self, values: pd.Series) -> pd.Series:
-        """Labelled production rows' target values as the source's (numbers stay numbers)."""
-        return values
-
-    # ---- the graph and the service ----
-
-    @abc.abstractmethod
-    def probe_problem(self, outputs: list[np.ndarray], schema: Schema) -> str | None:
-        """Why a probe batch's outputs are not this task's answers, or None."""
-
-    @abc.abstractmethod
-    def answer(self, outputs: list[np.ndarray], schema: Schema) -> Answer:
-        """The graph's ``outputs`` for a batch as the service logs and returns them."""
-
-    @abc.abstractmethod
-    def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
-        """What /predict's body says beside the predictions (the classes; the coverage)."""
-
-    @abc.abstractmethod
-    def series(self, schema: Schema) -> tuple[str, ...]:
-        """The predictions counter's label values (one per class; one for a regressor)."""
-
-    @abc.abstractmethod
-    def feedback_label(self, label: Any, schema: Schema) -> Any:
-        """A feedback label as the log stores it; ``ValueError`` with the reason if it is not
-        one of this task's."""
-
-    feedback_column: ClassVar[str]  # the log's feedback column the label goes to
-
-    @abc.abstractmethod
-    def openapi(self, schema: Schema) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(a feedback label's JSON schema, /predict's answer's JSON schema)."""
-
-    # ---- the monitor ----
-
-    @abc.abstractmethod
-    def champion_figures(self, decision: dict[str, Any]) -> ChampionFigures:
-        """The champion's test figures, from the decision that promoted it."""
-
-    @abc.abstractmethod
-    def quality(
-        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
-    ) -> dict[str, Any]:
-        """A window's figures from its labels (and a label-free estimate where the task has
-        one), with ``accuracy_dropped`` / ``estimate_dropped``: the harm rule."""
-
-    @abc.abstractmethod
-    def mix(self, window: Window, schema: Schema) -> dict[str, Any]:
-        """What the index page plots of the answers (the class mix; the mean prediction)."""
-
-    @abc.abstractmethod
-    def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
-        """Why the labels say the champion is hurt, in words (empty: they do not)."""
-
-    @abc.abstractmethod
-    def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
-        """Why a drifted window is no harm, in words."""
-
-    @abc.abstractmethod
-    def label_cell(self, f: dict[str, Any]) -> str:
-        """The index page's cell for a window's labelled figure."""
-
-    @abc.abstractmethod
-    def true_values(self, window: Window, schema: Schema) -> Any:
-        """A window's true labels as the source writes them (the feedback export)."""
-
-    def check_prior(self) -> None:
-        """A clear error if ``simulate.scenario: prior`` (a class subset) cannot apply."""
-        return None
-
-    @abc.abstractmethod
-    def concept(self, y: np.ndarray, cfg: SimulateConfig, schema: Schema) -> np.ndarray:
-        """The labels the world gives back under ``simulate.scenario: concept``."""
-
-    @abc.abstractmethod
-    def feedback_value(self, truth: Any, schema: Schema) -> Any:
-        """A true label (a class index, a value) as /feedback takes it."""
-
-    @abc.abstractmethod
-    def tally(self, record: dict[str, Any], truth: Any, schema: Schema) -> tuple[float, int]:
-        """(score, covered) of one served record against its truth: a classifier's score is 1
-        when right; a regressor's the absolute error, and 1 when its interval held the truth."""
-
-    @abc.abstractmethod
-    def summary(self, score: float, rows: int, covered: int) -> dict[str, Any]:
-        """Served figures over ``rows`` records from their summed tallies."""
+__all__ = ["SERVED", "Answer", "ChampionFigures", "ServedTask", "served_task"]
 
 
 def served_task(schema: Schema) -> ServedTask:
     """The task schema.json names."""
-    from pipeline.contracts.tasks.classification import ServedClassification
-    from pipeline.contracts.tasks.regression import ServedRegression
-
-    tasks: dict[str, type[ServedTask]] = {
-        "classification": ServedClassification,
-        "regression": ServedRegression,
-    }
-    return tasks[schema.task]()
+    return SERVED[schema.task]()

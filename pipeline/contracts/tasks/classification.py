@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.tasks import Answer, ChampionFigures, ServedTask
+from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,7 +13,7 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.tasks import Answer, ChampionFigures, ServedTask
+from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER = (int, float)

@@ -39,7 +39,7 @@ from pipeline.learning.model import Classifier
 from pipeline.learning.plots import plot_confusion, plot_reliability
 from pipeline.learning.robustness import evaluate_robustness, evaluation_method
 from pipeline.learning.splits import Split
-from pipeline.learning.tasks import (
+from pipeline.learning.task import (
     Attack,
     Exported,
     Hardened,

@@ -33,7 +33,7 @@ from pipeline.learning.attacks import Box
 from pipeline.learning.model import Regressor, TargetScaling
 from pipeline.learning.plots import plot_regression
 from pipeline.learning.splits import Split
-from pipeline.learning.tasks import (
+from pipeline.learning.task import (
     Attack,
     Exported,
     Hardened,
