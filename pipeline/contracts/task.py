@@ -4,9 +4,11 @@ docs/design.md, "The task is a type". The learning library has the network's sid
 (:mod:`pipeline.learning.tasks`); this is what the service and the monitor need, chosen once
 from schema.json like it: how the graph's outputs become a response and a production-log row,
 what a feedback label must be, how the OpenAPI description names the answer, the champion's
-test figures, a window's figures from its labels and when they are harm. A new task is a new
-module here, registered in :func:`served_task`.
+test figures, a window's figures from its labels and when they are harm. A new task
+subclasses :class:`ServedTask` in a module of :mod:`pipeline.contracts.tasks`, registered in
+that package's ``SERVED``.
 
+    from pipeline.contracts.tasks import served_task
     task = served_task(schema)      # ServedClassification() or ServedRegression()
 """
 

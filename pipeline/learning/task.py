@@ -3,8 +3,9 @@
 docs/design.md, "The task is a type": every stage has one body and asks its task what differs
 (the network's outputs and loss, the quality figures and baselines, the hardening objective and
 the calibration head, the export head and its parity check, the gate's terms, the model card's
-sections). A new task is a new module here (and one on the contracts side), registered in
-:data:`TASKS`, not a branch in every stage.
+sections). A new task subclasses :class:`Task` in a module of :mod:`pipeline.learning.tasks`
+(and :class:`~pipeline.contracts.task.ServedTask` on the contracts side) and is registered in
+that package's ``TASKS``; no stage changes.
 
     from pipeline.learning.tasks import task_for
     task = task_for(schema)      # Classification() or Regression()
