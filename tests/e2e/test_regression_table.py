@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -259,8 +260,13 @@ def check_the_retrain(loop: Loop) -> None:
     """What every shift's loop must show, whichever way the gate decided: three harmed windows
     in a row (monitor.debounce) before the retrain, nothing but drift or alarms before them; version
     2's interval calibrated on val's production rows covers the production holdout at the
-    nominal 90 % (split conformal on exchangeable rows: about 450 holdout rows, a standard error
-    of 0.014) where version 1's does not; the service serves what the gate decided."""
+    nominal 90 % where version 1's does not; the service serves what the gate decided.
+
+    Split conformal on exchangeable rows covers a fresh set at nominal on average; one run's
+    realised coverage varies with the calibration rows (a Beta draw, variance about
+    a(1 - a) / (n_cal + 2)) and with the holdout's own rows (binomial). The check allows four of
+    their combined standard errors (about 0.03 with 200-odd rows of each): a CI run once saw
+    0.952 on 228 holdout rows, inside that but outside a fixed 0.05."""
     harmful = loop.alarmed
     assert len(harmful) >= 3 and all(d["figures"]["coverage"] < 0.8 for d in harmful)
     first = loop.decisions.index(loop.retrain)
@@ -269,7 +275,9 @@ def check_the_retrain(loop: Loop) -> None:
     gate2 = loop.gate
     assert gate2["version"] == "2"
     assert loop.robustness["interval"]["calibrated_on"] == "production"
-    assert abs(gate2["candidate"]["holdout_coverage"] - 0.9) < 0.05, gate2["candidate"]
+    cand, n_cal = gate2["candidate"], loop.robustness["interval"]["calibration_rows"]
+    se = math.sqrt(0.9 * 0.1 / cand["holdout_rows"] + 0.9 * 0.1 / (n_cal + 2))
+    assert abs(cand["holdout_coverage"] - 0.9) < 4 * se, (cand, n_cal)
     assert gate2["champion"]["holdout_coverage"] < 0.8 and gate2["production"]["champion_failing"]
     assert {r["rule"]: r for r in gate2["rules"]}["coverage"]["what"].startswith(
         "production holdout"
