@@ -118,9 +118,23 @@ class ServedTask(abc.ABC):
     def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
         """Why the labels say the champion is hurt, in words (empty: they do not)."""
 
-    @abc.abstractmethod
     def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
-        """Why a drifted window is no harm, in words."""
+        """Why a drifted window is no harm, in words: too few labels to test the task's figure,
+        or the figure not significantly below the champion's."""
+        if f["labelled"] < cfg.min_labels:
+            return (
+                f"not retraining: {f['labelled']} labels in the window, min_labels "
+                f"{cfg.min_labels} to test its {self.too_few_labels(f)}"
+            )
+        return f"not retraining: {self.not_significant(f, cfg)}"
+
+    @abc.abstractmethod
+    def too_few_labels(self, f: dict[str, Any]) -> str:
+        """What a window with too few labels cannot test (and what it says without them)."""
+
+    @abc.abstractmethod
+    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+        """The labelled figure that is not significantly below the champion's, in words."""
 
     @abc.abstractmethod
     def label_cell(self, f: dict[str, Any]) -> str:

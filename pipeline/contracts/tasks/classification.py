@@ -134,17 +134,16 @@ class ServedClassification(ServedTask):
             )
         return out
 
-    def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
-        if f["labelled"] < cfg.min_labels:
-            return (
-                f"not retraining: {f['labelled']} labels in the window, min_labels "
-                f"{cfg.min_labels} to test its accuracy; estimated accuracy "
-                f"{f['estimated_accuracy']:.3f} ({f['estimate_method']})"
-            )
+    def too_few_labels(self, f: dict[str, Any]) -> str:
         return (
-            f"not retraining: feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is "
-            f"not significantly below the champion's test accuracy "
-            f"{f['champion_test_accuracy']:.3f} - {cfg.accuracy_drop}"
+            f"accuracy; estimated accuracy {f['estimated_accuracy']:.3f} ({f['estimate_method']})"
+        )
+
+    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+        return (
+            f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is not "
+            f"significantly below the champion's test accuracy {f['champion_test_accuracy']:.3f} "
+            f"- {cfg.accuracy_drop}"
         )
 
     def label_cell(self, f: dict[str, Any]) -> str:

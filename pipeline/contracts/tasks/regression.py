@@ -155,15 +155,13 @@ class ServedRegression(ServedTask):
             f"; MAE {f['mae']:.4g} vs the champion's test MAE {f['champion_test_mae']:.4g})"
         ]
 
-    def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
-        if f["labelled"] < cfg.min_labels:
-            return (
-                f"not retraining: {f['labelled']} labels in the window, min_labels "
-                f"{cfg.min_labels} to test its interval's coverage"
-            )
+    def too_few_labels(self, f: dict[str, Any]) -> str:
+        return "interval's coverage"
+
+    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
         return (
-            f"not retraining: interval coverage {f['coverage']:.3f} on {f['labelled']} labels is "
-            f"not significantly below nominal {f['nominal_coverage']:.2f} - {cfg.accuracy_drop} "
+            f"interval coverage {f['coverage']:.3f} on {f['labelled']} labels is not "
+            f"significantly below nominal {f['nominal_coverage']:.2f} - {cfg.accuracy_drop} "
             f"(MAE {f['mae']:.4g}, the champion's test MAE {f['champion_test_mae']:.4g})"
         )
 
