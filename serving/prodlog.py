@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.contracts.prodlog import (
+    NO_ANSWER,
     PREDICTION_COLUMNS,
     REFUSALS,
     ProductionLog,
@@ -309,6 +310,9 @@ def claim_spills(folder: Path) -> Iterator[tuple[Path, list[Row]]]:
             continue
         with claimed.open() as f:
             rows = [tuple(decode_value(v) for v in json.loads(line)) for line in f if line.strip()]
+        # A spill file of a version before the named answer columns: its rows end before them.
+        legacy = len(PREDICTION_COLUMNS) - len(NO_ANSWER)
+        rows = [r + NO_ANSWER if len(r) == legacy else r for r in rows]
         if any(len(r) != len(PREDICTION_COLUMNS) for r in rows):
             raise ValueError(f"{claimed}: not a spill file of this version's prediction rows")
         yield claimed, rows

@@ -115,9 +115,10 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     now = time.time()
     latency_ms = (time.perf_counter() - start) * 1e3
     version = model.version
-    values = answer.values
+    values, named = answer.values, answer.named
     rows = [  # prodlog.PREDICTION_COLUMNS order
         (rid, i, now, version, X[i].tobytes(), lab, values[i].tobytes(), latency_ms, flags[i])
+        + named[i]
         for i, lab in enumerate(answer.labels)
     ]
     if not st.writer.put(rows):  # no answer goes out that the log would not hold

@@ -14,10 +14,15 @@ Tables:
   their index in schema.json: what the ONNX graph consumed), the predicted class index, the
   probabilities as float32 bytes, latency, and the names of features outside the training range.
   Indexed by (time, model version) for the monitor's window queries.
+  A regressor's answer is in ``prediction``, ``lower`` and ``upper`` (its label 0, its
+  probabilities empty); a classifier's rows leave them NULL.
 - ``feedback``: (request id, index) -> true class index and time; one label per prediction. A
-  regressor's true value is in ``value`` (``label`` 0), and its prediction rows hold label 0 and
-  float32 (prediction, lower, upper) where a classifier's probabilities go. A log created before
-  ``value`` existed gets the column on open (``ALTER TABLE``, nullable).
+  regressor's true value is in ``value`` (``label`` 0).
+
+A log created before a nullable column existed (``feedback.value``; ``predictions.prediction``,
+``lower``, ``upper``) gets it on open (``ALTER TABLE``). Its regressor rows keep their answer
+where the log used to put it, float32 (prediction, lower, upper) in ``probabilities``:
+:meth:`Window.interval` reads both, row by row, so a window that spans the upgrade is whole.
 - ``decisions``: what the monitor decided for a window, with its figures and reasons (JSON).
 - ``rejected``: prediction rows the database refused (a constraint, a value it cannot store),
   set aside by the service's writer with the database's reason and the row as JSON, so they
@@ -85,12 +90,17 @@ predictions = Table(
     Column("probabilities", LargeBinary, nullable=False),  # float32 (classes,)
     Column("latency_ms", Float, nullable=False),
     Column("out_of_range", Text, nullable=False),  # comma-separated feature names, or ""
+    Column("prediction", Float, nullable=True),  # a regressor's answer ...
+    Column("lower", Float, nullable=True),  # ... and its interval
+    Column("upper", Float, nullable=True),
     # One index serves windows by time and by time and version; a second (version, ts) index
     # cost 1.5 us more per logged row, a third of the insert.
     Index("ix_predictions_ts_version", "ts", "model_version"),
 )
 
 PREDICTION_COLUMNS = tuple(c.name for c in predictions.columns)
+NAMED_ANSWER = ("prediction", "lower", "upper")  # the last columns: a regressor's answer
+NO_ANSWER = (None, None, None)  # a classifier row's
 
 feedback = Table(
     "feedback",
@@ -159,13 +169,28 @@ class Window:
     model_version: list[str]
     X: np.ndarray  # (rows, features) float32, schema order
     label: np.ndarray  # (rows,) predicted class index
-    probabilities: np.ndarray  # (rows, classes) float32; a regressor's (prediction, lower, upper)
+    probabilities: np.ndarray  # (rows, classes) float32; NaN where a row has none (a regressor's)
     latency_ms: np.ndarray  # (rows,)
     true_label: np.ndarray  # (rows,) class index, -1 where no feedback
     true_value: np.ndarray  # (rows,) a regressor's true value, NaN where none
+    prediction: np.ndarray  # (rows,) a regressor's answer, NaN where none ...
+    lower: np.ndarray  # (rows,) ... and its interval
+    upper: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def interval(self) -> np.ndarray:
+        """(rows, 3) float64: a regressor's prediction, lower and upper bound per row.
+
+        From the named columns; a row logged before they existed (NaN there) holds the three in
+        its probabilities, and is read from those.
+        """
+        out = np.stack([self.prediction, self.lower, self.upper], axis=1)
+        legacy = np.isnan(out[:, 0])
+        if legacy.any() and self.probabilities.shape[1] >= 3:
+            out[legacy] = self.probabilities[legacy, :3]
+        return out
 
     def slice(self, start: int, stop: int) -> Window:
         """Rows ``start:stop`` as a window of their own."""
@@ -183,7 +208,7 @@ class ProductionLog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
-        self._add_value_column()
+        self._add_columns()
         mark = {"qmark": "?", "numeric": ":1", "named": ":p"}.get(
             self.engine.dialect.paramstyle, "%s"
         )
@@ -191,14 +216,16 @@ class ProductionLog:
         self._insert_sql = self._values_sql(1, mark)
         self._multirow = self._values_sql(100) if mark == "?" else None
 
-    def _add_value_column(self) -> None:
-        """A log written before regression feedback existed lacks ``feedback.value``."""
+    def _add_columns(self) -> None:
+        """The nullable columns a log written by an earlier version lacks."""
         from sqlalchemy import inspect, text
 
-        columns = {c["name"] for c in inspect(self.engine).get_columns("feedback")}
-        if "value" not in columns:
-            with self.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE feedback ADD COLUMN value FLOAT"))
+        for table, names in (("feedback", ("value",)), ("predictions", NAMED_ANSWER)):
+            have = {c["name"] for c in inspect(self.engine).get_columns(table)}
+            for name in names:
+                if name not in have:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} FLOAT"))
 
     @staticmethod
     def _values_sql(rows: int, mark: str = "?") -> str:
@@ -367,6 +394,9 @@ class ProductionLog:
             predictions.c.label,
             predictions.c.probabilities,
             predictions.c.latency_ms,
+            predictions.c.prediction,
+            predictions.c.lower,
+            predictions.c.upper,
             feedback.c.label.label("true_label"),
             feedback.c.value.label("true_value"),
         ).select_from(join)
@@ -479,10 +509,26 @@ def _existing(conn: Any, table: Table, keys: list[tuple[str, int]]) -> set[tuple
     return found
 
 
+def _floats(values: Iterator[float | None], n: int) -> np.ndarray:
+    return np.fromiter((np.nan if v is None else v for v in values), np.float64, n)
+
+
+def _probabilities(rows: list[Any]) -> np.ndarray:
+    """(rows, classes) float32; a row with none (a regressor's) is NaN."""
+    n = len(rows)
+    width = max((len(r.probabilities) for r in rows), default=0) // 4
+    if all(len(r.probabilities) == 4 * width for r in rows):  # the usual case: one join
+        return np.frombuffer(b"".join(r.probabilities for r in rows), np.float32).reshape(n, width)
+    out = np.full((n, width), np.nan, np.float32)
+    for i, r in enumerate(rows):
+        if len(r.probabilities) == 4 * width:
+            out[i] = np.frombuffer(r.probabilities, np.float32)
+    return out
+
+
 def _to_window(rows: list[Any]) -> Window:
     n = len(rows)
     n_feat = len(rows[0].features) // 4 if n else 0
-    n_cls = len(rows[0].probabilities) // 4 if n else 0
     return Window(
         request_id=[r.request_id for r in rows],
         idx=np.fromiter((r.idx for r in rows), np.int64, n),
@@ -490,14 +536,13 @@ def _to_window(rows: list[Any]) -> Window:
         model_version=[r.model_version for r in rows],
         X=np.frombuffer(b"".join(r.features for r in rows), np.float32).reshape(n, n_feat),
         label=np.fromiter((r.label for r in rows), np.int64, n),
-        probabilities=np.frombuffer(b"".join(r.probabilities for r in rows), np.float32).reshape(
-            n, n_cls
-        ),
+        probabilities=_probabilities(rows),
         latency_ms=np.fromiter((r.latency_ms for r in rows), np.float64, n),
         true_label=np.fromiter(
             (-1 if r.true_label is None else r.true_label for r in rows), np.int64, n
         ),
-        true_value=np.fromiter(
-            (np.nan if r.true_value is None else r.true_value for r in rows), np.float64, n
-        ),
+        true_value=_floats((r.true_value for r in rows), n),
+        prediction=_floats((r.prediction for r in rows), n),
+        lower=_floats((r.lower for r in rows), n),
+        upper=_floats((r.upper for r in rows), n),
     )

@@ -31,14 +31,16 @@ class Answer:
     """The graph's answer to a batch, as the service logs and returns it.
 
     ``labels``: the log row's label (a class index; 0 for a regressor); ``values``: (rows, k)
-    float32, the log row's values (class probabilities; a regressor's prediction, lower,
-    upper); ``records``: the response's predictions (without ``out_of_range``); ``counts``: how
-    many answers each of the task's counter series gets (by position in
-    :meth:`ServedTask.series`).
+    float32, the log row's probabilities (a regressor's: k = 0); ``named``: each log row's
+    cells in :data:`~pipeline.contracts.prodlog.NAMED_ANSWER` (a regressor's prediction, lower,
+    upper; a classifier's NULL); ``records``: the response's predictions (without
+    ``out_of_range``); ``counts``: how many answers each of the task's counter series gets (by
+    position in :meth:`ServedTask.series`).
     """
 
     labels: list[int]
     values: np.ndarray
+    named: list[tuple[float | None, ...]]
     records: list[dict[str, Any]]
     counts: dict[int, int]
 

@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.contracts.estimate import AccuracyEstimator
 from pipeline.contracts.params import MonitorConfig, SimulateConfig, overlay, read_params, section
-from pipeline.contracts.prodlog import ProductionLog
+from pipeline.contracts.prodlog import NO_ANSWER, ProductionLog
 from pipeline.contracts.schema import Schema
 from tests.conftest import ROOT
 
@@ -117,6 +117,7 @@ class Traffic:
                     probs[i].tobytes(),
                     1.0 + i % 3,
                     "",
+                    *NO_ANSWER,
                 )
             )
             if y_true is not None and int((i + 1) * feedback) > int(i * feedback):

@@ -60,7 +60,7 @@ def test_an_unshifted_stream_never_retrains(tmp_path: Path, traffic: Traffic) ->
     m = monitor(tmp_path, traffic, retrain_command=fake_retrain(tmp_path, True), debounce=3)
     d = traffic.d
     traffic.serve(d.X_held[:500], d.y_held[:500])
-    refused = ("r", 0, 1.0, "1", b"\0" * 4, 0, b"\0" * 4, 0.1, "")
+    refused = ("r", 0, 1.0, "1", b"\0" * 4, 0, b"\0" * 4, 0.1, "", None, None, None)
     traffic.log.set_aside(refused, "IntegrityError: a policy", 2.0)  # the service set it aside
     decisions = m.step()
     assert len(decisions) == 10 and decisions[-1]["figures"]["log_rejected_rows"] == 1

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.contracts.prodlog import (
+    NO_ANSWER,
     FeedbackConflictError,
     ProductionLog,
     UnknownPredictionsError,
@@ -45,7 +46,7 @@ def rows(request_id: str, n: int, ts: float, version: str = "1", features: int =
     X = np.arange(n * features, dtype=np.float32).reshape(n, features)
     P = np.full((n, 2), 0.5, np.float32)
     return [
-        (request_id, i, ts, version, X[i].tobytes(), i % 2, P[i].tobytes(), 0.2, "")
+        (request_id, i, ts, version, X[i].tobytes(), i % 2, P[i].tobytes(), 0.2, "", *NO_ANSWER)
         for i in range(n)
     ]
 
@@ -232,6 +233,21 @@ def test_close_during_an_outage_spills_and_the_next_start_replays(tmp_path: Path
     w = log.window()
     assert len(set(zip(w.request_id, w.idx.tolist(), strict=True))) == 90
     assert w.X.shape == (90, 3) and w.X[w.idx == 1][0].tolist() == [3.0, 4.0, 5.0]  # bytes intact
+
+
+def test_a_spill_file_of_the_version_before_the_named_columns_is_replayed(
+    tmp_path: Path, log: ProductionLog
+) -> None:
+    """Rows spilled by a service from before ``prediction``/``lower``/``upper`` (nine cells)
+    come back whole at the next start, the new cells NULL."""
+    from serving.prodlog import claim_spills, write_spill
+
+    spill = tmp_path / "spill"
+    write_spill(spill, [r[: -len(NO_ANSWER)] for r in rows("old", 3, 1.0)])
+    ((_, replayed),) = list(claim_spills(spill))
+    log.write_predictions(replayed)
+    w = log.window()
+    assert len(w) == 3 and np.isnan(w.prediction).all() and w.probabilities.shape == (3, 2)
 
 
 def test_two_workers_never_replay_one_spill_file(tmp_path: Path) -> None:

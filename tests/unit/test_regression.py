@@ -251,32 +251,57 @@ def test_a_regressors_feedback_takes_finite_numbers_only() -> None:
             parse_feedback({"feedback": [item]}, schema, 10)
 
 
-def test_the_prodlog_keeps_a_regressors_true_values(tmp_path: Path) -> None:
+def test_the_prodlog_keeps_a_regressors_answer_in_named_columns(tmp_path: Path) -> None:
+    """A log written before regression existed (no ``feedback.value``) and before the named
+    answer columns (a regressor's three numbers in ``probabilities``) gets the columns on open;
+    a window spanning rows of both kinds reads every row's interval."""
     import sqlite3
 
     from pipeline.contracts.prodlog import FeedbackConflictError, ProductionLog
+    from pipeline.contracts.tasks.regression import ServedRegression
 
-    # A log written before regression existed: its feedback table has no value column.
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:
         conn.execute(
             "CREATE TABLE feedback (request_id VARCHAR(64), idx INTEGER, label INTEGER NOT NULL, "
             "ts FLOAT NOT NULL, PRIMARY KEY (request_id, idx))"
         )
+        conn.execute(
+            "CREATE TABLE predictions (request_id VARCHAR(64), idx INTEGER, ts FLOAT NOT NULL, "
+            "model_version VARCHAR(64) NOT NULL, features BLOB NOT NULL, label INTEGER NOT NULL, "
+            "probabilities BLOB NOT NULL, latency_ms FLOAT NOT NULL, out_of_range TEXT NOT NULL, "
+            "PRIMARY KEY (request_id, idx))"
+        )
+        old = np.float32([10.0, 8.0, 12.0]).tobytes()
+        conn.execute(
+            "INSERT INTO predictions VALUES ('old', 0, 1.0, '1', ?, 0, ?, 0.1, '')",
+            (np.zeros(2, np.float32).tobytes(), old),
+        )
     log = ProductionLog(str(db))
-    row = ("r", 0, 1.0, "1", np.zeros(2, np.float32).tobytes(), 0)
-    out = np.float32([10.0, 8.0, 12.0]).tobytes()
-    log.write_predictions([(*row, out, 0.1, "")])
-    assert log.add_feedback([("r", 0, 11.25)], 2.0, column="value") == {
+    answer = ServedRegression().answer(
+        [np.float32([20.0]), np.float32([18.0]), np.float32([23.0])],
+        None,  # type: ignore[arg-type]
+    )
+    assert answer.values.shape == (1, 0) and answer.named == [(20.0, 18.0, 23.0)]
+    log.write_predictions(
+        [("new", 0, 2.0, "1", np.zeros(2, np.float32).tobytes(), 0, b"", 0.1, "", *answer.named[0])]
+    )
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT prediction, lower, upper, length(probabilities) FROM "
+                              "predictions WHERE request_id = 'new'").fetchone()  # fmt: skip
+    assert stored == (20.0, 18.0, 23.0, 0)
+    assert log.add_feedback([("old", 0, 11.25)], 2.0, column="value") == {
         "stored": 1,
         "duplicates": 0,
     }
-    assert log.add_feedback([("r", 0, 11.25)], 3.0, column="value")["duplicates"] == 1
+    assert log.add_feedback([("old", 0, 11.25)], 3.0, column="value")["duplicates"] == 1
     with pytest.raises(FeedbackConflictError):
-        log.add_feedback([("r", 0, 11.5)], 4.0, column="value")
-    window = log.window(labelled_only=True)
-    assert window.true_value.tolist() == [11.25]
-    assert window.probabilities.tolist() == [[10.0, 8.0, 12.0]]
+        log.add_feedback([("old", 0, 11.5)], 4.0, column="value")
+    window = log.window()
+    assert window.true_value[0] == 11.25 and np.isnan(window.true_value[1])
+    assert window.interval().tolist() == [[10.0, 8.0, 12.0], [20.0, 18.0, 23.0]]
+    assert np.isnan(window.probabilities[1]).all()  # the new row has no probabilities
+    assert window.slice(1, 2).interval().tolist() == [[20.0, 18.0, 23.0]]
     log.close()
 
 

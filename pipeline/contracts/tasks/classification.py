@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
-from pipeline.contracts.prodlog import Window
+from pipeline.contracts.prodlog import NO_ANSWER, Window
 from pipeline.contracts.schema import Schema
 from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
 
@@ -52,7 +52,8 @@ class ServedClassification(ServedTask):
             {"index": i, "label": classes[lab], "probabilities": p}
             for i, (lab, p) in enumerate(zip(label_list, probs.tolist(), strict=True))
         ]
-        return Answer(label_list, probs, records, collections.Counter(label_list))
+        named = [NO_ANSWER] * len(label_list)
+        return Answer(label_list, probs, named, records, collections.Counter(label_list))
 
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
         return {"classes": schema.classes}

@@ -45,14 +45,16 @@ class ServedRegression(ServedTask):
         return None
 
     def answer(self, outputs: list[np.ndarray], schema: Schema) -> Answer:
-        """The log row keeps label 0 and the three numbers where a classifier's
-        probabilities go."""
+        """The log row keeps label 0, no probabilities, and the three numbers in its
+        ``prediction``, ``lower`` and ``upper`` columns."""
         out3 = np.stack(outputs, axis=1)  # (records, 3) float32: prediction, lower, upper
+        named = [tuple(row) for row in out3.tolist()]
         records = [
             {"index": i, "prediction": p, "lower": lo, "upper": hi}
-            for i, (p, lo, hi) in enumerate(out3.tolist())
+            for i, (p, lo, hi) in enumerate(named)
         ]
-        return Answer([0] * len(out3), out3, records, {0: len(out3)})
+        n = len(out3)
+        return Answer([0] * n, np.empty((n, 0), np.float32), named, records, {0: n})
 
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
         return {"coverage": export.get("interval", {}).get("coverage")}
@@ -129,7 +131,7 @@ class ServedRegression(ServedTask):
         }
         if n:
             truth = window.true_value[labelled]
-            pred, lower, upper = window.probabilities[labelled].T.astype(np.float64)
+            pred, lower, upper = window.interval()[labelled].T
             covered = int(((truth >= lower) & (truth <= upper)).sum())
             out["mae"] = float(np.abs(truth - pred).mean())
             out["coverage"] = covered / n
@@ -140,7 +142,7 @@ class ServedRegression(ServedTask):
         return out
 
     def mix(self, window: Window, schema: Schema) -> dict[str, Any]:
-        values = window.probabilities.astype(np.float64)
+        values = window.interval()
         return {
             "mean_prediction": float(values[:, 0].mean()) if len(window) else None,
             "mean_width": float((values[:, 2] - values[:, 1]).mean()) if len(window) else None,
