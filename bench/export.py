@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.contracts.io import load_json  # noqa: E402
 from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
 from pipeline.export import Served  # noqa: E402
+from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.learning.model import build  # noqa: E402
 
 
@@ -54,8 +55,8 @@ def main() -> None:
     names = [f["name"] for f in schema["features"]]
     X = pd.read_parquet(args.inputs / "data/prepared/test.parquet")[names].to_numpy(np.float32)
     torch.set_num_threads(1)
-    ckpt = torch.load(args.inputs / "models/hardened.pt", weights_only=True)
-    eager = Served(build(ckpt), ckpt.get("temperature", 1.0)).eval()
+    ckpt = load_checkpoint(args.inputs / "models/hardened.pt")
+    eager = Served(build(ckpt), ckpt.temperature or 1.0).eval()
     fp32 = session(args.inputs / "models/model.onnx")
     int8 = session(args.inputs / "models/model.int8.onnx")
     print(f"{'batch':>5}  {'runtime':<22}{'p50 ms':>9}{'p99 ms':>9}{'vs eager (p50)':>16}")

@@ -125,7 +125,7 @@ def main() -> None:
         model = build(ckpt)
         if start != "trained":
             torch.manual_seed(cfg.seed)
-            arch = ModelConfig(**ckpt["model_config"])
+            arch = ModelConfig(**ckpt.model_config)
             if start == "scratch-wide":
                 arch = dataclasses.replace(arch, hidden=2 * arch.hidden, channels=2 * arch.channels)
             model = Classifier(model.transform, build_net(arch))

@@ -37,6 +37,7 @@ from pipeline.contracts.prodlog import db_reason
 
 if TYPE_CHECKING:
     from monitoring.monitor import Monitor
+    from monitoring.policy import WindowDecision
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,20 +127,18 @@ def _run(args: argparse.Namespace) -> int:
         log.close()
 
 
-def _show(decision: dict) -> None:
-    f = decision["figures"]
-    acc = "" if f.get("accuracy") is None else f", feedback accuracy {f['accuracy']:.3f}"
-    if f.get("coverage") is not None:
-        acc = f", interval coverage {f['coverage']:.3f}, MAE {f['mae']:.4g}"
-    if f.get("log_rejected_rows"):
+def _show(decision: WindowDecision) -> None:
+    f = decision.figures
+    acc = f.quality.line()
+    if f.log_rejected_rows:
         acc += (
-            f"; {f['log_rejected_rows']} log rows refused by the database, set aside "
+            f"; {f.log_rejected_rows} log rows refused by the database, set aside "
             "(python -m serving.prodlog --rejected)"
         )
     print(
-        f"monitor: {decision['rows']} rows: {decision['decision']} (min p {f['p_min']:.3g}, "
-        f"{f['n_drifted_features']} drifted features{acc})"
-        + "".join(f"\n  - {r}" for r in decision["reasons"])
+        f"monitor: {decision.rows} rows: {decision.decision} (min p {f.drift.p_min:.3g}, "
+        f"{len(f.drift.features)} drifted features{acc})"
+        + "".join(f"\n  - {r}" for r in decision.reasons)
     )
 
 

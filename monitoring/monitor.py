@@ -39,17 +39,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from monitoring.detector import Reference, cached_reference
 from monitoring.policy import (
     RETRAINS,
+    WindowDecision,
+    WindowFigures,
     alarm_reasons,
     harmless_drift,
     trigger,
-    window_figures,
 )
 from monitoring.reports import drift_report, report_name, write_index
 from monitoring.retrain import retrain, retrain_lock
@@ -97,25 +97,20 @@ class Monitor:
             self._reference = (champ.version, ref)
         return self._reference[1]
 
-    def assess(self, window: Window, champ: Champion) -> dict[str, Any]:
-        drift = self.reference(champ).test(window.X, self.cfg.alpha)
+    def assess(self, window: Window, champ: Champion) -> WindowFigures:
         task = served_task(champ.schema)
-        figures = {
-            **drift.figures(),
-            **task.quality(window, champ.figures, self.cfg, champ.estimator),
-            **task.mix(window, champ.schema),
-            **window_figures(window),
-            "champion": champ.version,
-            # Rows the database refused, set aside by the service (not in any window).
-            "log_rejected_rows": self.log.rejected_count(),
-        }
-        figures["harm"] = bool(figures["accuracy_dropped"] or figures["estimate_dropped"])
-        figures["alarm"] = bool(drift.drifted or figures["harm"])
-        return figures
+        return WindowFigures.measure(
+            window,
+            self.reference(champ).test(window.X, self.cfg.alpha),
+            task.quality(window, champ.figures, self.cfg, champ.estimator),
+            task.mix(window, champ.schema),
+            champ.version,
+            self.log.rejected_count(),
+        )
 
     def decide(
         self, window: Window, *, report: bool = False, dry_run: bool = False, index: bool = True
-    ) -> dict:
+    ) -> WindowDecision:
         """Assess ``window``, apply the policy, record and return the decision.
 
         ``index``: rewrite the index page now (``step`` does it once for all its windows).
@@ -126,27 +121,27 @@ class Monitor:
         figures = self.assess(window, champ)
         task = served_task(champ.schema)
         reasons = alarm_reasons(figures, self.cfg, task)
-        if report or (figures["drifted"] and self.cfg.report_on_drift and self._onset()):
-            figures["report"] = self.write_report(window, champ, figures["drifted_features"])
+        if report or (figures.drifted and self.cfg.report_on_drift and self._onset()):
+            figures.report = self.write_report(window, champ, figures.drift.features[:10])
         decision = "ok"
         served = sorted(set(window.model_version))
         if champ.version not in served:
             # Answered before the champion was promoted: not evidence about the champion.
-            figures["harm_of_served"], figures["harm"] = figures["harm"], False
+            figures.superseded = True
             decision = "superseded"
             reasons = [
                 f"answered by version {', '.join(served)} before version {champ.version} became "
                 "champion: not counted against it"
                 + ("" if not reasons else f" ({'; '.join(reasons)})")
             ]
-        elif figures["drifted"] and not figures["harm"]:
+        elif figures.drifted and not figures.harm:
             decision, more = harmless_drift(figures, self.cfg, task)
             reasons += more
-        elif figures["harm"]:
+        elif figures.harm:
             decision, more = self._policy(dry_run or self.cfg.dry_run)
             reasons += more
             if decision in RETRAINS:
-                figures["retrain"] = True
+                figures.retrain = True
         out = self._record(window, decision, figures, reasons)
         if index:
             self.write_index()
@@ -177,18 +172,18 @@ class Monitor:
             return retrain(self.cfg, self.log, champ, self.project, self.reports)
 
     def _record(
-        self, window: Window, decision: str, figures: dict[str, Any], reasons: list[str]
-    ) -> dict:
+        self, window: Window, decision: str, figures: WindowFigures, reasons: list[str]
+    ) -> WindowDecision:
         start, end = float(window.ts[0]), float(window.ts[-1])
         self.log.record_decision(
             window_start=start,
             window_end=end,
             rows=len(window),
             decision=decision,
-            figures=figures,
+            figures=figures.as_json(),
             reasons=reasons,
         )
-        return {"decision": decision, "reasons": reasons, "figures": figures, "rows": len(window)}
+        return WindowDecision(decision, reasons, figures, len(window))
 
     def write_index(self) -> None:
         task = served_task(champion.read(self.registry).schema)
@@ -225,7 +220,9 @@ class Monitor:
         rows = self.log.window(since=since, last=size * self.cfg.max_windows)
         return [rows.slice(k, k + size) for k in range(0, len(rows) - size + 1, size)]
 
-    def step(self, dry_run: bool = False, stop: Callable[[], bool] = lambda: False) -> list[dict]:
+    def step(
+        self, dry_run: bool = False, stop: Callable[[], bool] = lambda: False
+    ) -> list[WindowDecision]:
         """Decide every new full window (until ``stop()``); the index page is written once."""
         out = []
         for w in self.new_windows():

@@ -14,37 +14,118 @@ recorded before; no I/O (labels are counted through the callable the monitor pas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from monitoring.detector import DriftResult
 from pipeline.contracts.params import MonitorConfig
 from pipeline.contracts.prodlog import Window
+from pipeline.contracts.task import WindowQuality
 from pipeline.contracts.tasks import ServedTask
 
 RETRAINS = ("retrain_promoted", "retrain_rejected", "retrain_failed")
 
 
-def window_figures(window: Window) -> dict[str, Any]:
-    """What the index page plots besides drift and the task's figures: latency and versions."""
-    return {
-        "p50_ms": float(np.percentile(window.latency_ms, 50)) if len(window) else None,
-        "p99_ms": float(np.percentile(window.latency_ms, 99)) if len(window) else None,
-        "versions": sorted(set(window.model_version)),
-    }
+@dataclasses.dataclass
+class WindowFigures:
+    """What the monitor measured on one window: the drift test's verdict (``drift``: its
+    figures), the task's figures from labels (``quality``), what the index page plots of the
+    answers (``mix``), latency and the versions that answered; then what deciding added (the
+    drift report's file name, ``superseded`` when the champion answered none of it, a retrain).
+    :meth:`as_json` is the decision row's ``figures``."""
+
+    drift: DriftResult
+    quality: WindowQuality
+    mix: Mapping[str, Any]
+    p50_ms: float | None
+    p99_ms: float | None
+    versions: list[str]
+    champion: str
+    log_rejected_rows: int  # rows the database refused, set aside by the service (no window's)
+    report: str | None = None
+    superseded: bool = False
+    retrain: bool = False
+
+    @classmethod
+    def measure(
+        cls,
+        window: Window,
+        drift: DriftResult,
+        quality: WindowQuality,
+        mix: Mapping[str, Any],
+        champion: str,
+        log_rejected_rows: int,
+    ) -> WindowFigures:
+        n = len(window)
+        return cls(
+            drift,
+            quality,
+            mix,
+            p50_ms=float(np.percentile(window.latency_ms, 50)) if n else None,
+            p99_ms=float(np.percentile(window.latency_ms, 99)) if n else None,
+            versions=sorted(set(window.model_version)),
+            champion=champion,
+            log_rejected_rows=log_rejected_rows,
+        )
+
+    @property
+    def drifted(self) -> bool:
+        return self.drift.drifted
+
+    @property
+    def harm(self) -> bool:
+        """The champion is hurt (its labels or its estimate say so), in a window it answered."""
+        return self.quality.harm and not self.superseded
+
+    @property
+    def alarm(self) -> bool:
+        return self.drifted or self.quality.harm
+
+    def as_json(self) -> dict[str, Any]:
+        out = {
+            **self.drift.figures(),
+            **self.quality.as_json(),
+            **self.mix,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "versions": self.versions,
+            "champion": self.champion,
+            "log_rejected_rows": self.log_rejected_rows,
+            "harm": self.harm,
+            "alarm": self.alarm,
+        }
+        if self.report is not None:
+            out["report"] = self.report
+        if self.superseded:
+            out["harm_of_served"] = self.quality.harm
+        if self.retrain:
+            out["retrain"] = True
+        return out
 
 
-def alarm_reasons(f: dict[str, Any], cfg: MonitorConfig, task: ServedTask) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class WindowDecision:
+    """What the monitor decided for a window (the policy's words above), and why."""
+
+    decision: str
+    reasons: list[str]
+    figures: WindowFigures
+    rows: int
+
+
+def alarm_reasons(f: WindowFigures, cfg: MonitorConfig, task: ServedTask) -> list[str]:
     """Why a window alarms, in words: drift, then the task's harm."""
     out = []
-    if f["drifted"]:
+    if f.drifted:
+        d = f.drift
         out.append(
-            f"input drift in {f['n_drifted_features']} feature(s), e.g. "
-            f"{', '.join(f['drifted_features'][:3])} (min Bonferroni p {f['p_min']:.2g} < "
-            f"alpha {cfg.alpha})"
+            f"input drift in {len(d.features)} feature(s), e.g. "
+            f"{', '.join(d.features[:3])} (min Bonferroni p {d.p_min:.2g} < alpha {cfg.alpha})"
         )
-    out += task.harm_reason(f, cfg)
+    out += task.harm_reason(f.quality, cfg)
     return out
 
 
@@ -80,9 +161,7 @@ def trigger(
     return "due", [f"a retrain is due ({labels} new labels)"]
 
 
-def harmless_drift(
-    f: dict[str, Any], cfg: MonitorConfig, task: ServedTask
-) -> tuple[str, list[str]]:
+def harmless_drift(f: WindowFigures, cfg: MonitorConfig, task: ServedTask) -> tuple[str, list[str]]:
     """The decision for a window whose inputs drifted with no evidence that the champion is hurt:
     recorded, never a retrain (docs/design.md: retraining acts on harm)."""
-    return "drift", [task.no_harm_reason(f, cfg)]
+    return "drift", [task.no_harm_reason(f.quality, cfg)]

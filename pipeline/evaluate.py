@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -55,6 +54,7 @@ from pipeline.learning import stage
 from pipeline.learning.assess import figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.tasks import Record, task_for
+from pipeline.release.decision import Decision
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -124,35 +124,26 @@ def body(ctx: stage.Context) -> None:
         max_clean_drop=harden_cfg.max_clean_drop
         + (cfg.max_int8_accuracy_drop if variant == "int8" else 0.0),
         budget_limited=bool(robustness.get("budget", {}).get("limited", False)),
-        champion_failing=production["why"] if production["champion_failing"] else None,
+        champion_failing=production.why if production.champion_failing else None,
     )
     rules, terms = task.gate(
         cfg, candidate, champion, bool(export["parity"]["passed"]), context, export, y
     )
-    passed = all(r["passed"] for r in rules)
-    decision: dict[str, Any] = {
-        "model_name": cfg.model_name,
-        "variant": variant,
-        "int8_latency_ratio": ratio,
-        "eps": eps,
-        **task.decision_head(cfg, export, y),
-        "passed": passed,
-        "promoted": passed,
-        "reasons": [
-            f"{r['rule']}: {r['value']:.4f} vs {r['threshold']:.4f}"
-            for r in rules
-            if not r["passed"]
-        ],
-        "rules": rules,
-        "hints": task.hints(terms, rules, eps, harden_cfg.max_clean_drop),
-        "candidate": candidate,
-        "champion": champion,
-        "champion_version_before": champ_version,
-        "production": production,  # is the champion failing there (the relative rules' waiver)
-    }
-    estimate = task.estimate(onnx_path, read_parquet(args.val), schema)
-    if estimate is not None:  # what the monitor estimates with before labels (bench/estimate.py)
-        decision["estimate"] = estimate
+    decision = Decision(
+        model_name=cfg.model_name,
+        variant=variant,
+        int8_latency_ratio=ratio,
+        eps=eps,
+        head=task.decision_head(cfg, export, y),
+        rules=rules,
+        hints=task.hints(terms, rules, eps, harden_cfg.max_clean_drop),
+        candidate=candidate,
+        champion=champion,
+        champion_version_before=champ_version,
+        production=production,  # is the champion failing there (the relative rules' waiver)
+        # What the monitor estimates with before labels (bench/estimate.py), or None.
+        estimate=task.estimate(onnx_path, read_parquet(args.val), schema),
+    )
     checkpoint = load_checkpoint(args.model)
     card = task.card(Record(schema, decision, train_metrics, robustness, export, checkpoint))
     release = Release(

@@ -45,6 +45,7 @@ the graph): on a retrain whose val holds at least 200 labelled production rows, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -86,16 +87,14 @@ def body(ctx: stage.Context) -> None:
     checkpoint = load_checkpoint(args.model)
     train_epochs = load_json(args.train_metrics)["epochs_run"]
     trained, hardened = build(checkpoint), build(checkpoint)
-    warm, warm_note = warm_start(
-        args.warm_start, checkpoint["model_config"], checkpoint.get("transform")
-    )
+    warm, warm_note = warm_start(args.warm_start, checkpoint.model_config, checkpoint.transform)
     if cfg.method == "none":
         warm_note = "none (harden.method none)"
     elif warm is not None:
         # A retrain: harden on from the champion's robust weights (the trained model, fine-tuned
         # on the new rows, stays the clean reference and the fallback), not from scratch. The
         # loop's hot path evaluates what its decisions read (docs/monitoring.md).
-        hardened.net.load_state_dict(warm["net"])
+        hardened.net.load_state_dict(warm.net)
         changes = {"epochs": cfg.warm_start_epochs, "lr": cfg.warm_start_lr}
         cfg = overlay(cfg, "harden", **changes, **task.warm_overlay(cfg))
     print(f"harden: {warm_note}")
@@ -115,12 +114,12 @@ def body(ctx: stage.Context) -> None:
         )
     )
     out.metrics["warm_start"] = warm_note
-    out_ckpt = {
-        **checkpoint,
-        "net": hardened.cpu().net.state_dict(),
-        "harden_config": cfg.model_dump(),
+    out_ckpt = dataclasses.replace(
+        checkpoint,
+        net=hardened.cpu().net.state_dict(),
+        harden_config=cfg.model_dump(),
         **out.checkpoint,  # the calibration head, which export puts in the graph
-    }
+    )
     with atomic_outputs(
         args.out, args.metrics, args.plot, args.figure, args.reliability, args.timing
     ) as (ckpt_tmp, metrics_tmp, plot_tmp, figure_tmp, reliability_tmp, timing_tmp):

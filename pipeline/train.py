@@ -47,7 +47,7 @@ from pipeline.contracts.io import atomic_outputs, dump_json, load_json
 from pipeline.contracts.params import TrainConfig, overlay
 from pipeline.learning import stage
 from pipeline.learning.checkpoint import (
-    load_checkpoint,
+    Checkpoint,
     save_checkpoint,
     transform_identity,
     warm_start,
@@ -62,6 +62,7 @@ from pipeline.learning.tasks import task_for
 from pipeline.learning.training import (
     FitResult,
     Inputs,
+    Resume,
     apply_tuned,
     fit,
     init_distributed,
@@ -128,7 +129,7 @@ def train(
     warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg), identity)
     if warm is not None:  # a retrain: fine-tune the champion's network on the new data
         model, gentler = task.warm(model, warm, cfg)  # a regressor: its scale and learning rate
-        model.net.load_state_dict(warm["net"])
+        model.net.load_state_dict(warm.net)
         cfg = overlay(cfg, "train", epochs=cfg.warm_start_epochs, **gentler)
     if rank == 0:
         print(f"train: {warm_note}")
@@ -158,10 +159,10 @@ def train(
 
     tracker = Tracker(args.tracking_db)
     resume_id = None
-    if checkpoint.is_file():  # continue its MLflow run only if fit() will resume it
-        saved = load_checkpoint(checkpoint)
-        if saved.get("fingerprint") == run_fingerprint(cfg, world, inputs.train, inputs.val):
-            resume_id = saved.get("extra", {}).get("run_id")
+    # Continue its MLflow run only if fit() will resume it.
+    resume = Resume.of_run(checkpoint, run_fingerprint(cfg, world, inputs.train, inputs.val))
+    if resume is not None:
+        resume_id = resume.extra.get("run_id")
     with tracker.run("train", resume=resume_id) as run:
         extra: dict[str, Any] = {"run_id": run.id}
         if resume_id is None:  # a resumed run already holds its params
@@ -182,16 +183,16 @@ def train(
             "world_size": world,
             "warm_start": warm_note,
         }
-        saved = {
-            "model_config": dataclasses.asdict(mcfg),
-            "net": model.net.state_dict(),
-            "transform_state": transform_state_tensors(inputs.transform.state()),
-            "transform": identity,  # a retrain keeps this transform (features --warm-start)
-            "feature_names": inputs.schema.names,
-            "classes": list(inputs.schema.classes),
-            "train_config": cfg.model_dump(),
+        saved = Checkpoint(
+            model_config=dataclasses.asdict(mcfg),
+            net=model.net.state_dict(),
+            transform_state=transform_state_tensors(inputs.transform.state()),
+            transform=identity,  # a retrain keeps this transform (features --warm-start)
+            feature_names=inputs.schema.names,
+            classes=list(inputs.schema.classes),
+            train_config=cfg.model_dump(),
             **task.saved(model),
-        }
+        )
         times = timing(result, wall, cfg, run.id)
         outputs = (args.model, args.metrics, args.history, args.confusion, args.timing)
         with atomic_outputs(*outputs) as tmps:

@@ -46,6 +46,28 @@ class Answer:
 
 
 @dataclasses.dataclass(frozen=True)
+class WindowQuality:
+    """A window's figures from its labels (and a label-free estimate where the task has one):
+    each task's record adds its own fields. ``accuracy_dropped`` / ``estimate_dropped``: the
+    harm rule's verdicts (from labels; without them)."""
+
+    labelled: int
+
+    @property
+    def harm(self) -> bool:
+        return bool(self.accuracy_dropped or self.estimate_dropped)  # type: ignore[attr-defined]
+
+    def line(self) -> str:
+        """The labelled figure for ``python -m monitoring check``'s line ("" without labels)."""
+        return ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The decision row's figures: every field, a test's p-value only where one ran."""
+        out = dataclasses.asdict(self)
+        return {k: v for k, v in out.items() if not (k.endswith("_p") and v is None)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ChampionFigures:
     """The champion's test figures the monitor compares windows with."""
 
@@ -108,7 +130,7 @@ class ServedTask(abc.ABC):
     @abc.abstractmethod
     def quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
-    ) -> dict[str, Any]:
+    ) -> WindowQuality:
         """A window's figures from its labels (and a label-free estimate where the task has
         one), with ``accuracy_dropped`` / ``estimate_dropped``: the harm rule."""
 
@@ -117,25 +139,25 @@ class ServedTask(abc.ABC):
         """What the index page plots of the answers (the class mix; the mean prediction)."""
 
     @abc.abstractmethod
-    def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
+    def harm_reason(self, f: Any, cfg: MonitorConfig) -> list[str]:
         """Why the labels say the champion is hurt, in words (empty: they do not)."""
 
-    def no_harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+    def no_harm_reason(self, f: Any, cfg: MonitorConfig) -> str:
         """Why a drifted window is no harm, in words: too few labels to test the task's figure,
         or the figure not significantly below the champion's."""
-        if f["labelled"] < cfg.min_labels:
+        if f.labelled < cfg.min_labels:
             return (
-                f"not retraining: {f['labelled']} labels in the window, min_labels "
+                f"not retraining: {f.labelled} labels in the window, min_labels "
                 f"{cfg.min_labels} to test its {self.too_few_labels(f)}"
             )
         return f"not retraining: {self.not_significant(f, cfg)}"
 
     @abc.abstractmethod
-    def too_few_labels(self, f: dict[str, Any]) -> str:
+    def too_few_labels(self, f: Any) -> str:
         """What a window with too few labels cannot test (and what it says without them)."""
 
     @abc.abstractmethod
-    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+    def not_significant(self, f: Any, cfg: MonitorConfig) -> str:
         """The labelled figure that is not significantly below the champion's, in words."""
 
     @abc.abstractmethod

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.learning.checkpoint import Checkpoint
 from pipeline.learning.transforms import TransformModule
 
 
@@ -175,19 +176,19 @@ def build_net(cfg: ModelConfig) -> nn.Module:
 MODELS: dict[str, Any] = {
     "classification": lambda transform, net, ckpt: Classifier(transform, net),
     "regression": lambda transform, net, ckpt: Regressor(
-        transform, net, TargetScaling(**ckpt["target_scaling"])
+        transform, net, TargetScaling(**ckpt.target_scaling)
     ),
 }
 
 
-def build(checkpoint: dict[str, Any]) -> Any:
+def build(checkpoint: Checkpoint) -> Any:
     """Rebuild the model saved by the train (or harden) stage, in eval mode: a
     :class:`Classifier`, or a :class:`Regressor` for a checkpoint of task regression."""
-    cfg = ModelConfig(**checkpoint["model_config"])
-    state = {k: v.numpy() for k, v in checkpoint["transform_state"].items()}
-    head = MODELS[checkpoint.get("task", "classification")]
+    cfg = ModelConfig(**checkpoint.model_config)
+    state = {k: v.numpy() for k, v in checkpoint.transform_state.items()}
+    head = MODELS[checkpoint.task_name]
     model = head(TransformModule(state), build_net(cfg), checkpoint)
-    model.net.load_state_dict(checkpoint["net"])
+    model.net.load_state_dict(checkpoint.net)
     return model.eval()
 
 

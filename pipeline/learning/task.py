@@ -26,12 +26,14 @@ from torch import nn
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import GateConfig, HardenConfig, TrainConfig
 from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning.checkpoint import Checkpoint
 from pipeline.learning.model import ModelConfig
 from pipeline.learning.splits import Split
 from pipeline.learning.training import Objective, fit_baselines
 from pipeline.learning.transforms import FeatureTransform
 from pipeline.release import card
-from pipeline.release.gate import Figures, GateContext, Terms, hints, judge
+from pipeline.release.decision import Decision, Production
+from pipeline.release.gate import Figures, GateContext, Terms, Verdict, hints, judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +49,9 @@ class Quality:
 class Hardened:
     """What a task's hardening hands back to the harden stage to write.
 
-    ``metrics``: metrics/robustness.json; ``table``: plots/robustness.csv; ``checkpoint``: what
-    the hardened checkpoint adds (the calibration head export puts in the graph); ``figure``
+    ``metrics``: metrics/robustness.json; ``table``: plots/robustness.csv; ``checkpoint``: the
+    :class:`Checkpoint` fields the hardened one adds (the calibration head export puts in the
+    graph: ``temperature``, ``interval``); ``figure``
     writes the reliability figure's file (``--reliability``); ``summary``: the lines printed.
     """
 
@@ -84,7 +87,7 @@ class Exported:
     """A model and the graphs exported from it, for the parity check."""
 
     model: Any
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
     fp32: Path
     int8: Path | None
     schema: Schema
@@ -115,11 +118,11 @@ class Record:
     metrics (metrics/train.json, robustness.json, export.json) and the checkpoint."""
 
     schema: Schema
-    decision: dict[str, Any]
+    decision: Decision
     train: dict[str, Any]
     robustness: dict[str, Any]
     export: dict[str, Any]
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
 
 
 class Task(abc.ABC):
@@ -187,7 +190,7 @@ class Task(abc.ABC):
         """The model to train around ``net``."""
 
     @abc.abstractmethod
-    def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
+    def warm(self, model: Any, warm: Checkpoint, cfg: TrainConfig) -> tuple[Any, dict]:
         """A retrain: the model on the champion's terms and the train keys it fine-tunes with."""
 
     @property
@@ -268,7 +271,7 @@ class Task(abc.ABC):
     # ---- export ----
 
     @abc.abstractmethod
-    def served(self, model: Any, checkpoint: dict[str, Any]) -> nn.Module:
+    def served(self, model: Any, checkpoint: Checkpoint) -> nn.Module:
         """The module the ONNX graph computes: raw features to this task's outputs."""
 
     @abc.abstractmethod
@@ -310,7 +313,7 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def production(
         self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Production:
         """Whether the champion fails in production, and why."""
 
     @abc.abstractmethod
@@ -326,12 +329,12 @@ class Task(abc.ABC):
         ctx: GateContext | None,
         export: dict[str, Any],
         y: np.ndarray,
-    ) -> tuple[list[dict[str, Any]], Terms]:
+    ) -> tuple[list[Verdict], Terms]:
         terms = self.terms(cfg, cand, export, y)
         return judge(cfg, terms, cand, champ, parity_passed, ctx), terms
 
     def hints(
-        self, terms: Terms, rules: list[dict[str, Any]], eps: float, max_clean_drop: float
+        self, terms: Terms, rules: list[Verdict], eps: float, max_clean_drop: float
     ) -> list[str]:
         return hints(terms, rules, eps, max_clean_drop)
 

@@ -31,7 +31,7 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, load_json, require_file
 from pipeline.contracts.params import TUNABLE, TrainConfig, overlay
 from pipeline.contracts.schema import Schema
-from pipeline.learning.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learning.checkpoint import load_file, save_checkpoint
 from pipeline.learning.model import Classifier, Regressor
 from pipeline.learning.splits import Split, load_split
 from pipeline.learning.transforms import FeatureTransform
@@ -149,6 +149,40 @@ def run_fingerprint(cfg: TrainConfig, world: int, train: Split, val: Split) -> s
     return fingerprint(cfg.model_dump(), world, train.X.nan_to_num(), train.y, val.y)
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """:func:`fit`'s state after an epoch (the train stage's ``--checkpoint``): enough to go on
+    as if never stopped. ``fingerprint``: the run it belongs to (:func:`run_fingerprint`);
+    ``best``: early stopping's best loss, its weights and the epochs since; ``extra``: what the
+    caller keeps with it (the MLflow run's id)."""
+
+    fingerprint: str
+    epoch: int
+    net: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: torch.Tensor
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    elapsed: float
+    samples: int
+    tta: float | None
+    extra: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def of_run(cls, path: Path | None, ident: str) -> Resume | None:
+        """The state at ``path`` if it belongs to the run ``ident``, else None."""
+        if path is None or not path.is_file():
+            return None
+        saved = load_file(path)
+        if saved.get("fingerprint") != ident:
+            return None
+        return cls(**saved)
+
+
 def fit(
     model: Classifier | Regressor,
     train: Split,
@@ -200,22 +234,21 @@ def fit(
     ident = run_fingerprint(cfg, world, train, val)
     start, history, best = 0, [], {"loss": math.inf, "state": None, "bad": 0}
     elapsed, samples, tta = 0.0, 0, None
-    if checkpoint is not None and checkpoint.is_file():
-        saved = load_checkpoint(checkpoint)
-        if saved.get("fingerprint") == ident:
-            model.net.load_state_dict(saved["net"])
-            opt.load_state_dict(saved["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng"])
-            start, history, best = saved["epoch"] + 1, saved["history"], saved["best"]
-            elapsed, samples, tta = saved["elapsed"], saved["samples"], saved["tta"]
-            if extra_state is not None:
-                extra_state.update(saved.get("extra", {}))
-            if rank == 0:
-                print(f"train: resuming from {checkpoint} after epoch {start}")
-        elif rank == 0:
-            print(f"train: ignoring {checkpoint}: it belongs to another config or data")
+    saved = Resume.of_run(checkpoint, ident)
+    if saved is not None:
+        model.net.load_state_dict(saved.net)
+        opt.load_state_dict(saved.optimizer)
+        if sched is not None:
+            sched.load_state_dict(saved.scheduler)
+        torch.set_rng_state(saved.rng)
+        start, history, best = saved.epoch + 1, saved.history, saved.best
+        elapsed, samples, tta = saved.elapsed, saved.samples, saved.tta
+        if extra_state is not None:
+            extra_state.update(saved.extra)
+        if rank == 0:
+            print(f"train: resuming from {checkpoint} after epoch {start}")
+    elif checkpoint is not None and checkpoint.is_file() and rank == 0:
+        print(f"train: ignoring {checkpoint}: it belongs to another config or data")
 
     bar = tqdm(
         range(start, cfg.epochs),
@@ -270,22 +303,22 @@ def fit(
         if on_epoch is not None:  # before the checkpoint: a kill can repeat a step, not skip one
             on_epoch(epoch, row)
         if checkpoint is not None and rank == 0:
-            state = {
-                "fingerprint": ident,
-                "epoch": epoch,
-                "net": model.net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else {},
-                "rng": torch.get_rng_state(),
-                "history": history,
-                "best": best,
-                "elapsed": elapsed,
-                "samples": samples,
-                "tta": tta,
-                "extra": extra_state or {},
-            }
+            state = Resume(
+                fingerprint=ident,
+                epoch=epoch,
+                net=model.net.state_dict(),
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict() if sched is not None else {},
+                rng=torch.get_rng_state(),
+                history=history,
+                best=best,
+                elapsed=elapsed,
+                samples=samples,
+                tta=tta,
+                extra=extra_state or {},
+            )
             with atomic_outputs(checkpoint) as (tmp,):
-                save_checkpoint(state, tmp)
+                save_checkpoint(state.as_dict(), tmp)
         bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
         if stop.item():
             break

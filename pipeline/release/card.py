@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from pipeline.contracts.schema import Schema
+from pipeline.release.decision import Decision
 
 
 def data_line(schema: Schema, target: str) -> str:
@@ -21,10 +22,10 @@ def data_line(schema: Schema, target: str) -> str:
     )
 
 
-def model_lines(ckpt: dict[str, Any], robustness: dict[str, Any], graph: str) -> list[str]:
+def model_lines(arch: str, robustness: dict[str, Any], graph: str) -> list[str]:
     return [
         "## Model",
-        f"- {ckpt['model_config']['arch'].upper()} behind the fitted feature transform, one ONNX "
+        f"- {arch.upper()} behind the fitted feature transform, one ONNX "
         f"graph from raw features to {graph}",
         f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
         "range",
@@ -32,9 +33,9 @@ def model_lines(ckpt: dict[str, Any], robustness: dict[str, Any], graph: str) ->
     ]
 
 
-def metrics_table(decision: dict[str, Any], keys: list[str]) -> list[str]:
+def metrics_table(decision: Decision, keys: list[str]) -> list[str]:
     """Candidate against champion, one row per figure (``-``: the champion has none)."""
-    c, champ = decision["candidate"], decision.get("champion") or {}
+    c, champ = decision.candidate, decision.champion or {}
     lines = ["## Test metrics", "| metric | candidate | champion |", "| --- | --- | --- |"]
     for key in keys:
         theirs = f"{champ[key]:.4f}" if key in champ else "-"
@@ -46,18 +47,16 @@ def baselines_line(train: dict[str, Any]) -> list[str]:
     return ["", f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}", ""]
 
 
-def gate_lines(decision: dict[str, Any]) -> list[str]:
+def gate_lines(decision: Decision) -> list[str]:
     """The decision, every rule's verdict, why the champion fails (if it does), the hints."""
-    lines = [f"## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}"]
+    lines = [f"## Gate: {'PROMOTED' if decision.promoted else 'REJECTED'}"]
     lines += [
-        f"- {'waived' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} {r['rule']}: "
-        f"{r['value']:.4f} vs {r['threshold']:.4f} ({r['what']})"
-        for r in decision["rules"]
+        f"- {'waived' if r.waived else 'pass' if r.passed else 'FAIL'} {r.reason()} ({r.what})"
+        for r in decision.rules
     ]
-    production = decision.get("production") or {}
-    if production.get("champion_failing"):
-        lines.append(f"- the champion fails in production: {production['why']}")
-    lines += [f"- hint: {h}" for h in decision.get("hints", [])]
+    if decision.production.champion_failing:
+        lines.append(f"- the champion fails in production: {decision.production.why}")
+    lines += [f"- hint: {h}" for h in decision.hints]
     return lines
 
 
@@ -73,7 +72,7 @@ def limits_lines(limits: list[str]) -> list[str]:
     ]
 
 
-def closing(export: str, decision: dict[str, Any], limits: list[str]) -> list[str]:
+def closing(export: str, decision: Decision, limits: list[str]) -> list[str]:
     """The card's last sections: the export's parity (``export``, the task's line), the gate,
     the limits (the task's among them)."""
     return ["", "## Export", export, "", *gate_lines(decision), *limits_lines(limits)]

@@ -31,15 +31,41 @@ class Rule:
     at_least: bool
     what: str
 
-    def judged(self) -> dict[str, Any]:
+    def judged(self) -> Verdict:
         passed = self.value >= self.threshold if self.at_least else self.value <= self.threshold
-        return {
-            "rule": self.rule,
-            "value": self.value,
-            "threshold": self.threshold,
-            "passed": bool(passed),
-            "what": self.what,
-        }
+        return Verdict(self.rule, self.value, self.threshold, bool(passed), self.what)
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One rule after judging, as the decision records it (``waived``: passed by a waiver,
+    ``what`` says which)."""
+
+    rule: str
+    value: float
+    threshold: float
+    passed: bool
+    what: str
+    waived: bool = False
+
+    def waive(self, why: str) -> None:
+        self.passed, self.waived = True, True
+        self.what += why
+
+    def reason(self) -> str:
+        """How the decision's ``reasons`` name a failed rule."""
+        return f"{self.rule}: {self.value:.4f} vs {self.threshold:.4f}"
+
+    def as_json(self) -> dict[str, Any]:
+        """metrics/evaluate.json's ``rules`` entry (``waived`` only where a waiver passed it)."""
+        out = dataclasses.asdict(self)
+        if not self.waived:
+            del out["waived"]
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Verdict:
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +101,7 @@ class Terms:
     robust_floor: str
     vs_champion_robust: Callable[[Figures, Figures], Rule]
     hints: Mapping[str, str]
-    waived_robust_hint: Callable[[dict[str, Any], float, float], str]
+    waived_robust_hint: Callable[[Verdict, float, float], str]
     note: Callable[[Figures, Figures | None], str] = lambda cand, champ: ""
 
     @property
@@ -160,7 +186,7 @@ def judge(
     champ: Figures | None,
     parity_passed: bool,
     ctx: GateContext | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Verdict]:
     """Every rule with its value, threshold and verdict.
 
     The robust floor is waived (passed, marked ``waived``) when ``gate.robust_floor`` is
@@ -253,39 +279,35 @@ def judge(
     )
     over_budget = cfg.robust_floor == "budget" and ctx.budget_limited
     for r in out:
-        if r["rule"] == terms.robust_floor and not r["passed"] and over_budget:
+        if r.rule == terms.robust_floor and not r.passed and over_budget:
             if champion_meets:
                 assert champ is not None
-                r["what"] += (
+                r.what += (
                     f" (not waived: the champion meets it, {terms.robust_name} "
                     f"{champ[terms.robust]:{terms.robust_format}}; gate.robust_floor: budget "
                     "waives it only where no model has)"
                 )
                 continue
-            r.update(passed=True, waived=True)
-            r["what"] += " (waived: robustness at harden.eps costs more than the budget)"
-        if r["rule"] in terms.relative_on_test and fixes and not r["passed"]:
-            r.update(passed=True, waived=True)
-            r["what"] += f" (waived: the champion fails in production: {ctx.champion_failing})"
+            r.waive(" (waived: robustness at harden.eps costs more than the budget)")
+        if r.rule in terms.relative_on_test and fixes and not r.passed:
+            r.waive(f" (waived: the champion fails in production: {ctx.champion_failing})")
     return out
 
 
-def hints(
-    terms: Terms, rules: list[dict[str, Any]], eps: float, max_clean_drop: float
-) -> list[str]:
+def hints(terms: Terms, rules: list[Verdict], eps: float, max_clean_drop: float) -> list[str]:
     """What to change, for each failed or waived rule."""
     out = []
     for r in rules:
-        if r.get("waived") and r["rule"] == terms.robust_floor:
+        if r.waived and r.rule == terms.robust_floor:
             out.append(
                 terms.waived_robust_hint(r, eps, max_clean_drop)
                 + " allows: raise harden.max_clean_drop to trade accuracy for robustness, lower "
                 "harden.eps, or set gate.robust_floor: strict to refuse such a model"
             )
-        elif r.get("waived"):
-            out.append(f"{r['rule']}: {r['value']:.4f} vs {r['threshold']:.4f} waived; {r['what']}")
-        elif not r["passed"] and r["rule"] == "max_p99_latency_ms":
-            out.append(f"{r['rule']}: {LATENCY_HINT}")
-        elif not r["passed"] and r["rule"] in terms.hints:
-            out.append(f"{r['rule']}: {terms.hints[r['rule']]}")
+        elif r.waived:
+            out.append(f"{r.reason()} waived; {r.what}")
+        elif not r.passed and r.rule == "max_p99_latency_ms":
+            out.append(f"{r.rule}: {LATENCY_HINT}")
+        elif not r.passed and r.rule in terms.hints:
+            out.append(f"{r.rule}: {terms.hints[r.rule]}")
     return out

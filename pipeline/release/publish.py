@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from pipeline.contracts import champion as champion_files
 from pipeline.contracts.io import atomic_outputs, dump_json
 from pipeline.contracts.params import GateConfig
 from pipeline.contracts.schema import FEEDBACK, Schema
+from pipeline.release.decision import Decision
 from pipeline.release.tracking import Tracker
 
 # A retrain's train split with at least this many production rows re-baselines the monitor on them.
@@ -54,22 +54,22 @@ def publish(
     release: Release,
     tracker: Tracker,
     cfg: GateConfig,
-    decision: dict[str, Any],
+    decision: Decision,
     card: str,
     registry_dir: Path,
     metrics: str | Path,
 ) -> str:
     """The candidate's files (with the model card, the decision, the monitor's drift reference
     and, where the decision has one, its label-free estimate) registered as a new version,
-    promoted if it passed; then ``metrics`` and the hints. Returns the version (also set in
-    ``decision``)."""
+    promoted if it passed; then ``metrics`` (the decision with its version) and the hints.
+    Returns the version."""
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / champion_files.CARD
         decision_path = Path(tmp) / champion_files.DECISION
         reference_path = Path(tmp) / champion_files.REFERENCE
         card_path.write_text(card)
         release.reference.to_parquet(reference_path, index=False)
-        dump_json(decision, decision_path)  # the figures GET /model shows
+        dump_json(decision.as_json(), decision_path)  # the figures GET /model shows
         files = {
             champion_files.ONNX: release.onnx,
             champion_files.TWIN: release.twin,
@@ -79,30 +79,29 @@ def publish(
             champion_files.CARD: card_path,  # registered with the version, shipped if promoted
             champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
         }
-        if "estimate" in decision:  # the monitor's label-free estimate (a classifier's)
+        if decision.estimate is not None:  # the monitor's label-free estimate (a classifier's)
             estimate_path = Path(tmp) / champion_files.ESTIMATE
-            dump_json(decision["estimate"], estimate_path)
+            dump_json(decision.estimate, estimate_path)
             files[champion_files.ESTIMATE] = estimate_path
         version = register(tracker, decision, files, card, cfg)
-        decision["version"] = version
-        if decision["passed"]:
+        if decision.passed:
             registry.promote(tracker, cfg.model_name, version, registry_dir, files)
     with atomic_outputs(metrics) as (tmp_metrics,):
-        dump_json(decision, tmp_metrics)
-    for line in decision["hints"]:
+        dump_json(dataclasses.replace(decision, version=version).as_json(), tmp_metrics)
+    for line in decision.hints:
         print(f"evaluate: hint: {line}")
     return version
 
 
-def verdict(decision: dict[str, Any]) -> str:
-    if decision["passed"]:
+def verdict(decision: Decision) -> str:
+    if decision.passed:
         return "promoted to champion"
-    return "rejected: " + "; ".join(decision["reasons"])
+    return "rejected: " + "; ".join(decision.reasons)
 
 
 def register(
     tracker: Tracker,
-    decision: dict[str, Any],
+    decision: Decision,
     files: dict[str, Path],
     card: str,
     cfg: GateConfig,
@@ -111,11 +110,11 @@ def register(
     with tracker.run("evaluate") as run:
         for src in files.values():
             run.log_artifact(src, folder="model")
-        run.log_metrics({f"candidate_{k}": v for k, v in decision["candidate"].items()})
-        run.log_dict(decision, "evaluate.json")
+        run.log_metrics({f"candidate_{k}": v for k, v in decision.candidate.items()})
+        run.log_dict(decision.as_json(), "evaluate.json")
         tags = {
-            "gate": "passed" if decision["passed"] else "failed",
-            "variant": decision["variant"],
-            "failed_rules": ",".join(r["rule"] for r in decision["rules"] if not r["passed"]),
+            "gate": "passed" if decision.passed else "failed",
+            "variant": decision.variant,
+            "failed_rules": ",".join(decision.failed_rules),
         }
         return tracker.register(cfg.model_name, run, "model", tags, card)

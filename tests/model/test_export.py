@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-import torch
 
 from pipeline.contracts.runtime import predict, session
 from pipeline.contracts.schema import LABEL, Schema
 from pipeline.export import torch_predict
+from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
 from tests.conftest import ROOT
 
@@ -37,8 +37,8 @@ def test_parity_with_pytorch_on_the_whole_test_split(exported: Path, stage_input
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     X = test[schema.names].to_numpy(np.float32)
-    ckpt = torch.load(exported / "hardened.pt", weights_only=True)
-    t_probs, t_labels = torch_predict(build(ckpt), X, ckpt["temperature"])
+    ckpt = load_checkpoint(exported / "hardened.pt")
+    t_probs, t_labels = torch_predict(build(ckpt), X, ckpt.temperature)
     o_probs, o_labels = predict(session(exported / "model.onnx"), X)
     assert len(X) == len(test) == 360
     assert np.abs(o_probs - t_probs).max() <= 1e-5

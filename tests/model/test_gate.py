@@ -31,7 +31,7 @@ from pipeline.learning.tasks import Attack, Measured
 from pipeline.learning.tasks.classification import Classification, square_check
 from pipeline.learning.training import fit, load_inputs
 from pipeline.release import gate as gate_rules
-from pipeline.release.gate import GateContext
+from pipeline.release.gate import GateContext, Verdict
 from pipeline.release.tracking import Tracker
 from tests.conftest import TINY, evaluate_args, export_args, repo_params, tracking_db
 
@@ -41,12 +41,12 @@ NO_ROWS = np.zeros(1)  # a classifier's gate terms read no test labels
 
 def gate(
     cfg: GateConfig, cand: dict, champ: dict | None, parity: bool, ctx: GateContext | None = None
-) -> list[dict]:
+) -> list[Verdict]:
     """The classifier's rules, as the evaluate stage judges them."""
     return CLS.gate(cfg, cand, champ, parity, ctx, {}, NO_ROWS)[0]
 
 
-def hints(rules: list[dict], eps: float, max_clean_drop: float) -> list[str]:
+def hints(rules: list[Verdict], eps: float, max_clean_drop: float) -> list[str]:
     cfg = section(repo_params(), "gate", GateConfig)
     terms = CLS.terms(cfg, {"accuracy": 0.0, "robust_accuracy": 0.0, "ece": 0.0}, {}, NO_ROWS)
     return CLS.hints(terms, rules, eps, max_clean_drop)
@@ -252,13 +252,13 @@ def test_variant_choice() -> None:
 def test_rules_compare_in_the_right_direction() -> None:
     cfg = section(repo_params(), "gate", GateConfig)
     good = {"accuracy": 0.99, "robust_accuracy": 0.8, "ece": 0.02, "p99_latency_ms": 1.0}
-    assert all(r["passed"] for r in gate(cfg, good, None, True))
+    assert all(r.passed for r in gate(cfg, good, None, True))
     slow_and_miscalibrated = {**good, "ece": 0.2, "p99_latency_ms": 1e3}
-    failed = {r["rule"] for r in gate(cfg, slow_and_miscalibrated, good, True) if not r["passed"]}
+    failed = {r.rule for r in gate(cfg, slow_and_miscalibrated, good, True) if not r.passed}
     assert failed == {"max_ece", "max_p99_latency_ms"}
     slightly_worse = {**good, "accuracy": 0.99 - cfg.max_accuracy_drop / 2}
-    assert all(r["passed"] for r in gate(cfg, slightly_worse, good, True))
-    assert [r["rule"] for r in gate(cfg, good, None, False) if not r["passed"]] == ["parity"]
+    assert all(r.passed for r in gate(cfg, slightly_worse, good, True))
+    assert [r.rule for r in gate(cfg, good, None, False) if not r.passed] == ["parity"]
 
 
 def test_data_relative_floors_and_the_budget_waiver() -> None:
@@ -268,20 +268,20 @@ def test_data_relative_floors_and_the_budget_waiver() -> None:
     weak = {"accuracy": 0.90, "robust_accuracy": 0.1, "ece": 0.02, "p99_latency_ms": 1.0}
     ctx = GateContext(baseline=("svm", 0.91), trained_clean=0.905, max_clean_drop=0.01)
     # A table where 0.90 is good: no absolute floor fails, the baseline and budget rules pass.
-    failed = [r["rule"] for r in gate(cfg, weak, None, True, ctx) if not r["passed"]]
+    failed = [r.rule for r in gate(cfg, weak, None, True, ctx) if not r.passed]
     assert failed == ["min_robust_accuracy"]
     limited = dataclasses.replace(ctx, budget_limited=True)
     rules = gate(cfg, weak, None, True, limited)
-    assert all(r["passed"] for r in rules)
-    assert [r["rule"] for r in rules if r.get("waived")] == ["min_robust_accuracy"]
+    assert all(r.passed for r in rules)
+    assert [r.rule for r in rules if r.waived] == ["min_robust_accuracy"]
     advice = hints(rules, 0.1, 0.01)
     assert len(advice) == 1 and "raise harden.max_clean_drop" in advice[0]
     strict = overlay(cfg, "gate", robust_floor="strict")
-    failed = [r["rule"] for r in gate(strict, weak, None, True, limited) if not r["passed"]]
+    failed = [r.rule for r in gate(strict, weak, None, True, limited) if not r.passed]
     assert failed == ["min_robust_accuracy"]
     # Trailing the baseline by more than the gap, or the trained model by more than the budget.
     worse = {**weak, "accuracy": 0.88}
-    failed = {r["rule"] for r in gate(cfg, worse, None, True, limited) if not r["passed"]}
+    failed = {r.rule for r in gate(cfg, worse, None, True, limited) if not r.passed}
     assert failed == {"vs_baseline", "clean_budget"}
     assert any(
         "tune.n_trials" in h for h in hints(gate(cfg, worse, None, True, limited), 0.1, 0.01)
@@ -299,17 +299,17 @@ def test_the_budget_waiver_never_replaces_a_robust_champion() -> None:
     cand["holdout_accuracy"] = 0.97
     robust_champ = {**cand, "robust_accuracy": floor + 0.1, "holdout_accuracy": 0.40}
     ctx = GateContext(budget_limited=True, champion_failing="holdout 0.40")
-    rules = {r["rule"]: r for r in gate(cfg, cand, robust_champ, True, ctx)}
+    rules = {r.rule: r for r in gate(cfg, cand, robust_champ, True, ctx)}
     floor_rule = rules["min_robust_accuracy"]
-    assert not floor_rule["passed"] and not floor_rule.get("waived")
-    assert "not waived: the champion meets it" in floor_rule["what"]
+    assert not floor_rule.passed and not floor_rule.waived
+    assert "not waived: the champion meets it" in floor_rule.what
     # The relative rules on test are still waived: the champion fails where the candidate fixes.
-    assert rules["vs_champion_robust_accuracy"].get("waived")
+    assert rules["vs_champion_robust_accuracy"].waived
     advice = hints(list(rules.values()), 0.1, 0.01)
     assert any(h.startswith("min_robust_accuracy: robust accuracy is below") for h in advice)
     weak_champ = {**robust_champ, "robust_accuracy": floor - 0.1}
-    rules = {r["rule"]: r for r in gate(cfg, cand, weak_champ, True, ctx)}
-    assert rules["min_robust_accuracy"]["passed"] and rules["min_robust_accuracy"].get("waived")
+    rules = {r.rule: r for r in gate(cfg, cand, weak_champ, True, ctx)}
+    assert rules["min_robust_accuracy"].passed and rules["min_robust_accuracy"].waived
 
 
 def test_the_production_holdout_rule() -> None:
@@ -320,13 +320,13 @@ def test_the_production_holdout_rule() -> None:
     champ = {**base, "holdout_accuracy": 0.90}
 
     def holdout_rule(cand: dict, champion: dict | None) -> dict | None:
-        rules = {r["rule"]: r for r in gate(cfg, cand, champion, True)}
+        rules = {r.rule: r for r in gate(cfg, cand, champion, True)}
         return rules.get("vs_champion_holdout_accuracy")
 
     worse = holdout_rule({**base, "holdout_accuracy": 0.90 - 2 * cfg.max_accuracy_drop}, champ)
-    assert worse is not None and not worse["passed"]
-    assert worse["threshold"] == pytest.approx(0.90 - cfg.max_accuracy_drop)
-    assert holdout_rule({**base, "holdout_accuracy": 0.90}, champ)["passed"]
+    assert worse is not None and not worse.passed
+    assert worse.threshold == pytest.approx(0.90 - cfg.max_accuracy_drop)
+    assert holdout_rule({**base, "holdout_accuracy": 0.90}, champ).passed
     assert holdout_rule({**base, "holdout_accuracy": 0.5}, None) is None  # first model
     assert holdout_rule(base, {**base}) is None  # no labelled production rows yet
 
@@ -434,24 +434,24 @@ def test_a_champion_failing_in_production_does_not_block_a_candidate_that_fixes_
         "accuracy": 0.975, "robust_accuracy": 0.80, "ece": 0.02, "p99_latency_ms": 0.2,
         "holdout_accuracy": 0.95, "holdout_rows": 286,
     }  # fmt: skip
-    blocked = {r["rule"] for r in gate(cfg, cand, champ, True) if not r["passed"]}
+    blocked = {r.rule for r in gate(cfg, cand, champ, True) if not r.passed}
     assert blocked == {"vs_champion_accuracy", "vs_champion_robust_accuracy"}
     ctx = GateContext(champion_failing="holdout accuracy 0.40 on 286 rows")
-    rules = {r["rule"]: r for r in gate(cfg, cand, champ, True, ctx)}
-    assert all(r["passed"] for r in rules.values())
-    assert {k for k, r in rules.items() if r.get("waived")} == {
+    rules = {r.rule: r for r in gate(cfg, cand, champ, True, ctx)}
+    assert all(r.passed for r in rules.values())
+    assert {k for k, r in rules.items() if r.waived} == {
         "vs_champion_accuracy",
         "vs_champion_robust_accuracy",
     }
-    assert "fails in production: holdout accuracy 0.40" in rules["vs_champion_accuracy"]["what"]
+    assert "fails in production: holdout accuracy 0.40" in rules["vs_champion_accuracy"].what
     advice = hints(list(rules.values()), 0.1, 0.01)
     assert len(advice) == 2 and all("waived" in h for h in advice)
     # Not fixing production, or below an absolute floor: still rejected.
     still_bad = {**cand, "holdout_accuracy": 0.40}
-    failed = {r["rule"] for r in gate(cfg, still_bad, champ, True, ctx) if not r["passed"]}
+    failed = {r.rule for r in gate(cfg, still_bad, champ, True, ctx) if not r.passed}
     assert failed == {"vs_champion_accuracy", "vs_champion_robust_accuracy"}
     fragile = {**cand, "robust_accuracy": cfg.min_robust_accuracy - 0.1}
-    failed = {r["rule"] for r in gate(cfg, fragile, champ, True, ctx) if not r["passed"]}
+    failed = {r.rule for r in gate(cfg, fragile, champ, True, ctx) if not r.passed}
     assert failed == {"min_robust_accuracy"}
 
 

@@ -222,7 +222,7 @@ def test_the_budget_holds_per_slice_and_the_production_weight_halves(
     reference = build(ckpt)
     # The start: the reference with its output layer's rows rolled by one, so it answers class
     # c + 1 wherever the reference answers c.
-    start = dict(ckpt["net"])
+    start = dict(ckpt.net)
     last_w = [k for k in start if k.endswith("weight")][-1]
     last_b = last_w.removesuffix("weight") + "bias"
     start[last_w], start[last_b] = start[last_w].roll(1, 0), start[last_b].roll(1, 0)

@@ -19,6 +19,7 @@ import yaml
 
 from pipeline import train
 from pipeline.contracts.schema import LABEL, Schema
+from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
 from tests.conftest import CPU, pinned_env, train_args
 
@@ -60,8 +61,8 @@ def test_metrics_timing_and_history_are_written(trained: Path) -> None:
 def test_checkpoint_rebuilds_the_model_without_training_code(
     trained: Path, stage_inputs: Path
 ) -> None:
-    ckpt = torch.load(trained / "model.pt", weights_only=True)
-    assert ckpt["model_config"]["arch"] == "mlp"
+    ckpt = load_checkpoint(trained / "model.pt")
+    assert ckpt.model_config["arch"] == "mlp" and ckpt.task is None  # a classifier's
     model = build(ckpt)
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
     schema = Schema.from_dict(json.loads((stage_inputs / "data/schema.json").read_text()))

@@ -4,6 +4,7 @@ the train stage then fine-tunes for ``train.warm_start_epochs`` instead of ``tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,28 +24,29 @@ from tests.conftest import NO_WARM_START, repo_params, run_harden, train_args
 
 def test_empty_mismatched_and_matching_warm_starts(trained: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(trained / "model.pt")
-    config = ckpt["model_config"]
+    config = ckpt.model_config
     assert NO_WARM_START.stat().st_size == 0  # what git holds
     saved, why = warm_start(NO_WARM_START, config)
     assert saved is None and "from scratch" in why and "empty" in why
 
     other = tmp_path / "other.pt"
-    save_checkpoint({**ckpt, "model_config": {**config, "hidden": config["hidden"] * 2}}, other)
+    wider = {**config, "hidden": config["hidden"] * 2}
+    save_checkpoint(dataclasses.replace(ckpt, model_config=wider), other)
     saved, why = warm_start(other, config)
     assert saved is None and "differs in hidden" in why
 
     # The same network reading another transform's outputs is no warm start either.
-    assert ckpt["transform"] == transform_identity(ckpt["transform"]["kind"], None)
+    assert ckpt.transform == transform_identity(ckpt.transform["kind"], None)
     quantile = transform_identity("quantile", None)
     saved, why = warm_start(trained / "model.pt", config, quantile)
     assert saved is None and "differs in transform" in why
 
-    saved, why = warm_start(trained / "model.pt", config, ckpt["transform"])
+    saved, why = warm_start(trained / "model.pt", config, ckpt.transform)
     assert saved is not None and why.startswith("warm start")
-    assert all(torch.equal(saved["net"][k], v) for k, v in ckpt["net"].items())
+    assert all(torch.equal(saved.net[k], v) for k, v in ckpt.net.items())
     # A champion saved before checkpoints recorded their transform is still warm-started.
     older = tmp_path / "older.pt"
-    save_checkpoint({k: v for k, v in ckpt.items() if k != "transform"}, older)
+    save_checkpoint({k: v for k, v in ckpt.as_dict().items() if k != "transform"}, older)
     assert warm_start(older, config, quantile)[0] is not None
 
 

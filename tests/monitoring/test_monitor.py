@@ -63,10 +63,10 @@ def test_an_unshifted_stream_never_retrains(tmp_path: Path, traffic: Traffic) ->
     refused = ("r", 0, 1.0, "1", b"\0" * 4, 0, b"\0" * 4, 0.1, "", None, None, None)
     traffic.log.set_aside(refused, "IntegrityError: a policy", 2.0)  # the service set it aside
     decisions = m.step()
-    assert len(decisions) == 10 and decisions[-1]["figures"]["log_rejected_rows"] == 1
-    assert {x["decision"] for x in decisions} <= {"ok", "drift"}
-    assert sum(x["decision"] == "drift" for x in decisions) <= 2
-    assert not any(x["figures"]["harm"] for x in decisions)
+    assert len(decisions) == 10 and decisions[-1].figures.log_rejected_rows == 1
+    assert {x.decision for x in decisions} <= {"ok", "drift"}
+    assert sum(x.decision == "drift" for x in decisions) <= 2
+    assert not any(x.figures.harm for x in decisions)
     assert calls(tmp_path) == 0
     assert m.step() == []  # nothing new: no window is checked twice
     assert len(traffic.log.decisions()) == 10
@@ -81,7 +81,7 @@ def test_drift_without_evidence_of_harm_is_recorded_and_never_retrains(
     d = traffic.d
     traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150], feedback=0.3)
     decisions = m.step()
-    assert [x["decision"] for x in decisions] == ["drift"] * 3
+    assert [x.decision for x in decisions] == ["drift"] * 3
     last = traffic.log.decisions()[-1]
     assert any(
         "not retraining: 15 labels in the window, min_labels 30" in r for r in last["reasons"]
@@ -98,10 +98,10 @@ def test_a_concept_shift_is_caught_by_feedback_accuracy_alone(
     traffic.serve(d.X_held[100:200], remapped)
     first, second = m.step()
     for x in (first, second):
-        assert not x["figures"]["drifted"], x["figures"]["drifted_features"]
-        assert x["figures"]["accuracy_dropped"] and x["figures"]["accuracy"] < 0.2
-    assert (first["decision"], second["decision"]) == ("alarm", "waiting_for_labels")
-    assert "feedback accuracy" in first["reasons"][0]
+        assert not x.figures.drifted, x.figures.drift.features
+        assert x.figures.quality.accuracy_dropped and x.figures.quality.accuracy < 0.2
+    assert (first.decision, second.decision) == ("alarm", "waiting_for_labels")
+    assert "feedback accuracy" in first.reasons[0]
 
 
 def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
@@ -112,9 +112,9 @@ def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
     traffic.serve(blurred(d, slice(0, 200)), d.y_held[:200])
     decisions = m.step()
     # After a retrain the debounce starts again; then the cooldown holds the next one back.
-    assert [x["decision"] for x in decisions] == ["alarm", "retrain_promoted", "alarm", "cooldown"]
+    assert [x.decision for x in decisions] == ["alarm", "retrain_promoted", "alarm", "cooldown"]
     assert calls(tmp_path) == 1
-    assert any("promoted version 2" in r for r in decisions[1]["reasons"])
+    assert any("promoted version 2" in r for r in decisions[1].reasons)
     exported = pd.read_parquet(tmp_path / "data/feedback.parquet")
     # Every label that existed when the retrain ran: the first two windows' 100 rows and the
     # rest of the batch (feedback is stored with the predictions here).
@@ -126,7 +126,7 @@ def test_drift_with_labels_exports_feedback_retrains_then_cools_down(
     assert exported[d.schema.target].tolist() == [d.schema.classes[c] for c in d.y_held[:200]]
     # The retrain starts from the champion's weights, copied where train and harden read them.
     assert (tmp_path / "data/warm_start.pt").read_bytes() == b"weights of version 1"
-    assert any("starts from version 1's weights" in r for r in decisions[1]["reasons"])
+    assert any("starts from version 1's weights" in r for r in decisions[1].reasons)
 
 
 @pytest.mark.parametrize(
@@ -147,16 +147,16 @@ def test_a_rejected_or_failed_retrain_leaves_the_champion_and_says_why(
     d = traffic.d
     traffic.serve(blurred(d, slice(0, 100)), d.y_held[:100])
     *_, last = m.step()
-    assert last["decision"] == decision
-    assert any(says in r for r in last["reasons"]), last["reasons"]
+    assert last.decision == decision
+    assert any(says in r for r in last.reasons), last.reasons
     # The retrain ran once, on every labelled row exported for it.
     assert (tmp_path / "retrain_calls").read_text() == "x"
-    assert "exported 100 labelled production rows" in last["reasons"][-2]
+    assert "exported 100 labelled production rows" in last.reasons[-2]
     assert len(pd.read_parquet(tmp_path / "data/feedback.parquet")) == 100
     (log,) = (tmp_path / "reports/drift/retrain").glob("*.log")
     if promoted is None:
         assert "stage train failed: boom" in log.read_text()
-        assert str(log) in last["reasons"][-1] and "stage train failed: boom" in last["reasons"][-1]
+        assert str(log) in last.reasons[-1] and "stage train failed: boom" in last.reasons[-1]
 
 
 def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffic: Traffic) -> None:
@@ -164,17 +164,17 @@ def test_dry_run_and_a_held_lock_record_but_never_retrain(tmp_path: Path, traffi
     d = traffic.d
     traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150])
     window = traffic.log.window(last=50)
-    assert m.decide(window, dry_run=True)["decision"] == "dry_run"
+    assert m.decide(window, dry_run=True).decision == "dry_run"
     lock = tmp_path / "reports/drift/retrain.lock"
     with lock.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        assert m.decide(window)["decision"] == "busy"
+        assert m.decide(window).decision == "busy"
     other_machine = ProductionLog(traffic.log.url)  # another watch sharing the log
     with other_machine.lease("retrain") as held:
         assert held
         busy = m.decide(window)
     other_machine.close()
-    assert busy["decision"] == "busy" and "sharing this production log" in busy["reasons"][-1]
+    assert busy.decision == "busy" and "sharing this production log" in busy.reasons[-1]
     assert calls(tmp_path) == 0
     decisions = traffic.log.decisions()
     assert [x["decision"] for x in decisions] == ["dry_run", "busy", "busy"]
@@ -201,9 +201,9 @@ def test_a_retrain_past_its_timeout_is_stopped_with_every_process_it_started(
     d = traffic.d
     traffic.serve(blurred(d, slice(0, 100)), d.y_held[:100])
     *_, last = m.step()
-    assert last["decision"] == "retrain_failed"
+    assert last.decision == "retrain_failed"
     (log,) = (tmp_path / "reports/drift/retrain").glob("*.log")
-    assert "timed out after 2.0 s" in last["reasons"][-1] and str(log) in last["reasons"][-1]
+    assert "timed out after 2.0 s" in last.reasons[-1] and str(log) in last.reasons[-1]
     assert "stage train: epoch 1" in log.read_text()
     # The decision comes once the group is gone, not while a killed stage is still exiting.
     assert not _running(int(pid_file.read_text())), "the stage outlived its retrain"
@@ -262,7 +262,7 @@ def test_the_reference_is_computed_once_per_model_version(tmp_path: Path, traffi
     stamp = cached[0].stat().st_mtime_ns
     fresh = Monitor(m.cfg, traffic.log, tmp_path / "registry", tmp_path)  # a new process
     traffic.serve(traffic.d.X_held[50:100])
-    assert [x["decision"] for x in fresh.step()] == ["ok"]
+    assert [x.decision for x in fresh.step()] == ["ok"]
     assert cached[0].stat().st_mtime_ns == stamp  # loaded, not recomputed
 
 
@@ -290,15 +290,17 @@ def test_the_label_free_estimate_is_evidence_of_harm_before_labels_arrive(
     d = traffic.d
     traffic.serve(d.X_held[:100], d.y_held[:100], feedback=0.0)
     calm = m.step()
-    assert all(not x["figures"]["harm"] for x in calm)
-    assert all(x["figures"]["estimate_method"] == "atc_cott" for x in calm)
+    assert all(not x.figures.harm for x in calm)
+    assert all(x.figures.quality.estimate_method == "atc_cott" for x in calm)
     accuracy = float((d.model.predict(d.X_held[:100] / 16) == d.y_held[:100]).mean())
-    assert abs(np.mean([x["figures"]["estimated_accuracy"] for x in calm]) - accuracy) < 0.05
+    assert abs(np.mean([x.figures.quality.estimated_accuracy for x in calm]) - accuracy) < 0.05
     traffic.serve(blurred(d, slice(100, 200)), d.y_held[100:200], feedback=0.0)
     shifted = m.step()
-    assert [x["decision"] for x in shifted] == ["alarm", "waiting_for_labels"]
-    assert all(x["figures"]["estimate_dropped"] and x["figures"]["labelled"] == 0 for x in shifted)
-    assert any("estimated accuracy" in r and "atc_cott" in r for r in shifted[-1]["reasons"])
+    assert [x.decision for x in shifted] == ["alarm", "waiting_for_labels"]
+    assert all(
+        x.figures.quality.estimate_dropped and x.figures.quality.labelled == 0 for x in shifted
+    )
+    assert any("estimated accuracy" in r and "atc_cott" in r for r in shifted[-1].reasons)
 
 
 def test_windows_answered_before_a_promotion_never_count_against_the_new_champion(
@@ -312,14 +314,14 @@ def test_windows_answered_before_a_promotion_never_count_against_the_new_champio
     traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150])  # harmful, answered by version 1
     make_champion(tmp_path / "registry", d, version="2")  # then version 2 is promoted
     decisions = m.step()
-    assert [x["decision"] for x in decisions] == ["superseded"] * 3
-    assert all(x["figures"]["harm_of_served"] and not x["figures"]["harm"] for x in decisions)
-    assert all(x["figures"]["drifted"] for x in decisions)
-    assert "answered by version 1 before version 2 became champion" in decisions[0]["reasons"][0]
+    assert [x.decision for x in decisions] == ["superseded"] * 3
+    assert all(x.figures.as_json()["harm_of_served"] and not x.figures.harm for x in decisions)
+    assert all(x.figures.drifted for x in decisions)
+    assert "answered by version 1 before version 2 became champion" in decisions[0].reasons[0]
     assert calls(tmp_path) == 0
     traffic.serve(blurred(d, slice(150, 250)), d.y_held[150:250], version="2")
     judged = m.step()  # version 2's own windows: judged again, no longer superseded
-    assert judged and {x["decision"] for x in judged} <= {"alarm", "retrain_promoted"}
+    assert judged and {x.decision for x in judged} <= {"alarm", "retrain_promoted"}
 
 
 def test_watch_writes_drift_reports_in_the_background(
@@ -352,14 +354,14 @@ def test_watch_writes_drift_reports_in_the_background(
     d = traffic.d
     traffic.serve(blurred(d, slice(0, 150)), d.y_held[:150], feedback=0.0)
     decisions = m.step()  # returns while the onset's report is still being written
-    assert [x["decision"] for x in decisions] == ["drift"] * 3
-    name = decisions[0]["figures"]["report"]
+    assert [x.decision for x in decisions] == ["drift"] * 3
+    name = decisions[0].figures.report
     assert started.wait(30) and not (tmp_path / "reports/drift" / name).exists()
-    assert "report" not in decisions[1]["figures"]  # one report per drift episode
+    assert decisions[1].figures.report is None  # one report per drift episode
     release.set()
     m.close()
     assert (tmp_path / "reports/drift" / name).is_file()
-    assert drifted == [decisions[0]["figures"]["drifted_features"]]
+    assert drifted == [decisions[0].figures.drift.features[:10]]  # the ten the row keeps
     # The worker yields the CPU to a retrain; the watch loop's own thread keeps its priority.
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert niceness == [min(own + monitor_module.REPORT_NICE, 19)]

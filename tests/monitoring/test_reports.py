@@ -67,14 +67,14 @@ def test_the_drift_report_and_the_index_render_in_chromium(
     blurred = shift_inputs(d.X_held[150:250], d.schema, simulate_config(scenario="blur"), rng)
     traffic.serve(blurred, d.y_held[150:250])
     decisions = monitor.step()
-    assert [x["decision"] for x in decisions] == ["ok", "alarm", "alarm"]
-    report = tmp_path / "reports/drift" / decisions[1]["figures"]["report"]
-    assert "report" not in decisions[2]["figures"]  # one report per drift episode
+    assert [x.decision for x in decisions] == ["ok", "alarm", "alarm"]
+    report = tmp_path / "reports/drift" / decisions[1].figures.report
+    assert decisions[2].figures.report is None  # one report per drift episode
     assert report.with_suffix(".json").is_file()
 
     dom = rendered(report)
     cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", dom, re.S)]
-    drifted = decisions[1]["figures"]["drifted_features"][0]
+    drifted = decisions[1].figures.drift.features[0]
     assert drifted in cells and "Detected" in cells, cells[:20]
     assert "Dataset Drift is detected" in dom
     image = screenshot(report, tmp_path / "report.png")

@@ -14,7 +14,7 @@ from pipeline.contracts.params import GateConfig, read_params, section
 from pipeline.contracts.schema import Schema
 from pipeline.learning.infer_schema import infer_schema
 from pipeline.learning.tasks.regression import Regression
-from pipeline.release.gate import GateContext, coverage_failing
+from pipeline.release.gate import GateContext, Verdict, coverage_failing
 from tests.conftest import ROOT, friedman_table
 
 
@@ -125,33 +125,31 @@ def _cand(**changes: float) -> dict[str, float]:
     return {**base, "p99_latency_ms": 0.1, **changes}
 
 
-def _rules(cand: dict, champ: dict | None = None, **ctx: object) -> dict[str, dict]:
+def _rules(cand: dict, champ: dict | None = None, **ctx: object) -> dict[str, Verdict]:
     context = GateContext(**{"baseline": ("hgb", 0.86), "trained_clean": 0.85, **ctx})
     rules = gate_regression(_gate(), cand, champ, True, 0.9, 100.0, context)
-    return {r["rule"]: r for r in rules}
+    return {r.rule: r for r in rules}
 
 
 def test_the_gate_reads_r2_against_the_best_baseline_and_the_champion() -> None:
-    assert _rules(_cand())["vs_baseline"]["passed"]  # 0.85 >= 0.86 - 0.02
-    assert not _rules(_cand(r2=0.83))["vs_baseline"]["passed"]
+    assert _rules(_cand())["vs_baseline"].passed  # 0.85 >= 0.86 - 0.02
+    assert not _rules(_cand(r2=0.83))["vs_baseline"].passed
     champ = _cand(r2=0.87)
-    assert not _rules(_cand(), champ)["vs_champion_r2"]["passed"]  # 0.85 < 0.87 - 0.005
-    assert _rules(_cand(r2=0.866), champ)["vs_champion_r2"]["passed"]
+    assert not _rules(_cand(), champ)["vs_champion_r2"].passed  # 0.85 < 0.87 - 0.005
+    assert _rules(_cand(r2=0.866), champ)["vs_champion_r2"].passed
     # Robust MAE may exceed the champion's by max_robust_drop target standard deviations.
-    assert not _rules(_cand(robust_mae=54.0), _cand(robust_mae=50.0))["vs_champion_robust_mae"][
-        "passed"
-    ]
-    assert _rules(_cand(robust_mae=52.0), _cand(robust_mae=50.0))["vs_champion_robust_mae"][
-        "passed"
-    ]
+    assert not _rules(_cand(robust_mae=54.0), _cand(robust_mae=50.0))[
+        "vs_champion_robust_mae"
+    ].passed
+    assert _rules(_cand(robust_mae=52.0), _cand(robust_mae=50.0))["vs_champion_robust_mae"].passed
 
 
 def test_coverage_must_be_near_nominal_or_indistinguishable_from_it() -> None:
-    assert _rules(_cand(coverage=0.87))["coverage"]["passed"]  # within 0.05
-    assert not _rules(_cand(coverage=0.80))["coverage"]["passed"]  # 480 / 600: p < 1e-10
+    assert _rules(_cand(coverage=0.87))["coverage"].passed  # within 0.05
+    assert not _rules(_cand(coverage=0.80))["coverage"].passed  # 480 / 600: p < 1e-10
     # On 89 rows 0.82 is 2.4 standard errors low: a binomial test at 0.01 cannot tell.
-    assert _rules(_cand(coverage=73 / 89, rows=89))["coverage"]["passed"]
-    assert not _rules(_cand(coverage=0.96))["coverage"]["passed"]  # too wide counts too
+    assert _rules(_cand(coverage=73 / 89, rows=89))["coverage"].passed
+    assert not _rules(_cand(coverage=0.96))["coverage"].passed  # too wide counts too
     # A champion's holdout coverage significantly under nominal is failing in production.
     assert coverage_failing(0.6, 200, 0.9, _gate())
     assert not coverage_failing(0.88, 200, 0.9, _gate())
@@ -159,23 +157,23 @@ def test_coverage_must_be_near_nominal_or_indistinguishable_from_it() -> None:
 
 def test_the_robust_ceiling_is_waived_only_by_the_budget_and_only_where_no_model_meets_it() -> None:
     weak = _cand(robust_mae=150.0)  # ceiling: 1.0 x the target's standard deviation, 100
-    assert not _rules(weak)["max_robust_mae"]["passed"]
+    assert not _rules(weak)["max_robust_mae"].passed
     waived = _rules(weak, budget_limited=True)["max_robust_mae"]
-    assert waived["passed"] and waived["waived"]
+    assert waived.passed and waived.waived
     robust_champion = _cand(robust_mae=90.0)
     kept = _rules(weak, robust_champion, budget_limited=True)["max_robust_mae"]
-    assert not kept["passed"] and "not waived" in kept["what"]
+    assert not kept.passed and "not waived" in kept.what
 
 
 def test_a_failing_champion_waives_the_test_rules_only_for_a_candidate_that_fixes_it() -> None:
     champ = _cand(r2=0.9, holdout_r2=0.2)
     worse_on_test = _cand(r2=0.8, holdout_r2=0.7)
     rules = _rules(worse_on_test, champ, champion_failing="holdout coverage 0.5")
-    assert rules["vs_champion_r2"]["passed"] and rules["vs_champion_r2"]["waived"]
-    assert rules["vs_champion_holdout_r2"]["passed"]
+    assert rules["vs_champion_r2"].passed and rules["vs_champion_r2"].waived
+    assert rules["vs_champion_holdout_r2"].passed
     no_better = _cand(r2=0.8, holdout_r2=0.2)
     rules = _rules(no_better, champ, champion_failing="holdout coverage 0.5")
-    assert not rules["vs_champion_r2"]["passed"]
+    assert not rules["vs_champion_r2"].passed
 
 
 def test_preprocess_freezes_the_test_split_and_never_filters_val() -> None:
@@ -215,14 +213,14 @@ def test_an_interval_calibrated_on_production_rows_is_checked_on_the_holdout() -
     cand = _cand(coverage=0.97, holdout_coverage=0.9, holdout_rows=400)
     context = GateContext(baseline=("hgb", 0.86), trained_clean=0.85)
     rules = {
-        r["rule"]: r
+        r.rule: r
         for r in gate_regression(_gate(), cand, None, True, 0.9, 100.0, context, "production")
     }
-    assert rules["coverage"]["passed"] and "production holdout" in rules["coverage"]["what"]
-    assert not _rules(cand)["coverage"]["passed"]  # calibrated on val: the test split counts
+    assert rules["coverage"].passed and "production holdout" in rules["coverage"].what
+    assert not _rules(cand)["coverage"].passed  # calibrated on val: the test split counts
     off = _cand(coverage=0.9, holdout_coverage=0.7, holdout_rows=400)
     rules = gate_regression(_gate(), off, None, True, 0.9, 100.0, context, "production")
-    assert not {r["rule"]: r for r in rules}["coverage"]["passed"]
+    assert not {r.rule: r for r in rules}["coverage"].passed
 
 
 def test_calibration_moves_to_production_rows_once_there_are_enough() -> None:

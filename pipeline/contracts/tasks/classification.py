@@ -6,6 +6,7 @@ below it."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -14,12 +15,29 @@ import numpy as np
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import NO_ANSWER, Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
+from pipeline.contracts.task import Answer, ChampionFigures, ServedTask, WindowQuality
 
 
 @functools.lru_cache(maxsize=8)
 def _lookup(classes: tuple[Any, ...]) -> dict[Any, int]:
     return {c: i for i, c in enumerate(classes)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassQuality(WindowQuality):
+    """Feedback accuracy (None without labels) and the label-free estimate."""
+
+    estimated_accuracy: float | None
+    estimate_method: str
+    mean_confidence: float | None
+    estimate_dropped: bool
+    accuracy: float | None
+    accuracy_dropped: bool
+    champion_test_accuracy: float | None
+    accuracy_p: float | None = None  # the binomial test's, with at least min_labels labels
+
+    def line(self) -> str:
+        return "" if self.accuracy is None else f", feedback accuracy {self.accuracy:.3f}"
 
 
 class ServedClassification(ServedTask):
@@ -83,7 +101,7 @@ class ServedClassification(ServedTask):
 
     def quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
-    ) -> dict[str, Any]:
+    ) -> ClassQuality:
         """Feedback accuracy of a window and whether it is significantly below ``expected -
         drop``; the label-free estimate (the champion's ``estimator``, else mean confidence)
         and whether it is below ``expected - drop`` too (only with an estimator: mean
@@ -96,54 +114,51 @@ class ServedClassification(ServedTask):
         confidence = float(window.probabilities.max(axis=1).mean()) if len(window) else None
         estimate = estimator.estimate(window.probabilities) if estimator and len(window) else None
         floor = max(expected - cfg.accuracy_drop, 0.0)
-        out: dict[str, Any] = {
-            "labelled": n,
-            "estimated_accuracy": confidence if estimate is None else estimate,
-            "estimate_method": "confidence" if estimate is None else estimator.method,
-            "mean_confidence": confidence,
-            "estimate_dropped": bool(estimate is not None and estimate < floor),
-            "accuracy": None,
-            "accuracy_dropped": False,
-            "champion_test_accuracy": champion.test_accuracy,
-        }
+        accuracy = p = None
         if n:
             correct = int((window.label[labelled] == window.true_label[labelled]).sum())
-            out["accuracy"] = correct / n
+            accuracy = correct / n
             if n >= cfg.min_labels:
                 p = float(stats.binom.cdf(correct, n, floor))  # P(this few correct | at floor)
-                out["accuracy_p"] = p
-                out["accuracy_dropped"] = bool(p < cfg.alpha)
-        return out
+        return ClassQuality(
+            labelled=n,
+            estimated_accuracy=confidence if estimate is None else estimate,
+            estimate_method="confidence" if estimate is None else estimator.method,
+            mean_confidence=confidence,
+            estimate_dropped=bool(estimate is not None and estimate < floor),
+            accuracy=accuracy,
+            accuracy_dropped=bool(p is not None and p < cfg.alpha),
+            champion_test_accuracy=champion.test_accuracy,
+            accuracy_p=p,
+        )
 
     def mix(self, window: Window, schema: Schema) -> dict[str, Any]:
         mix = np.bincount(window.label, minlength=schema.n_classes) / max(len(window), 1)
         return {"class_mix": mix.round(4).tolist()}
 
-    def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
+    def harm_reason(self, f: ClassQuality, cfg: MonitorConfig) -> list[str]:
         out = []
-        if f.get("estimate_dropped"):
+        if f.estimate_dropped:
             out.append(
-                f"estimated accuracy {f['estimated_accuracy']:.3f} ({f['estimate_method']}, no "
+                f"estimated accuracy {f.estimated_accuracy:.3f} ({f.estimate_method}, no "
                 f"labels) is below the champion's test accuracy "
-                f"{f['champion_test_accuracy']:.3f} - {cfg.accuracy_drop}"
+                f"{f.champion_test_accuracy:.3f} - {cfg.accuracy_drop}"
             )
-        if f["accuracy_dropped"]:
+        if f.accuracy_dropped:
             out.append(
-                f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is below the "
-                f"champion's test accuracy {f['champion_test_accuracy']:.3f} - "
-                f"{cfg.accuracy_drop} (binomial p {f['accuracy_p']:.2g})"
+                f"feedback accuracy {f.accuracy:.3f} on {f.labelled} labels is below the "
+                f"champion's test accuracy {f.champion_test_accuracy:.3f} - "
+                f"{cfg.accuracy_drop} (binomial p {f.accuracy_p:.2g})"
             )
         return out
 
-    def too_few_labels(self, f: dict[str, Any]) -> str:
-        return (
-            f"accuracy; estimated accuracy {f['estimated_accuracy']:.3f} ({f['estimate_method']})"
-        )
+    def too_few_labels(self, f: ClassQuality) -> str:
+        return f"accuracy; estimated accuracy {f.estimated_accuracy:.3f} ({f.estimate_method})"
 
-    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+    def not_significant(self, f: ClassQuality, cfg: MonitorConfig) -> str:
         return (
-            f"feedback accuracy {f['accuracy']:.3f} on {f['labelled']} labels is not "
-            f"significantly below the champion's test accuracy {f['champion_test_accuracy']:.3f} "
+            f"feedback accuracy {f.accuracy:.3f} on {f.labelled} labels is not "
+            f"significantly below the champion's test accuracy {f.champion_test_accuracy:.3f} "
             f"- {cfg.accuracy_drop}"
         )
 

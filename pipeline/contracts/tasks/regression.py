@@ -4,6 +4,7 @@ labelled rows significantly below nominal (no label-free estimate: harm needs la
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -13,10 +14,31 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.task import Answer, ChampionFigures, ServedTask
+from pipeline.contracts.task import Answer, ChampionFigures, ServedTask, WindowQuality
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER = (int, float)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalQuality(WindowQuality):
+    """MAE and the realised coverage of the intervals (None without labels); a regressor has
+    no label-free estimate (``estimate_dropped`` is False) and its harm from labels is the
+    coverage's (``accuracy_dropped`` is ``coverage_dropped``)."""
+
+    mae: float | None
+    champion_test_mae: float | None
+    coverage: float | None
+    nominal_coverage: float
+    coverage_dropped: bool
+    estimate_dropped: bool
+    accuracy_dropped: bool
+    coverage_p: float | None = None  # the binomial test's, with at least min_labels labels
+
+    def line(self) -> str:
+        if self.coverage is None:
+            return ""
+        return f", interval coverage {self.coverage:.3f}, MAE {self.mae:.4g}"
 
 
 class ServedRegression(ServedTask):
@@ -107,7 +129,7 @@ class ServedRegression(ServedTask):
 
     def quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
-    ) -> dict[str, Any]:
+    ) -> IntervalQuality:
         """MAE (beside the champion's test MAE) and the realised coverage of the interval,
         with whether that coverage is significantly below ``nominal - accuracy_drop``
         (one-sided binomial test at ``alpha``): the intervals stop holding the truth when the
@@ -119,27 +141,27 @@ class ServedRegression(ServedTask):
         labelled = ~np.isnan(window.true_value)
         n = int(labelled.sum())
         floor = max(nominal - cfg.accuracy_drop, 0.0)
-        out: dict[str, Any] = {
-            "labelled": n,
-            "mae": None,
-            "champion_test_mae": champion.test_mae,
-            "coverage": None,
-            "nominal_coverage": nominal,
-            "coverage_dropped": False,
-            "estimate_dropped": False,
-            "accuracy_dropped": False,
-        }
+        mae = coverage = p = None
         if n:
             truth = window.true_value[labelled]
             pred, lower, upper = window.interval()[labelled].T
             covered = int(((truth >= lower) & (truth <= upper)).sum())
-            out["mae"] = float(np.abs(truth - pred).mean())
-            out["coverage"] = covered / n
+            mae = float(np.abs(truth - pred).mean())
+            coverage = covered / n
             if n >= cfg.min_labels:
                 p = float(stats.binom.cdf(covered, n, floor))
-                out["coverage_p"] = p
-                out["coverage_dropped"] = out["accuracy_dropped"] = bool(p < cfg.alpha)
-        return out
+        dropped = bool(p is not None and p < cfg.alpha)
+        return IntervalQuality(
+            labelled=n,
+            mae=mae,
+            champion_test_mae=champion.test_mae,
+            coverage=coverage,
+            nominal_coverage=nominal,
+            coverage_dropped=dropped,
+            estimate_dropped=False,
+            accuracy_dropped=dropped,
+            coverage_p=p,
+        )
 
     def mix(self, window: Window, schema: Schema) -> dict[str, Any]:
         values = window.interval()
@@ -148,23 +170,23 @@ class ServedRegression(ServedTask):
             "mean_width": float((values[:, 2] - values[:, 1]).mean()) if len(window) else None,
         }
 
-    def harm_reason(self, f: dict[str, Any], cfg: MonitorConfig) -> list[str]:
-        if not f.get("coverage_dropped"):
+    def harm_reason(self, f: IntervalQuality, cfg: MonitorConfig) -> list[str]:
+        if not f.coverage_dropped:
             return []
         return [
-            f"interval coverage {f['coverage']:.3f} on {f['labelled']} labels is below nominal "
-            f"{f['nominal_coverage']:.2f} - {cfg.accuracy_drop} (binomial p {f['coverage_p']:.2g}"
-            f"; MAE {f['mae']:.4g} vs the champion's test MAE {f['champion_test_mae']:.4g})"
+            f"interval coverage {f.coverage:.3f} on {f.labelled} labels is below nominal "
+            f"{f.nominal_coverage:.2f} - {cfg.accuracy_drop} (binomial p {f.coverage_p:.2g}"
+            f"; MAE {f.mae:.4g} vs the champion's test MAE {f.champion_test_mae:.4g})"
         ]
 
-    def too_few_labels(self, f: dict[str, Any]) -> str:
+    def too_few_labels(self, f: IntervalQuality) -> str:
         return "interval's coverage"
 
-    def not_significant(self, f: dict[str, Any], cfg: MonitorConfig) -> str:
+    def not_significant(self, f: IntervalQuality, cfg: MonitorConfig) -> str:
         return (
-            f"interval coverage {f['coverage']:.3f} on {f['labelled']} labels is not "
-            f"significantly below nominal {f['nominal_coverage']:.2f} - {cfg.accuracy_drop} "
-            f"(MAE {f['mae']:.4g}, the champion's test MAE {f['champion_test_mae']:.4g})"
+            f"interval coverage {f.coverage:.3f} on {f.labelled} labels is not "
+            f"significantly below nominal {f.nominal_coverage:.2f} - {cfg.accuracy_drop} "
+            f"(MAE {f.mae:.4g}, the champion's test MAE {f.champion_test_mae:.4g})"
         )
 
     def label_cell(self, f: dict[str, Any]) -> str:

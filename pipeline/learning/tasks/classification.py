@@ -34,6 +34,7 @@ from pipeline.learning.adversarial import (
 )
 from pipeline.learning.attacks import Box, square_attack, worst_case
 from pipeline.learning.calibration import calibrate
+from pipeline.learning.checkpoint import Checkpoint
 from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import Classifier
 from pipeline.learning.plots import plot_confusion, plot_reliability
@@ -51,7 +52,8 @@ from pipeline.learning.task import (
 )
 from pipeline.learning.training import Objective, evaluate_loss, weighted_loss
 from pipeline.release import card
-from pipeline.release.gate import Figures, Rule, Terms, champion_failing
+from pipeline.release.decision import Production
+from pipeline.release.gate import Figures, Rule, Terms, Verdict, champion_failing
 
 # The figures of the gate's attacks on the test split, which a version's promotion record keeps.
 ROBUST_KEYS = ("robust_accuracy", "square", "gradient_masking_suspected")
@@ -217,7 +219,7 @@ class Classification(Task):
     ) -> Any:
         return Classifier(transform, net)
 
-    def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
+    def warm(self, model: Any, warm: Checkpoint, cfg: TrainConfig) -> tuple[Any, dict]:
         return model, {}
 
     @property
@@ -342,13 +344,13 @@ class Classification(Task):
 
     # ---- export ----
 
-    def served(self, model: Any, checkpoint: dict[str, Any]) -> nn.Module:
-        return Served(model, float(checkpoint.get("temperature", 1.0)))
+    def served(self, model: Any, checkpoint: Checkpoint) -> nn.Module:
+        return Served(model, float(checkpoint.temperature or 1.0))
 
     def parity(
         self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
-        temperature = float(exported.checkpoint.get("temperature", 1.0))
+        temperature = float(exported.checkpoint.temperature or 1.0)
         report = compare(exported.model, exported.fp32, exported.int8, X, y, atol, temperature)
         diff = report.pop("max_abs_probability_diff")
         return {"temperature": temperature, **report}, diff
@@ -419,11 +421,11 @@ class Classification(Task):
 
     def production(
         self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Production:
         """Failing: its holdout accuracy significantly below its test accuracy (the gate's
         ``champion_failing``)."""
         if champion is None or not champion.get("holdout_rows"):
-            return {"champion_failing": False, "why": "no champion or no labelled production rows"}
+            return Production(False, "no champion or no labelled production rows")
         rows, acc = champion["holdout_rows"], champion["holdout_accuracy"]
         failing, p = champion_failing(champion["accuracy"], round(acc * rows), rows, cfg)
         why = (
@@ -431,7 +433,7 @@ class Classification(Task):
             f"{champion['accuracy']:.4f} - {cfg.max_accuracy_drop} (binomial p {p:.2g}, "
             f"gate.production_alpha {cfg.production_alpha})"
         )
-        return {"champion_failing": failing, "p": p, "why": why}
+        return Production(failing, why, p)
 
     def terms(self, cfg: GateConfig, cand: Figures, export: dict[str, Any], y: np.ndarray) -> Terms:
         def vs_champion_robust(cand: Figures, champ: Figures) -> Rule:
@@ -444,10 +446,10 @@ class Classification(Task):
                 f"{cfg.max_robust_drop}",
             )
 
-        def waived_hint(r: dict[str, Any], eps: float, max_clean_drop: float) -> str:
+        def waived_hint(r: Verdict, eps: float, max_clean_drop: float) -> str:
             return (
-                f"robust accuracy {r['value']:.4f} is below gate.min_robust_accuracy = "
-                f"{r['threshold']:g}, waived because robustness at harden.eps = {eps:g} costs "
+                f"robust accuracy {r.value:.4f} is below gate.min_robust_accuracy = "
+                f"{r.threshold:g}, waived because robustness at harden.eps = {eps:g} costs "
                 f"more clean accuracy than harden.max_clean_drop = {max_clean_drop:g}"
             )
 
@@ -491,7 +493,7 @@ class Classification(Task):
     def card_body(self, record: Record) -> list[str]:
         decision, robustness = record.decision, record.robustness
         c, schema, train, ckpt = (
-            decision["candidate"],
+            decision.candidate,
             record.schema,
             record.train,
             record.checkpoint,
@@ -502,19 +504,19 @@ class Classification(Task):
         if "holdout_accuracy" in c:  # labelled production rows kept out of training
             keys += ["holdout_accuracy", "holdout_robust_accuracy"]
         lines = [
-            f"# Model card: {decision['model_name']} ({decision['variant']})",
+            f"# Model card: {decision.model_name} ({decision.variant})",
             "",
             "## Data",
             card.data_line(schema, f", classes {list(schema.classes)}"),
             "- evaluated on the frozen test split cut once from the source",
             "",
-            *card.model_lines(ckpt, robustness, "probabilities"),
+            *card.model_lines(ckpt.model_config["arch"], robustness, "probabilities"),
             *card.metrics_table(decision, keys),
             *card.baselines_line(train),
             "## Robustness (test split)",
             f"Harden's evaluation: {robustness.get('evaluation', 'PGD')}. Gate's (the "
             f"robust_accuracy above, same for candidate and champion): "
-            f"{decision.get('robust_method', 'PGD')}.",
+            f"{decision.head.get('robust_method', 'PGD')}.",
             "",
             "| eps | trained | hardened | hardened, PGD only |",
             "| --- | --- | --- | --- |",
@@ -531,7 +533,7 @@ class Classification(Task):
             lines += [
                 "",
                 f"Black-box check (Square-style search, {square.get('queries', 0)} queries, on "
-                f"the shipped {decision['variant']} graph): {square.get('fooled', 0)} of "
+                f"the shipped {decision.variant} graph): {square.get('fooled', 0)} of "
                 f"{square.get('rows_attacked', 0)} rows the gradient attacks could not break "
                 f"were broken{masking}.",
             ]

@@ -30,6 +30,7 @@ from pipeline.contracts.schema import Schema
 from pipeline.learning import regression as reg
 from pipeline.learning.adversarial import gradient_passes
 from pipeline.learning.attacks import Box
+from pipeline.learning.checkpoint import Checkpoint
 from pipeline.learning.model import Regressor, TargetScaling
 from pipeline.learning.plots import plot_regression
 from pipeline.learning.splits import Split
@@ -45,7 +46,15 @@ from pipeline.learning.task import (
 )
 from pipeline.learning.training import Objective
 from pipeline.release import card
-from pipeline.release.gate import Figures, Rule, Terms, coverage_failing, coverage_ok
+from pipeline.release.decision import Production
+from pipeline.release.gate import (
+    Figures,
+    Rule,
+    Terms,
+    Verdict,
+    coverage_failing,
+    coverage_ok,
+)
 
 HINTS = {
     "min_r2": "the model is below gate.min_accuracy (read as R² for a regressor): more data or "
@@ -161,10 +170,10 @@ class Regression(Task):
         scaling = TargetScaling.for_target(train.y.numpy(), cfg.log_target)
         return Regressor(transform, net, scaling)
 
-    def warm(self, model: Any, warm: dict[str, Any], cfg: TrainConfig) -> tuple[Any, dict]:
+    def warm(self, model: Any, warm: Checkpoint, cfg: TrainConfig) -> tuple[Any, dict]:
         """The scale the champion's network learnt, and ``train.regression_warm_start_lr``."""
-        if "target_scaling" in warm:
-            model = Regressor(model.transform, model.net, TargetScaling(**warm["target_scaling"]))
+        if warm.target_scaling is not None:
+            model = Regressor(model.transform, model.net, TargetScaling(**warm.target_scaling))
         return model, {"lr": cfg.regression_warm_start_lr}
 
     @property
@@ -326,13 +335,13 @@ class Regression(Task):
 
     # ---- export ----
 
-    def served(self, model: Any, checkpoint: dict[str, Any]) -> nn.Module:
-        return ServedRegressor(model, checkpoint["interval"]["half_width"] or 0.0)
+    def served(self, model: Any, checkpoint: Checkpoint) -> nn.Module:
+        return ServedRegressor(model, (checkpoint.interval or {}).get("half_width") or 0.0)
 
     def parity(
         self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
-        schema, interval = exported.schema, exported.checkpoint["interval"]
+        schema, interval = exported.schema, exported.checkpoint.interval or {}
         span = float(schema.target_max or 0.0) - float(schema.target_min or 0.0)
         half_width = interval["half_width"] or 0.0
         graphs = (exported.fp32, exported.int8)
@@ -388,22 +397,20 @@ class Regression(Task):
 
     def production(
         self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Production:
         """Failing: its holdout coverage significantly below nominal (the concept moved)."""
         nominal = float(export["interval"]["coverage"])
         failing = champion is not None and coverage_failing(
             champion.get("holdout_coverage", 1.0), champion.get("holdout_rows", 0), nominal, cfg
         )
-        return {
-            "champion_failing": bool(failing),
-            "why": (
-                f"holdout coverage {champion['holdout_coverage']:.3f} on "
-                f"{champion['holdout_rows']} rows vs nominal {nominal:.2f} (binomial test at "
-                f"gate.production_alpha {cfg.production_alpha})"
-                if champion is not None and "holdout_coverage" in champion
-                else "no champion or no labelled production rows"
-            ),
-        }
+        return Production(
+            bool(failing),
+            f"holdout coverage {champion['holdout_coverage']:.3f} on "
+            f"{champion['holdout_rows']} rows vs nominal {nominal:.2f} (binomial test at "
+            f"gate.production_alpha {cfg.production_alpha})"
+            if champion is not None and "holdout_coverage" in champion
+            else "no champion or no labelled production rows",
+        )
 
     def terms(self, cfg: GateConfig, cand: Figures, export: dict[str, Any], y: np.ndarray) -> Terms:
         """R² for accuracy (on the same rows an R² margin is an RMSE margin), robust MAE in test
@@ -430,10 +437,10 @@ class Regression(Task):
                 "the target's standard deviation",
             )
 
-        def waived_hint(r: dict[str, Any], eps: float, max_clean_drop: float) -> str:
+        def waived_hint(r: Verdict, eps: float, max_clean_drop: float) -> str:
             return (
-                f"robust MAE {r['value']:.4g} is above the gate.max_robust_mae ceiling "
-                f"{r['threshold']:.4g}, waived because robustness at harden.eps = {eps:g} costs "
+                f"robust MAE {r.value:.4g} is above the gate.max_robust_mae ceiling "
+                f"{r.threshold:.4g}, waived because robustness at harden.eps = {eps:g} costs "
                 f"more R² than harden.max_clean_drop = {max_clean_drop:g}"
             )
 
@@ -491,34 +498,36 @@ class Regression(Task):
     def card_body(self, record: Record) -> list[str]:
         decision, robustness = record.decision, record.robustness
         c, schema, train, ckpt = (
-            decision["candidate"],
+            decision.candidate,
             record.schema,
             record.train,
             record.checkpoint,
         )
         interval = robustness.get("interval", {})
-        logged = " (target learnt as log1p)" if ckpt.get("target_scaling", {}).get("log") else ""
+        logged = " (target learnt as log1p)" if (ckpt.target_scaling or {}).get("log") else ""
         keys = ["r2", "rmse", "mae", "coverage", "mean_width", "robust_mae", "p99_latency_ms"]
         keys += [k for k in ("holdout_r2", "holdout_mae", "holdout_coverage") if k in c]
         lines = [
-            f"# Model card: {decision['model_name']} ({decision['variant']}), regression",
+            f"# Model card: {decision.model_name} ({decision.variant}), regression",
             "",
             "## Data",
             card.data_line(schema, f" in [{schema.target_min:g}, {schema.target_max:g}]"),
             "- evaluated on the frozen test split cut once from the source (stratified on "
             "target quantile bins)",
             "",
-            *card.model_lines(ckpt, robustness, "prediction, lower and upper" + logged),
+            *card.model_lines(
+                ckpt.model_config["arch"], robustness, "prediction, lower and upper" + logged
+            ),
             *card.metrics_table(decision, keys),
             *card.baselines_line(train),
             "## Interval",
             f"- {interval.get('method', 'split conformal')}, nominal coverage "
-            f"{decision['interval_coverage']:.0%}, calibrated on "
+            f"{decision.head['interval_coverage']:.0%}, calibrated on "
             f"{interval.get('calibration_rows')} rows; test coverage above",
             "",
             "## Robustness (test split, robust MAE)",
             f"Harden's evaluation: {robustness.get('evaluation')}. Gate's: "
-            f"{decision.get('robust_method')}.",
+            f"{decision.head.get('robust_method')}.",
             "",
             "| eps | trained | hardened |",
             "| --- | --- | --- |",
