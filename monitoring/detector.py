@@ -5,7 +5,15 @@
 One two-sample Kolmogorov-Smirnov test per numeric feature, a chi-squared test per categorical
 feature and, for features that were constant in training, a binomial test on how often a window
 shows any other value; the window drifts when the smallest p-value, Bonferroni-corrected over the
-features tested, is below ``monitor.alpha``. So the false-alarm rate of a window is at most
+features tested, is below ``monitor.alpha``.
+
+Missing values are a test of their own: where the reference or the window has any in a column,
+Fisher's exact test compares the two missing shares (a dead sensor sending nulls, a form field
+that stopped being filled in, or one that started), and the column's p-value is the smaller of
+its two tests, doubled (Bonferroni within the column), so the window's false-alarm budget stays
+``alpha``; a column with no missing value on either side is tested exactly as before. A column
+entirely null in a window has nothing for its value test and is judged by its missing share
+alone, never skipped. So the false-alarm rate of a window is at most
 ``alpha`` whatever the window size (Evidently's default switches to a distance score with a fixed
 threshold above 1,000 reference rows, whose false alarms depend on the window size: see
 ``bench/drift.py``). Ties (integer pixels) make KS conservative, never liberal.
@@ -39,6 +47,9 @@ class DriftResult:
     features: list[str]  # drifted features, most significant first
     p_values: dict[str, float]
     rows: int
+    # Drifted features whose missing share moved (its test the smaller p): name ->
+    # (window share, reference share), most significant first.
+    missing: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -47,6 +58,7 @@ class DriftResult:
             "drift_share": self.share,
             "drifted_features": self.features[:10],
             "n_drifted_features": len(self.features),
+            **({"missing_drifted": self.missing} if self.missing else {}),
         }
 
 
@@ -60,12 +72,14 @@ class Reference:
         values: np.ndarray,
         offsets: np.ndarray,
         n: np.ndarray,
+        rows: int,
     ) -> None:
         self.names = names
         self.kinds = kinds  # (features,) KS | CONSTANT | CATEGORICAL
         self.values = values  # concatenated: sorted column (KS), [value] (CONSTANT), probs (CAT)
         self.offsets = offsets  # (features + 1,) slices of ``values``
         self.n = n  # (features,) finite reference values per column
+        self.rows = rows  # reference rows: rows - n are a column's missing ones
 
     def column(self, j: int) -> np.ndarray:
         return self.values[self.offsets[j] : self.offsets[j + 1]]
@@ -91,7 +105,7 @@ class Reference:
                 kinds.append(KS)
         offsets = np.cumsum([0] + [len(p) for p in parts])
         values = np.concatenate(parts) if parts else np.empty(0)
-        return cls(schema.names, np.array(kinds), values, offsets, np.array(counts))
+        return cls(schema.names, np.array(kinds), values, offsets, np.array(counts), len(X))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,22 +117,39 @@ class Reference:
             values=self.values,
             offsets=self.offsets,
             n=self.n,
+            rows=self.rows,
         )
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Reference:
         with np.load(path) as z:
-            return cls([str(n) for n in z["names"]], z["kinds"], z["values"], z["offsets"], z["n"])
+            return cls(
+                [str(n) for n in z["names"]],
+                z["kinds"],
+                z["values"],
+                z["offsets"],
+                z["n"],
+                int(z["rows"]),
+            )
 
     def test(self, X: np.ndarray, alpha: float) -> DriftResult:
         """Test window ``X`` (rows, features), encoded like the reference."""
         names, raw_p = [], []
         ks_cols, ks_stats, ks_en = [], [], []
+        missing: dict[str, tuple[float, float, float]] = {}  # name -> (p, window, reference)
         for j, kind in enumerate(self.kinds):
             col = X[:, j].astype(np.float64)
             col = col[np.isfinite(col)]
             m, ref = len(col), self.column(j)
+            gone, ref_gone = len(X) - m, self.rows - int(self.n[j])
+            if gone or ref_gone:
+                table = [[gone, m], [ref_gone, int(self.n[j])]]
+                missing[self.names[j]] = (
+                    float(stats.fisher_exact(table).pvalue),
+                    gone / max(len(X), 1),
+                    ref_gone / max(self.rows, 1),
+                )
             if m == 0 or self.n[j] == 0:
                 continue
             if kind == KS:
@@ -145,6 +176,7 @@ class Reference:
             p_ks = stats.kstwobign.sf((en + 0.12 + 0.11 / en) * np.array(ks_stats))
             names += [self.names[j] for j in ks_cols]
             raw_p += p_ks.tolist()
+        raw_p, names, moved = _with_missing(names, raw_p, missing)
         p = np.minimum(np.array(raw_p, dtype=np.float64) * max(len(raw_p), 1), 1.0)
         order = np.argsort(p, kind="stable")
         drifted = [names[i] for i in order if p[i] < alpha]
@@ -155,7 +187,33 @@ class Reference:
             features=drifted,
             p_values={names[i]: float(p[i]) for i in order},
             rows=len(X),
+            missing={n: moved[n] for n in drifted if n in moved},
         )
+
+
+def _with_missing(
+    names: list[str], raw_p: list[float], missing: dict[str, tuple[float, float, float]]
+) -> tuple[list[float], list[str], dict[str, tuple[float, float]]]:
+    """Each column's p-value with its missing-share test folded in: twice the smaller of the
+    two (or the missing test's alone, for a column with no value to test). Returns the
+    p-values, their names, and the columns whose missing test is the smaller p."""
+    out_p, out_names, moved = [], [], {}
+    seen = set()
+    for name, p in zip(names, raw_p, strict=True):
+        seen.add(name)
+        if name in missing:
+            p_miss, win, ref = missing[name]
+            if p_miss <= p:
+                moved[name] = (win, ref)
+            p = min(1.0, 2.0 * min(p, p_miss))
+        out_p.append(p)
+        out_names.append(name)
+    for name, (p_miss, win, ref) in missing.items():
+        if name not in seen:  # nothing to compare but the missing share (a column gone null)
+            out_p.append(p_miss)
+            out_names.append(name)
+            moved[name] = (win, ref)
+    return out_p, out_names, moved
 
 
 def ks_statistic(ref: np.ndarray, win: np.ndarray) -> float:
@@ -177,7 +235,8 @@ def cached_reference(rows: Path, schema: Schema, cache_dir: Path, version: str) 
     import pandas as pd
 
     stat = rows.stat()
-    path = cache_dir / f"reference-v{version}-{stat.st_size}-{int(stat.st_mtime)}.npz"
+    # "-m": the layout with the reference's row count (missing shares); older caches are ignored.
+    path = cache_dir / f"reference-v{version}-{stat.st_size}-{int(stat.st_mtime)}-m.npz"
     if path.is_file():
         return Reference.load(path)
     X = pd.read_parquet(rows)[schema.names].to_numpy(np.float64)

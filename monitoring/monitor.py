@@ -122,7 +122,9 @@ class Monitor:
         task = served_task(champ.schema)
         reasons = alarm_reasons(figures, self.cfg, task)
         if report or (figures.drifted and self.cfg.report_on_drift and self._onset()):
-            figures.report = self.write_report(window, champ, figures.drift.features[:10])
+            figures.report = self.write_report(
+                window, champ, figures.drift.features[:10], list(figures.drift.missing)
+            )
         decision = "ok"
         served = sorted(set(window.model_version))
         if champ.version not in served:
@@ -189,17 +191,19 @@ class Monitor:
         task = served_task(champion.read(self.registry).schema)
         write_index(self.log.decisions(last=10_000), self.reports, task)
 
-    def write_report(self, window: Window, champ: Champion, drifted: list[str]) -> str:
+    def write_report(
+        self, window: Window, champ: Champion, drifted: list[str], missing: list[str]
+    ) -> str:
         """The report's file name; in the background it appears there once written (atomically:
         never half a file)."""
         if not self._background:
-            return drift_report(window, champ, self.reports, drifted)
+            return drift_report(window, champ, self.reports, drifted, missing)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="drift-report", initializer=_background_priority
             )
         name = report_name(window)
-        job = self._pool.submit(drift_report, window, champ, self.reports, drifted)
+        job = self._pool.submit(drift_report, window, champ, self.reports, drifted, missing)
         job.add_done_callback(lambda done: _report_failed(done, name))
         return name
 

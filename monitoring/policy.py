@@ -125,6 +125,15 @@ def alarm_reasons(f: WindowFigures, cfg: MonitorConfig, task: ServedTask) -> lis
             f"input drift in {len(d.features)} feature(s), e.g. "
             f"{', '.join(d.features[:3])} (min Bonferroni p {d.p_min:.2g} < alpha {cfg.alpha})"
         )
+        if d.missing:
+            out.append(
+                "missing values changed in "
+                + ", ".join(
+                    f"{name} ({win:.0%} of the window, {ref:.0%} of the reference)"
+                    for name, (win, ref) in list(d.missing.items())[:5]
+                )
+                + (f" and {len(d.missing) - 5} more" if len(d.missing) > 5 else "")
+            )
     out += task.harm_reason(f.quality, cfg)
     return out
 

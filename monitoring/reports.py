@@ -43,28 +43,42 @@ REPORT_FEATURES = 10  # per-feature panels in a report: the most drifted ones
 
 
 def drift_report(
-    window: Window, champ: Champion, out_dir: Path, drifted: list[str] | None = None
+    window: Window,
+    champ: Champion,
+    out_dir: Path,
+    drifted: list[str] | None = None,
+    missing: list[str] | None = None,
 ) -> str:
     """Evidently's data-drift report of ``window`` against the champion's reference, over the
     ``drifted`` features (most significant first; at most ``REPORT_FEATURES``) or, without
-    any, every feature."""
+    any, every feature; with the missing-value count and share, window against reference, of
+    each feature whose missing share moved (``missing``). A feature with no value in the
+    window has its missing count only (there is no distribution to compare)."""
     import warnings
 
     from evidently import Dataset, Report
+    from evidently.metrics import MissingValueCount
     from evidently.presets import DataDriftPreset
 
     schema = champ.schema
-    names = [n for n in schema.names if n in (drifted or [])[:REPORT_FEATURES]] or schema.names
-    current = readable(pd.DataFrame(window.X, columns=schema.names), schema)[names]
+    top = set((drifted or [])[:REPORT_FEATURES])
+    gone = set((missing or [])[:REPORT_FEATURES])
+    frame = pd.DataFrame(window.X, columns=schema.names)
+    alive = set(frame.columns[frame.notna().any()])
+    values = [n for n in schema.names if n in alive and (n in top or not drifted)]
+    names = [n for n in schema.names if n in set(values) | gone]
+    current = readable(frame, schema)[names]
     reference = readable(pd.read_parquet(champ.reference)[schema.names], schema)[names]
     if len(reference) > REFERENCE_ROWS:
         reference = reference.sample(REFERENCE_ROWS, random_state=0)
     definition = data_definition(schema, names)
     stamp = report_name(window).removesuffix(".html")
     out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: list[Any] = [DataDriftPreset(columns=values)] if values else []
+    metrics += [MissingValueCount(column=n) for n in names if n in gone]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: 0/0 in its stats
-        snapshot = Report([DataDriftPreset()]).run(
+        snapshot = Report(metrics).run(
             Dataset.from_pandas(current, data_definition=definition),
             Dataset.from_pandas(reference, data_definition=definition),
         )

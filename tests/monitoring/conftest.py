@@ -99,7 +99,8 @@ class Traffic:
         version: str = "1",
     ) -> None:
         """One request per row; ``feedback`` share of rows labelled with ``y_true``."""
-        probs = self.d.model.predict_proba(X / 16).astype(np.float32)
+        # A null feature (NaN in the log, as the service logs it) reads 0: the graph imputes.
+        probs = self.d.model.predict_proba(np.nan_to_num(X) / 16).astype(np.float32)
         labels = probs.argmax(axis=1)
         rows, items = [], []
         for i in range(len(X)):

@@ -333,7 +333,9 @@ def test_watch_writes_drift_reports_in_the_background(
     release, started, drifted = threading.Event(), threading.Event(), []
     niceness: list[int] = []
 
-    def slow_report(window: Window, champ: object, out_dir: Path, features: list) -> str:
+    def slow_report(
+        window: Window, champ: object, out_dir: Path, features: list, missing: list
+    ) -> str:
         niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         started.set()
         assert release.wait(30)

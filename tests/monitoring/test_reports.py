@@ -136,7 +136,7 @@ def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path
     window = Window(
         [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
-        np.full(n, np.nan),
+        *[np.full(n, np.nan)] * 4,
     )  # fmt: skip
     name = drift_report(
         window,
@@ -152,6 +152,40 @@ def test_the_report_judges_each_column_by_its_kind_in_schema_json(tmp_path: Path
     assert methods["x"][0].startswith("K-S") and methods["x"][1] > 0.05
     assert methods["plan"][0].startswith("chi-square") and methods["plan"][1] < 1e-6
     assert "plan_3" in (tmp_path / "out" / name).read_text()  # categories by name
+
+
+def test_dead_columns_are_named_by_the_decision_and_the_report(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    """Twelve pixels sent as null (a dead sensor; the graph imputes them): the decision says
+    their missing share moved, and the Evidently report counts their missing values, window
+    against reference, instead of skipping them."""
+    d = traffic.d
+    make_champion(tmp_path / "registry", d)
+    cfg = monitor_config(report_on_drift=True, min_feedback=10**6)
+    monitor = Monitor(cfg, traffic.log, tmp_path / "registry", tmp_path)
+    spread = np.argsort(-d.X_ref.std(axis=0))[:12]  # pixels that vary in training
+    dead = sorted(d.schema.names[j] for j in spread)
+    X = d.X_held[:50].copy()
+    X[:, spread] = np.nan
+    traffic.serve(X, d.y_held[:50], feedback=0.0)
+    (decision,) = monitor.step()
+    assert set(decision.figures.drift.missing) == set(dead)
+    assert all(v == (1.0, 0.0) for v in decision.figures.drift.missing.values())
+    said = next(r for r in decision.reasons if r.startswith("missing values changed in"))
+    assert sum(name in said for name in dead) == 5 and "and 7 more" in said
+    row = traffic.log.decisions()[-1]["figures"]
+    assert set(row["missing_drifted"]) == set(dead)
+    report = json.loads(
+        (tmp_path / "reports/drift" / decision.figures.report).with_suffix(".json").read_text()
+    )
+    counted = {
+        m["config"]["column"]: m["value"]
+        for m in report["metrics"]
+        if m["config"]["type"].endswith("MissingValueCount")
+    }
+    assert len(counted) == REPORT_FEATURES and set(counted) <= set(dead)
+    assert all(v == {"count": 50.0, "share": 1.0} for v in counted.values())
 
 
 def test_a_report_shows_the_most_drifted_features(tmp_path: Path) -> None:
@@ -176,7 +210,7 @@ def test_a_report_shows_the_most_drifted_features(tmp_path: Path) -> None:
     window = Window(
         [f"r{i}" for i in range(n)], np.zeros(n, np.int64), 1e6 + np.arange(n), ["1"] * n, X,
         np.zeros(n, np.int64), np.full((n, 2), 0.5, np.float32), np.ones(n), -np.ones(n, np.int64),
-        np.full(n, np.nan),
+        *[np.full(n, np.nan)] * 4,
     )  # fmt: skip
     champ = Champion("1", tmp_path, schema, ChampionFigures(test_accuracy=0.9))
 
