@@ -32,7 +32,7 @@ from pipeline.contracts.params import SimulateConfig, overlay, read_params, sect
 from pipeline.contracts.runtime import predict, session  # noqa: E402
 from pipeline.contracts.schema import LABEL, Schema  # noqa: E402
 
-SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "prior", "concept")
+SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "stuck", "dead", "prior", "concept")
 SIZES = (50, 200)
 
 

@@ -9,7 +9,9 @@ the production log on, a throwaway SQLite file) and BentoML's adaptive batching
 time and sends only to 127.0.0.1. Cases: 1-record requests at 8 connections (throughput), 1
 record at 1 connection (latency), 256-record requests at 8 connections (rows/s); the servers'
 runs alternate and the best of ``--rounds`` is kept. Prints requests/s, rows/s, p50 / p99
-latency, server CPU per request and the ratio to the bare app, as a Markdown table.
+latency, server CPU per request and the ratio to the bare app, as a Markdown table; then the
+service's ``/explain`` against its own ``/predict`` on the same records (1 and 32 a request, 1
+connection): latency per record and the ratio.
 """
 
 from __future__ import annotations
@@ -230,10 +232,15 @@ def main() -> int:
                         f"  cpu {r['cpu_ms_per_request']:.3f} ms/req  non-2xx {r['errors']}",
                         flush=True,
                     )
+            explain = explain_vs_predict(servers["service"], service_port, records, args, tmp)
         finally:
             for proc in servers.values():
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(60)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM under load
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
     print(f"\nagainst bare (best of {args.rounds} alternating {args.seconds} s runs):")
     print(
         "| case | server | answered/s | rows/s | vs bare | p50 ms | p99 ms | CPU ms/request "
@@ -249,7 +256,31 @@ def main() -> int:
                 f"{r['rps'] / b['rps']:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                 f"{r['cpu_ms_per_request']:.3f} | {r['errors']} |"
             )
+    print("\n/explain against /predict on the service (1 connection, best of the rounds):")
+    print("| records a request | /predict ms per record | /explain ms per record | ratio |")
+    print("| --- | --- | --- | --- |")
+    for n, (p, e) in explain.items():
+        print(f"| {n} | {p:.3f} | {e:.3f} | {e / p:.1f}x |")
     return 0
+
+
+def explain_vs_predict(
+    proc: subprocess.Popen, port: int, records: dict[int, str], args: argparse.Namespace, tmp: Path
+) -> dict[int, tuple[float, float]]:
+    """p50 latency per record of the service's /predict and /explain, by records a request."""
+    base = f"http://127.0.0.1:{port}"
+    records = {**records, 32: json.dumps({"records": json.loads(records[1])["records"] * 32})}
+    out = {}
+    for n in (1, 32):
+        best: dict[str, float] = {}
+        for _ in range(args.rounds):
+            for path in ("predict", "explain"):
+                r = run_case(proc, f"{base}/{path}", records[n], n, 1, args.seconds, tmp)
+                if r["errors"]:
+                    raise SystemExit(f"/{path}: {r['errors']} non-2xx answers")
+                best[path] = min(best.get(path, float("inf")), r["p50_ms"] / n)
+        out[n] = (best["predict"], best["explain"])
+    return out
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
     python -m monitoring simulate     # params.yaml: simulate.scenario picks one
 
 Covariate shifts change the inputs (stroke intensity, sensor noise, a one-pixel translation, blur:
-the image ones need schema.json's ``image_shape``); a prior shift changes the class mix; a concept
+the image ones need schema.json's ``image_shape``; ``stuck`` and ``dead``: ``simulate.columns``
+numeric columns, the same ones in every window, read their training maximum or null, as broken
+sensors do); a prior shift changes the class mix; a concept
 shift keeps the inputs and remaps the true labels (a regressor's: scales the target by
 ``concept_scale`` and adds ``concept_offset``). Shifted values are rounded where the column is
 integer and clipped to the schema's bounds, so every shifted row is a valid request.
@@ -18,7 +20,7 @@ from pipeline.contracts.params import SimulateConfig
 from pipeline.contracts.schema import Schema
 from pipeline.contracts.tasks import served_task
 
-COVARIATE = ("intensity", "noise", "translate", "blur")
+COVARIATE = ("intensity", "noise", "translate", "blur", "stuck", "dead")
 
 
 def shift_inputs(
@@ -33,6 +35,9 @@ def shift_inputs(
         out[:, numeric] *= cfg.intensity
     elif cfg.scenario == "noise":
         out[:, numeric] += rng.normal(0.0, cfg.noise_sigma, size=out[:, numeric].shape)
+    elif cfg.scenario in ("stuck", "dead"):
+        cols = broken_columns(schema, cfg.columns)
+        out[:, cols] = schema.bounds[1][cols] if cfg.scenario == "stuck" else np.nan
     else:
         if schema.image_shape is None:
             raise MlcycleError(
@@ -49,6 +54,20 @@ def shift_inputs(
             images = ndimage.gaussian_filter(images, sigma=(0, cfg.blur_sigma, cfg.blur_sigma))
         out = images.reshape(len(out), -1)
     return clip_to_schema(out, schema)
+
+
+def broken_columns(schema: Schema, k: int) -> np.ndarray:
+    """The ``k`` numeric columns the ``stuck`` and ``dead`` scenarios break: drawn once from
+    those that vary in training (a fixed seed: the same sensors in every window)."""
+    low, high = schema.bounds
+    varying = np.flatnonzero(
+        np.array([f.kind == "numeric" for f in schema.features]) & (np.asarray(high) > low)
+    )
+    if k > len(varying):
+        raise MlcycleError(
+            f"simulate.columns = {k}, but the data has {len(varying)} numeric columns that vary"
+        )
+    return np.sort(np.random.default_rng(0).choice(varying, k, replace=False))
 
 
 def clip_to_schema(X: np.ndarray, schema: Schema) -> np.ndarray:

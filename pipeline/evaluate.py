@@ -48,10 +48,10 @@ import numpy as np
 from pipeline import registry
 from pipeline.contracts import champion as champion_files
 from pipeline.contracts.io import load_json, read_parquet, require_file
-from pipeline.contracts.params import GateConfig, HardenConfig
+from pipeline.contracts.params import DataConfig, GateConfig, HardenConfig
 from pipeline.contracts.schema import Schema
 from pipeline.learning import stage
-from pipeline.learning.assess import figures, int8_latency_ratio
+from pipeline.learning.assess import figures, group_figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.tasks import Record, task_for
 from pipeline.release.decision import Decision
@@ -115,6 +115,20 @@ def body(ctx: stage.Context) -> None:
             cfg,
             record=champ_dir / champion_files.DECISION,
         )
+    groups, gaps = None, {}
+    sensitive = ctx.section("data", DataConfig).sensitive
+    if sensitive is not None:  # per-group figures and the group-gap rules
+        groups, gaps = group_figures(
+            task,
+            sensitive,
+            schema,
+            (test, holdout),
+            rows,
+            {
+                "candidate": onnx_path,
+                "champion": champ_dir / champion_files.ONNX if champ_dir else None,
+            },
+        )
     production = task.production(champion, cfg, export)
     baselines = train_metrics.get("baselines", {})
     best = max(baselines.items(), key=lambda kv: kv[1][task.baseline_key], default=None)
@@ -125,6 +139,8 @@ def body(ctx: stage.Context) -> None:
         + (cfg.max_int8_accuracy_drop if variant == "int8" else 0.0),
         budget_limited=bool(robustness.get("budget", {}).get("limited", False)),
         champion_failing=production.why if production.champion_failing else None,
+        group_gap=gaps.get("candidate"),
+        champion_group_gap=gaps.get("champion"),
     )
     rules, terms = task.gate(
         cfg, candidate, champion, bool(export["parity"]["passed"]), context, export, y
@@ -143,6 +159,7 @@ def body(ctx: stage.Context) -> None:
         production=production,  # is the champion failing there (the relative rules' waiver)
         # What the monitor estimates with before labels (bench/estimate.py), or None.
         estimate=task.estimate(onnx_path, read_parquet(args.val), schema),
+        groups=groups,
     )
     checkpoint = load_checkpoint(args.model)
     card = task.card(Record(schema, decision, train_metrics, robustness, export, checkpoint))

@@ -46,6 +46,36 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+def _explained(schema: Schema) -> dict[str, Any]:
+    """/explain's answer: per record, its attributions by feature (and a heatmap for images)."""
+    number = {"type": "number"}
+    item: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "explained_value": number,
+            "attributions": _object({n: number for n in schema.names}, schema.names),
+        },
+        "required": ["index", "explained_value", "attributions"],
+    }
+    if schema.image_shape is not None and len(schema.image_shape) == 2:
+        item["properties"]["heatmap"] = {
+            "type": "array",
+            "items": {"type": "array", "items": number},
+        }
+        item["required"].append("heatmap")
+    return {
+        "type": "object",
+        "properties": {
+            "model_version": {"type": "string"},
+            "explained": {"type": "string"},
+            "method": {"type": "string"},
+            "explanations": {"type": "array", "items": item},
+        },
+        "required": ["model_version", "explained", "method", "explanations"],
+    }
+
+
 def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
     record = _object({f.name: _feature(f) for f in schema.features}, schema.names)
     task = served_task(schema)
@@ -80,6 +110,23 @@ def openapi_spec(schema: Schema, cfg: ServingConfig) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": {"description": what, "content": _json(answer)},
+                        **errors,
+                    },
+                }
+            },
+            "/explain": {
+                "post": {
+                    "operationId": "explain",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json(_object({"records": records}, ["records"])),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": f"{what}, each with the fall of {task.explained} "
+                            "when each feature is missing (occlusion)",
+                            "content": _json(_explained(schema)),
+                        },
                         **errors,
                     },
                 }

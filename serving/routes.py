@@ -1,6 +1,6 @@
-"""The service's routes: the raw-ASGI hot path (``POST /predict``, ``POST /feedback``) that
-:class:`FastPath` puts in front of BentoML's app, and the Starlette app's ``GET /model`` and
-``GET /openapi.json``.
+"""The service's routes: the raw-ASGI hot path (``POST /predict``, ``POST /feedback``,
+``POST /explain``) that :class:`FastPath` puts in front of BentoML's app, and the Starlette
+app's ``GET /model`` and ``GET /openapi.json``.
 
 BentoML's typed APIs cost about 2 ms of pydantic and dispatch per request (0.17x a bare
 Starlette app's one-record requests/s), its per-request middlewares about 0.1 ms: ``/predict``
@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.contracts import explain as explanations
 from pipeline.contracts.prodlog import FeedbackConflictError, UnknownPredictionsError
 from serving import asgi
 from serving.asgi import (
@@ -147,6 +148,54 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     return None
 
 
+async def explain(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """POST /explain: the records of a /predict request -> each answer with its per-feature
+    attributions (:mod:`pipeline.contracts.explain`), from the served graph. Not logged: an
+    explanation is not production traffic, and the monitor's windows stay what /predict
+    answered."""
+    start = time.perf_counter()
+    st = _state()
+    cfg = st.cfg
+    if st.in_flight >= cfg.max_in_flight:
+        return await _refuse(send, st, 503, "overloaded", "overloaded: too many requests", RETRY)
+    st.in_flight += 1
+    try:
+        payload = await _json_body(scope, receive, cfg.max_body_bytes)
+        model = st.watcher.current
+        X, flags = st.encoders[model.version].encode(payload)
+        rows = len(X) * (X.shape[1] + 1)
+        if rows > explanations.MAX_ROWS:
+            raise RequestError(
+                413,
+                f"records: {len(X)} records of {X.shape[1]} features need {rows} graph rows to "
+                f"explain; at most {explanations.MAX_ROWS} a request (send fewer records)",
+            )
+        done = await asyncio.to_thread(explanations.occlusion, model.run, X, model.task)
+    except RequestError as exc:
+        return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
+    except DisconnectedError:
+        st.metrics.rejected.labels(reason="disconnect").inc()
+        return None
+    finally:
+        st.in_flight -= 1
+    out = model.task.answer(done.outputs, model.schema).records
+    for item, why in zip(out, explanations.records(done, model.schema), strict=True):
+        item.update(why)
+        if flags[item["index"]]:
+            item["out_of_range"] = flags[item["index"]].split(",")
+    body = orjson.dumps(
+        {
+            "model_version": model.version,
+            "explained": model.task.explained,
+            "method": "occlusion: each feature missing (imputed by the graph) in turn",
+            "explanations": out,
+        }
+    )
+    st.explain_latency.observe(time.perf_counter() - start)
+    await respond(send, 200, body)
+    return None
+
+
 async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """POST /feedback: true labels for served predictions (bearer token)."""
     st = _state()
@@ -229,8 +278,8 @@ app = Starlette(
 
 
 class FastPath:
-    """ASGI in front of BentoML's app: ``POST /predict`` and ``/feedback`` go straight to their
-    handlers; everything else (health, metrics, /model, lifespan) to BentoML.
+    """ASGI in front of BentoML's app: ``POST /predict``, ``/feedback`` and ``/explain`` go
+    straight to their handlers; everything else (health, metrics, /model, lifespan) to BentoML.
 
     BentoML wraps every request in its tracing, traffic-metrics, timeout and context middlewares
     (a timeout is an asyncio task per request): about 0.1 ms of CPU, as much as the bare app's
@@ -239,7 +288,7 @@ class FastPath:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.routes = {"/predict": predict, "/feedback": feedback}
+        self.routes = {"/predict": predict, "/feedback": feedback, "/explain": explain}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

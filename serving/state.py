@@ -76,6 +76,7 @@ class State:
         self.metrics.log_healthy.set(1)
         self.metrics.log_replayed.inc(self.writer.replayed)
         self.predict_latency = self.metrics.latency.labels(endpoint="predict")
+        self.explain_latency = self.metrics.latency.labels(endpoint="explain")
         self.in_flight = 0
         self.token = os.environ.get(cfg.feedback_token_env) or None
         self.watcher.start()

@@ -20,8 +20,10 @@ training distribution and over-confident under shift. Two estimators made for th
   shift), which is why it is not used alone:
 - **atc_cott** (the default): ATC (negative entropy) while the window's rows look like the
   held-out ones one by one (ATC within ``SHIFT_GATE`` of the held-out accuracy: none, a mild
-  covariate or a prior shift), COTT once they do not (bench/estimate.py: blur 27.8 -> 2.0
-  points of error at 200 rows, translate 44.2 -> 10.6, the others as ATC).
+  covariate or a prior shift), COTT once they do not (bench/estimate.py, one champion: blur
+  27.8 -> 2.0 points of error at 200 rows, translate 44.2 -> 10.6, the others as ATC; another
+  champion's ATC falls just past the hand-over on blur, 9.6 against ATC's 2.8:
+  docs/monitoring.md).
 
 The evaluate stage fits :class:`AccuracyEstimator` on the validation split through the graph that
 ships and writes it to the champion directory; the monitor reads it there. Torch-free.

@@ -355,6 +355,7 @@ class GateConfig(Section):
     production_alpha: Annotated[float, rule(lambda v: 0 < v < 1, "in (0, 1)")]
     max_coverage_gap: Unit
     max_robust_mae: PositiveFloat
+    max_group_gap: Unit | None
 
 
 class ServingConfig(Section):
@@ -406,7 +407,9 @@ class MonitorConfig(Section):
 class SimulateConfig(Section):
     """``simulate``: production traffic replayed from held-out rows, optionally shifted."""
 
-    scenario: Literal["none", "intensity", "noise", "translate", "blur", "prior", "concept"]
+    scenario: Literal[
+        "none", "intensity", "noise", "translate", "blur", "stuck", "dead", "prior", "concept"
+    ]
     rows_from: str
     requests: Positive
     records_per_request: Positive
@@ -416,6 +419,7 @@ class SimulateConfig(Section):
     noise_sigma: float
     translate: int
     blur_sigma: float
+    columns: Positive
     prior_classes: Annotated[Seq[int], rule(lambda v: len(v) >= 1, "1+ class indices")]
     concept_shift: int
     concept_scale: float

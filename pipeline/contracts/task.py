@@ -80,6 +80,7 @@ class ServedTask(abc.ABC):
     name: ClassVar[str]
     outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs, in order
     what: ClassVar[str]  # what /predict answers per record, in words
+    explained: ClassVar[str]  # what an explanation attributes, in words (POST /explain)
     window_keys: ClassVar[tuple[str, ...]]  # the window figures the index page plots
 
     # ---- ingest ----
@@ -101,6 +102,13 @@ class ServedTask(abc.ABC):
     @abc.abstractmethod
     def answer(self, outputs: list[np.ndarray], schema: Schema) -> Answer:
         """The graph's ``outputs`` for a batch as the service logs and returns them."""
+
+    @abc.abstractmethod
+    def explained_figure(self, outputs: list[np.ndarray], block: int) -> np.ndarray:
+        """(records, block): the figure an explanation attributes (:mod:`pipeline.contracts.
+        explain`) for each row of the graph's ``outputs`` over records' blocks of ``block``
+        rows, each block's first row the record itself: the probability of the class that row
+        was answered, a regressor's prediction."""
 
     @abc.abstractmethod
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pipeline.contracts.schema import Schema
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
 from pipeline.learning.tasks import Attack, Measured, Task
+from pipeline.release.gate import GroupGap
 
 
 def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
@@ -45,6 +46,40 @@ def gate_key(
     }
     digest.update(json.dumps(attacks, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def group_figures(
+    task: Task,
+    column: str,
+    schema: Schema,
+    frames: tuple[Any, Any],
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    graphs: dict[str, Path | None],
+) -> tuple[dict[str, Any], dict[str, GroupGap | None]]:
+    """Per-group figures (``data.sensitive``: ``column``) of each graph in ``graphs``
+    (candidate, champion) on test and, where it has rows, the production holdout; and each
+    one's largest gap on test, which the gate judges."""
+    from pipeline.learning.groups import labels
+
+    X, y, Xh, yh = rows
+    groups = [labels(frame, schema, column) for frame in frames]
+    out: dict[str, Any] = {"column": column}
+    gaps: dict[str, GroupGap | None] = {}
+    for who, graph in graphs.items():
+        if graph is None:
+            continue
+        entry = {}
+        for split, (Xs, ys, gs) in zip(
+            ("test", "holdout"), ((X, y, groups[0]), (Xh, yh, groups[1])), strict=True
+        ):
+            if not len(ys):
+                continue
+            figs, gap = task.by_group(graph, Xs, ys, gs, column)
+            entry[split] = {**figs, **({"gap": gap.as_json()} if gap else {})}
+            if split == "test":
+                gaps[who] = gap
+        out[who] = entry
+    return out, gaps
 
 
 def figures(

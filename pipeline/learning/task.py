@@ -33,7 +33,7 @@ from pipeline.learning.training import Objective, fit_baselines
 from pipeline.learning.transforms import FeatureTransform
 from pipeline.release import card
 from pipeline.release.decision import Decision, Production
-from pipeline.release.gate import Figures, GateContext, Terms, Verdict, hints, judge
+from pipeline.release.gate import Figures, GateContext, GroupGap, Terms, Verdict, hints, judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +309,13 @@ class Task(abc.ABC):
         self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack
     ) -> dict[str, Any]:
         """The figures on the production holdout (``holdout_*``)."""
+
+    @abc.abstractmethod
+    def by_group(
+        self, graph: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray, column: str
+    ) -> tuple[dict[str, Any], GroupGap | None]:
+        """Per-group figures of the graph's answers (:mod:`pipeline.learning.groups`), and the
+        largest gap of the main figure between two groups of ``column``."""
 
     @abc.abstractmethod
     def production(

@@ -72,10 +72,82 @@ def limits_lines(limits: list[str]) -> list[str]:
     ]
 
 
+def group_lines(decision: Decision) -> list[str]:
+    """With ``data.sensitive``: the candidate's figures per group on test (the scalar ones), its
+    parity differences and largest gap, the champion's gap, and a chart of the gap's figure per
+    group for both (an embedded PNG: the card is one file)."""
+    groups = decision.groups
+    if not groups or "test" not in groups.get("candidate", {}):
+        return []
+    test = groups["candidate"]["test"]
+    rows = test["by_group"]
+    keys = [k for k, v in next(iter(rows.values())).items() if not isinstance(v, list)]
+    lines = [
+        f"## Groups of `{groups['column']}` (test split)",
+        "| group | " + " | ".join(keys) + " |",
+        "| --- |" + " --- |" * len(keys),
+    ]
+    for name, figs in rows.items():
+        cells = [f"{figs[k]}" if k == "rows" else f"{figs[k]:.4f}" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key in ("demographic_parity_difference", "equalized_odds_difference"):
+        if key in test:
+            lines.append(f"- {key.replace('_', ' ')}: {test[key]:.4f} (largest over the classes)")
+    gap = test.get("gap")
+    if gap:
+        lines.append(
+            f"- largest {gap['figure']} gap: {gap['value']:.4f}, {gap['best']} over {gap['worst']}"
+            f" (permutation p {gap['p']:.2g})"
+        )
+        theirs = groups.get("champion", {}).get("test", {}).get("gap")
+        if theirs:
+            lines.append(f"- the champion's: {theirs['value']:.4f} ({theirs['worst']} worst)")
+        lines += ["", f"![{gap['figure']} per group](data:image/png;base64,{_chart(groups, gap)})"]
+    return [*lines, ""]
+
+
+def _chart(groups: Any, gap: dict[str, Any]) -> str:
+    """The gap's figure per group, candidate beside champion, as a base64 PNG."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = gap["figure"]
+    names = list(groups["candidate"]["test"]["by_group"])
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    width = 0.4
+    for k, who in enumerate(("candidate", "champion")):
+        rows = groups.get(who, {}).get("test", {}).get("by_group")
+        if rows:
+            values = [rows.get(n, {}).get(figure, float("nan")) for n in names]
+            ax.bar([i + (k - 0.5) * width for i in range(len(names))], values, width, label=who)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(figure)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.12, right=0.98, top=0.95, bottom=0.15)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def closing(export: str, decision: Decision, limits: list[str]) -> list[str]:
-    """The card's last sections: the export's parity (``export``, the task's line), the gate,
-    the limits (the task's among them)."""
-    return ["", "## Export", export, "", *gate_lines(decision), *limits_lines(limits)]
+    """The card's last sections: the export's parity (``export``, the task's line), the groups
+    (with ``data.sensitive``), the gate, the limits (the task's among them)."""
+    return [
+        "",
+        "## Export",
+        export,
+        "",
+        *group_lines(decision),
+        *gate_lines(decision),
+        *limits_lines(limits),
+    ]
 
 
 def join(lines: list[str]) -> str:

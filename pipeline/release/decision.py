@@ -50,6 +50,9 @@ class Decision:
     champion_version_before: str | None
     production: Production
     estimate: Mapping[str, Any] | None = None
+    # With data.sensitive: per-group figures (pipeline/learning/groups.py) of candidate and
+    # champion on test and the production holdout.
+    groups: Mapping[str, Any] | None = None
     version: str | None = None
 
     @property
@@ -87,6 +90,8 @@ class Decision:
         }
         if self.estimate is not None:
             out["estimate"] = self.estimate
+        if self.groups is not None:
+            out["groups"] = self.groups
         if self.version is not None:
             out["version"] = self.version
         return out

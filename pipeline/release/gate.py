@@ -23,17 +23,41 @@ Figures = Mapping[str, Any]  # one model's measured figures (metrics/evaluate.js
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """One rule before judging: ``value`` must be at least (else at most) ``threshold``."""
+    """One rule before judging: ``value`` must be at least (else at most) ``threshold``;
+    ``subject``: whom it is about, where the reason should name it (a group)."""
 
     rule: str
     value: float
     threshold: float
     at_least: bool
     what: str
+    subject: str | None = None
 
     def judged(self) -> Verdict:
         passed = self.value >= self.threshold if self.at_least else self.value <= self.threshold
-        return Verdict(self.rule, self.value, self.threshold, bool(passed), self.what)
+        return Verdict(
+            self.rule, self.value, self.threshold, bool(passed), self.what, subject=self.subject
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupGap:
+    """The main figure's largest between-group difference on test (``data.sensitive``):
+    ``best`` minus ``worst`` group, and a permutation test's p-value for it."""
+
+    column: str
+    figure: str
+    value: float
+    worst: str
+    best: str
+    worst_value: float
+    best_value: float
+    worst_rows: int
+    best_rows: int
+    p: float
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -47,6 +71,7 @@ class Verdict:
     passed: bool
     what: str
     waived: bool = False
+    subject: str | None = None  # whom the rule is about (a group), named in the reason
 
     def waive(self, why: str) -> None:
         self.passed, self.waived = True, True
@@ -54,13 +79,17 @@ class Verdict:
 
     def reason(self) -> str:
         """How the decision's ``reasons`` name a failed rule."""
-        return f"{self.rule}: {self.value:.4f} vs {self.threshold:.4f}"
+        about = f" ({self.subject})" if self.subject else ""
+        return f"{self.rule}: {self.value:.4f} vs {self.threshold:.4f}{about}"
 
     def as_json(self) -> dict[str, Any]:
-        """metrics/evaluate.json's ``rules`` entry (``waived`` only where a waiver passed it)."""
+        """metrics/evaluate.json's ``rules`` entry (``waived`` only where a waiver passed it;
+        ``subject`` only where the rule has one)."""
         out = dataclasses.asdict(self)
         if not self.waived:
             del out["waived"]
+        if self.subject is None:
+            del out["subject"]
         return out
 
     @classmethod
@@ -80,6 +109,9 @@ class GateContext:
     # None: then the rules relative to it on the test split do not bind (the holdout rule and
     # every absolute floor still do).
     champion_failing: str | None = None
+    # With data.sensitive: the candidate's and the champion's largest group gap on test.
+    group_gap: GroupGap | None = None
+    champion_group_gap: GroupGap | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +209,12 @@ def coverage_failing(coverage: float, rows: int, nominal: float, cfg: GateConfig
 LATENCY_HINT = (
     "too slow: set gate.variant: int8, a smaller train.hidden, or raise gate.max_p99_latency_ms"
 )
+GROUP_HINT = (
+    "one group of data.sensitive is served worse than another: more labelled rows of it, "
+    "features that describe it as well as the others, or (an accepted gap) a higher "
+    "gate.max_group_gap"
+)
+GROUP_RULES = ("max_group_gap", "vs_champion_group_gap")
 
 
 def judge(
@@ -265,6 +303,7 @@ def judge(
             ),
             terms.vs_champion_robust(cand, champ),
         ]
+    rules += group_rules(cfg, ctx, name)
     out = [r.judged() for r in rules]
     fixes = (
         ctx.champion_failing is not None
@@ -291,6 +330,41 @@ def judge(
             r.waive(" (waived: robustness at harden.eps costs more than the budget)")
         if r.rule in terms.relative_on_test and fixes and not r.passed:
             r.waive(f" (waived: the champion fails in production: {ctx.champion_failing})")
+        gap = ctx.group_gap
+        if r.rule in GROUP_RULES and not r.passed and gap and gap.p >= cfg.production_alpha:
+            r.waive(
+                f" (waived: not significant, permutation p {gap.p:.2g} >= "
+                f"gate.production_alpha {cfg.production_alpha}: groups of {gap.worst_rows} and "
+                f"{gap.best_rows} rows cannot tell this gap from chance)"
+            )
+    return out
+
+
+def group_rules(cfg: GateConfig, ctx: GateContext, name: str) -> list[Rule]:
+    """``gate.max_group_gap`` as a ceiling on the candidate's largest group gap, and against
+    the champion's gap (it may grow by at most ``gate.max_accuracy_drop``)."""
+    gap = ctx.group_gap
+    if gap is None or cfg.max_group_gap is None:
+        return []
+    subject = f"group {gap.worst!r} of {gap.column}"
+    between = (
+        f"{name} gap between {gap.column} groups: {gap.best} {gap.best_value:.4f} "
+        f"({gap.best_rows} rows) - {gap.worst} {gap.worst_value:.4f} ({gap.worst_rows} rows)"
+    )
+    out = [Rule("max_group_gap", gap.value, cfg.max_group_gap, False, f"{between} <= "
+                f"{cfg.max_group_gap} (gate.max_group_gap)", subject)]  # fmt: skip
+    theirs = ctx.champion_group_gap
+    if theirs is not None:
+        out.append(
+            Rule(
+                "vs_champion_group_gap",
+                gap.value,
+                theirs.value + cfg.max_accuracy_drop,
+                False,
+                f"{between} <= the champion's {theirs.value:.4f} + {cfg.max_accuracy_drop}",
+                subject,
+            )
+        )
     return out
 
 
@@ -308,6 +382,8 @@ def hints(terms: Terms, rules: list[Verdict], eps: float, max_clean_drop: float)
             out.append(f"{r.reason()} waived; {r.what}")
         elif not r.passed and r.rule == "max_p99_latency_ms":
             out.append(f"{r.rule}: {LATENCY_HINT}")
+        elif not r.passed and r.rule in GROUP_RULES:
+            out.append(f"{r.rule}: {r.subject}: {GROUP_HINT}")
         elif not r.passed and r.rule in terms.hints:
             out.append(f"{r.rule}: {terms.hints[r.rule]}")
     return out

@@ -9,6 +9,7 @@ decision and the model card.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path
 
@@ -99,6 +100,23 @@ def verdict(decision: Decision) -> str:
     return "rejected: " + "; ".join(decision.reasons)
 
 
+def group_metrics(decision: Decision) -> dict[str, float]:
+    """The candidate's per-group test figures as MLflow metrics (``group_<name>_<figure>``,
+    the name reduced to the characters MLflow accepts), and its largest gap."""
+    test = (decision.groups or {}).get("candidate", {}).get("test")
+    if not test:
+        return {}
+    out = {}
+    for name, figs in test["by_group"].items():
+        safe = re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(name))
+        out.update(
+            {f"group_{safe}_{k}": float(v) for k, v in figs.items() if not isinstance(v, list)}
+        )
+    if "gap" in test:
+        out["group_gap"] = float(test["gap"]["value"])
+    return out
+
+
 def register(
     tracker: Tracker,
     decision: Decision,
@@ -111,6 +129,7 @@ def register(
         for src in files.values():
             run.log_artifact(src, folder="model")
         run.log_metrics({f"candidate_{k}": v for k, v in decision.candidate.items()})
+        run.log_metrics(group_metrics(decision))
         run.log_dict(decision.as_json(), "evaluate.json")
         tags = {
             "gate": "passed" if decision.passed else "failed",

@@ -74,5 +74,5 @@ def test_the_fast_path_sits_in_front_of_bentomls_app() -> None:
     assert bentoml.__version__.startswith("1.4."), bentoml.__version__
     assert type(Mlcycle).__mro__[1] is bentoml.Service
     app = Mlcycle.to_asgi()
-    assert isinstance(app, FastPath) and set(app.routes) == {"/predict", "/feedback"}
+    assert isinstance(app, FastPath) and set(app.routes) == {"/predict", "/feedback", "/explain"}
     assert app.inner is not None  # BentoML's own app serves everything else

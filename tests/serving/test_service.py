@@ -24,6 +24,7 @@ from pipeline.contracts.runtime import session
 from pipeline.contracts.schema import LABEL, Schema
 from tests.conftest import ROOT
 from tests.serving.conftest import Server, post
+from tests.unit.test_explain import margin
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 
@@ -99,14 +100,55 @@ BAD = {
 }
 
 
+@pytest.mark.parametrize("endpoint", ["predict", "explain"])
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_records_are_4xx_naming_the_problem(
-    server: Server, stage_inputs: Path, case: str
+    server: Server, stage_inputs: Path, case: str, endpoint: str
 ) -> None:
     _, _, schema = split(stage_inputs)
     make, status, message = BAD[case]
-    r = post(f"{server.url}/predict", make(schema.names))
+    r = post(f"{server.url}/{endpoint}", make(schema.names))
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def settled_rows(server: Server, timeout: float = 10) -> float:
+    """Rows the service's log writer has written, once its queue is empty."""
+    deadline = time.monotonic() + timeout
+    while counted(server, "mlcycle_log_queue_rows") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counted(server, "mlcycle_log_rows_written")
+
+
+def test_explain_answers_as_predict_with_the_graphs_own_attributions(
+    server: Server, stage_inputs: Path, served_state: Path
+) -> None:
+    """/explain answers each record as /predict does, with each pixel's attribution: the fall
+    of the answered class's probability when the graph does not know it (checked against the
+    graph itself), and a heatmap in the image's shape; nothing of it is logged."""
+    records, X, schema = split(stage_inputs)
+    sess = session(served_state / "registry/champion/model.onnx")
+    before = settled_rows(server)
+    r = post(f"{server.url}/explain", {"records": records[:20]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "1"
+    assert body["explained"].startswith("the answered class's log-odds")
+    answered = post(f"{server.url}/predict", {"records": records[:20]}).json()["predictions"]
+    probs, labels = graph_predict(sess, X[:20])
+    for i, item in enumerate(body["explanations"]):
+        assert item["label"] == answered[i]["label"] == schema.classes[labels[i]]
+        np.testing.assert_allclose(item["probabilities"], answered[i]["probabilities"], atol=1e-6)
+        own = margin(probs[i : i + 1], labels[i : i + 1])[0]
+        assert item["explained_value"] == pytest.approx(own, abs=1e-4)
+        got = np.array([item["attributions"][n] for n in schema.names])
+        np.testing.assert_array_equal(np.array(item["heatmap"]).ravel(), got)
+        occluded = np.repeat(X[i : i + 1], 64, axis=0)
+        occluded[np.arange(64), np.arange(64)] = np.nan
+        without = margin(graph_predict(sess, occluded)[0], np.full(64, labels[i]))
+        np.testing.assert_allclose(got, own - without, atol=1e-4)
+    assert settled_rows(server) == before + 20  # the /predict call's rows only
+    too_many = post(f"{server.url}/explain", {"records": records[:1] * 1009})  # 65,585 rows
+    assert too_many.status_code == 413 and "at most 65536" in too_many.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -212,6 +254,14 @@ def test_model_health_metrics_and_openapi(server: Server) -> None:
         "schema"
     ]["properties"]["records"]["items"]
     assert len(record_schema["required"]) == 64 and not record_schema["additionalProperties"]
+    explain = spec["paths"]["/explain"]["post"]
+    assert explain["requestBody"] == spec["paths"]["/predict"]["post"]["requestBody"]
+    item = explain["responses"]["200"]["content"]["application/json"]["schema"]["properties"][
+        "explanations"
+    ]["items"]
+    assert (
+        "heatmap" in item["required"] and len(item["properties"]["attributions"]["required"]) == 64
+    )
 
 
 @pytest.mark.slow  # 3 s: a `python -m serving` process of its own (make test keeps under 2 min)

@@ -44,6 +44,7 @@ class ServedClassification(ServedTask):
     name: ClassVar[str] = "classification"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
     what: ClassVar[str] = "a label and class probabilities per record"
+    explained: ClassVar[str] = "the answered class's log-odds against the runner-up (nats)"
     window_keys: ClassVar[tuple[str, ...]] = ("class_mix",)
     feedback_column: ClassVar[str] = "label"
 
@@ -72,6 +73,17 @@ class ServedClassification(ServedTask):
         ]
         named = [NO_ANSWER] * len(label_list)
         return Answer(label_list, probs, named, records, collections.Counter(label_list))
+
+    def explained_figure(self, outputs: list[np.ndarray], block: int) -> np.ndarray:
+        """The answered class's log-odds against the strongest other class: unlike its
+        probability it does not saturate near 1, so a confident answer's features still rank
+        (bench/explain.py: deletion area 0.15 against the probability's 0.28, random 0.59)."""
+        k = outputs[0].shape[1]
+        logp = np.log(np.clip(outputs[0].astype(np.float64), 1e-30, 1.0)).reshape(-1, block, k)
+        served = logp[:, 0].argmax(axis=1)[:, None, None]  # the record's own answer
+        own = np.take_along_axis(logp, served, axis=2)[:, :, 0]
+        np.put_along_axis(logp, np.broadcast_to(served, (len(logp), block, 1)), -np.inf, axis=2)
+        return own - logp.max(axis=2)
 
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
         return {"classes": schema.classes}

@@ -45,6 +45,7 @@ class ServedRegression(ServedTask):
     name: ClassVar[str] = "regression"
     outputs: ClassVar[tuple[str, ...]] = ("prediction", "lower", "upper")
     what: ClassVar[str] = "a prediction and its interval (lower, upper) per record"
+    explained: ClassVar[str] = "the prediction"
     window_keys: ClassVar[tuple[str, ...]] = ("mean_prediction", "mean_width")
     feedback_column: ClassVar[str] = "value"
 
@@ -77,6 +78,9 @@ class ServedRegression(ServedTask):
         ]
         n = len(out3)
         return Answer([0] * n, np.empty((n, 0), np.float32), named, records, {0: n})
+
+    def explained_figure(self, outputs: list[np.ndarray], block: int) -> np.ndarray:
+        return outputs[0].reshape(-1, block)
 
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
         return {"coverage": export.get("interval", {}).get("coverage")}

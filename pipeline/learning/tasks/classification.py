@@ -53,7 +53,7 @@ from pipeline.learning.task import (
 from pipeline.learning.training import Objective, evaluate_loss, weighted_loss
 from pipeline.release import card
 from pipeline.release.decision import Production
-from pipeline.release.gate import Figures, Rule, Terms, Verdict, champion_failing
+from pipeline.release.gate import Figures, GroupGap, Rule, Terms, Verdict, champion_failing
 
 # The figures of the gate's attacks on the test split, which a version's promotion record keeps.
 ROBUST_KEYS = ("robust_accuracy", "square", "gradient_masking_suspected")
@@ -418,6 +418,19 @@ class Classification(Task):
             "holdout_robust_accuracy": robust["worst_case"],
             "holdout_rows": len(y),
         }
+
+    def by_group(
+        self, graph: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray, column: str
+    ) -> tuple[dict[str, Any], GroupGap | None]:
+        """Accuracy, per-class selection rate, TPR and FPR per group; the parity differences;
+        the accuracy gap."""
+        from pipeline.learning import groups as by
+
+        proba, _ = predict(session(graph), X)
+        pred = proba.argmax(axis=1)
+        right = pred == y
+        gap = by.gap(column, "accuracy", lambda rows: float(right[rows].mean()), groups)
+        return by.classes(y, pred, groups, proba.shape[1]), gap
 
     def production(
         self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]

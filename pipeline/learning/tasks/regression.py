@@ -49,6 +49,7 @@ from pipeline.release import card
 from pipeline.release.decision import Production
 from pipeline.release.gate import (
     Figures,
+    GroupGap,
     Rule,
     Terms,
     Verdict,
@@ -394,6 +395,17 @@ class Regression(Task):
             "holdout_coverage": reg.interval_metrics(y, lower, upper)["coverage"],
             "holdout_rows": len(y),
         }
+
+    def by_group(
+        self, graph: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray, column: str
+    ) -> tuple[dict[str, Any], GroupGap | None]:
+        """MAE, R², coverage and width per group; the R² gap."""
+        from pipeline.learning import groups as by
+
+        pred, lower, upper = predict_interval(session(graph), X)
+        truth = np.asarray(y, np.float64)
+        gap = by.gap(column, "r2", lambda rows: reg.r2(truth[rows], pred[rows]), groups)
+        return by.values(truth, pred, lower, upper, groups), gap
 
     def production(
         self, champion: Figures | None, cfg: GateConfig, export: dict[str, Any]
