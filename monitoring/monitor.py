@@ -103,6 +103,7 @@ class Monitor:
             window,
             self.reference(champ).test(window.X, self.cfg.alpha),
             task.quality(window, champ.figures, self.cfg, champ.estimator),
+            task.group_quality(window, champ.figures, self.cfg, champ.schema),
             task.mix(window, champ.schema),
             champ.version,
             self.log.rejected_count(),

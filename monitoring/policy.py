@@ -23,7 +23,7 @@ import numpy as np
 from monitoring.detector import DriftResult
 from pipeline.contracts.params import MonitorConfig
 from pipeline.contracts.prodlog import Window
-from pipeline.contracts.task import WindowQuality
+from pipeline.contracts.task import GroupsWindow, WindowQuality
 from pipeline.contracts.tasks import ServedTask
 
 RETRAINS = ("retrain_promoted", "retrain_rejected", "retrain_failed")
@@ -39,6 +39,7 @@ class WindowFigures:
 
     drift: DriftResult
     quality: WindowQuality
+    groups: GroupsWindow | None  # with data.sensitive: the task's figure per group
     mix: Mapping[str, Any]
     p50_ms: float | None
     p99_ms: float | None
@@ -55,6 +56,7 @@ class WindowFigures:
         window: Window,
         drift: DriftResult,
         quality: WindowQuality,
+        groups: GroupsWindow | None,
         mix: Mapping[str, Any],
         champion: str,
         log_rejected_rows: int,
@@ -63,6 +65,7 @@ class WindowFigures:
         return cls(
             drift,
             quality,
+            groups,
             mix,
             p50_ms=float(np.percentile(window.latency_ms, 50)) if n else None,
             p99_ms=float(np.percentile(window.latency_ms, 99)) if n else None,
@@ -76,18 +79,24 @@ class WindowFigures:
         return self.drift.drifted
 
     @property
+    def hurt(self) -> bool:
+        """Its labels, its estimate or one group's labels say the champion is hurt."""
+        return self.quality.harm or bool(self.groups and self.groups.dropped)
+
+    @property
     def harm(self) -> bool:
-        """The champion is hurt (its labels or its estimate say so), in a window it answered."""
-        return self.quality.harm and not self.superseded
+        """Hurt, in a window the champion answered."""
+        return self.hurt and not self.superseded
 
     @property
     def alarm(self) -> bool:
-        return self.drifted or self.quality.harm
+        return self.drifted or self.hurt
 
     def as_json(self) -> dict[str, Any]:
         out = {
             **self.drift.figures(),
             **self.quality.as_json(),
+            **({"groups": dataclasses.asdict(self.groups)} if self.groups else {}),
             **self.mix,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
@@ -100,7 +109,7 @@ class WindowFigures:
         if self.report is not None:
             out["report"] = self.report
         if self.superseded:
-            out["harm_of_served"] = self.quality.harm
+            out["harm_of_served"] = self.hurt
         if self.retrain:
             out["retrain"] = True
         return out
@@ -135,6 +144,7 @@ def alarm_reasons(f: WindowFigures, cfg: MonitorConfig, task: ServedTask) -> lis
                 + (f" and {len(d.missing) - 5} more" if len(d.missing) > 5 else "")
             )
     out += task.harm_reason(f.quality, cfg)
+    out += task.group_harm(f.groups, cfg)
     return out
 
 

@@ -165,6 +165,17 @@ def _none_nan(values: list[Any]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
+def _group_lines(ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
+    """Each group's figure from labels (``data.sensitive``), dashed, where windows have them."""
+    names = sorted({g for x in f for g in (x.get("groups") or {}).get("by_group", {})})
+    for name in names:
+        values = [
+            ((x.get("groups") or {}).get("by_group", {}).get(name) or {}).get("figure") for x in f
+        ]
+        column = next(x["groups"]["column"] for x in f if x.get("groups"))
+        ax.plot(t, _none_nan(values), linestyle="--", marker=".", label=f"{column} = {name}")
+
+
 def _regression_panels(ax_mae: Any, ax_cov: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
     """A regressor's: feedback MAE beside the champion's test MAE; the interval's realised
     coverage beside its nominal level (the concept-shift alarm)."""
@@ -181,6 +192,7 @@ def _regression_panels(ax_mae: Any, ax_cov: Any, t: list[Any], f: list[dict[str,
     ax_cov.plot(
         t, _none_nan([x.get("nominal_coverage") for x in f]), linestyle=":", label="nominal"
     )
+    _group_lines(ax_cov, t, f)
     ax_cov.set_ylim(0, 1.02)
     ax_cov.set_title("Prediction interval coverage (from labels)")
     ax_cov.legend(loc="lower left", fontsize=8)
@@ -207,6 +219,7 @@ def _class_panels(ax_mix: Any, ax: Any, t: list[Any], f: list[dict[str, Any]]) -
     )
     ref = [x.get("champion_test_accuracy") for x in f]
     ax.plot(t, [np.nan if a is None else a for a in ref], linestyle=":", label="champion on test")
+    _group_lines(ax, t, f)
     ax.set_ylim(0, 1.02)
     ax.set_title("Accuracy")
     ax.legend(loc="lower left", fontsize=8)

@@ -43,6 +43,16 @@ class Feature:
         out[ok] = cats[col[ok].astype(np.int64)]
         return out
 
+    def groups(self, column: np.ndarray) -> np.ndarray:
+        """Encoded values as the group names ``data.sensitive`` reports (the evaluate stage and
+        the monitor alike): a category's name, a number as written, "(missing)"."""
+        if self.kind == "categorical":
+            return np.array(
+                ["(missing)" if v is None else str(v) for v in self.decode(column)], dtype=object
+            )
+        values = np.asarray(column, dtype=np.float64).tolist()
+        return np.array(["(missing)" if v != v else f"{v:g}" for v in values], dtype=object)
+
 
 TASKS = ("classification", "regression")
 

@@ -46,6 +46,33 @@ class Answer:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupWindow:
+    """One group's labelled rows in a window: the task's group figure (feedback accuracy, a
+    regressor's interval coverage) against the champion's on test, and the one-sided binomial
+    test's p-value where the group has ``monitor.min_labels`` labels."""
+
+    labelled: int
+    figure: float | None
+    expected: float | None
+    p: float | None = None
+    dropped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupsWindow:
+    """A window's figures per group of ``data.sensitive`` (``column``, a feature the log
+    keeps); ``alpha``: the level each group is tested at (``monitor.alpha`` over the groups)."""
+
+    column: str
+    alpha: float
+    by_group: dict[str, GroupWindow]
+
+    @property
+    def dropped(self) -> list[str]:
+        return [name for name, g in self.by_group.items() if g.dropped]
+
+
+@dataclasses.dataclass(frozen=True)
 class WindowQuality:
     """A window's figures from its labels (and a label-free estimate where the task has one):
     each task's record adds its own fields. ``accuracy_dropped`` / ``estimate_dropped``: the
@@ -68,12 +95,32 @@ class WindowQuality:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupFigures:
+    """The champion's group figure on test per group of ``data.sensitive`` (``column``), from
+    the decision that promoted it."""
+
+    column: str
+    expected: dict[str, float]
+
+    @classmethod
+    def of(cls, decision: dict[str, Any], figure: str) -> GroupFigures | None:
+        """``figure`` (accuracy, coverage) per group of the promoted candidate's test split; None
+        without ``data.sensitive`` (or a champion promoted before groups were measured)."""
+        groups = decision.get("groups") or {}
+        rows = groups.get("candidate", {}).get("test", {}).get("by_group")
+        if not rows:
+            return None
+        return cls(groups["column"], {g: float(v[figure]) for g, v in rows.items()})
+
+
+@dataclasses.dataclass(frozen=True)
 class ChampionFigures:
     """The champion's test figures the monitor compares windows with."""
 
     test_accuracy: float | None = None  # a classifier's
     test_mae: float | None = None  # a regressor's ...
     interval_coverage: float | None = None  # ... and its interval's nominal coverage
+    groups: GroupFigures | None = None  # with data.sensitive: per group
 
 
 class ServedTask(abc.ABC):
@@ -141,6 +188,55 @@ class ServedTask(abc.ABC):
     ) -> WindowQuality:
         """A window's figures from its labels (and a label-free estimate where the task has
         one), with ``accuracy_dropped`` / ``estimate_dropped``: the harm rule."""
+
+    group_figure: ClassVar[str]  # the figure a window's groups are tested on, in words
+
+    @abc.abstractmethod
+    def hits(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(labelled, hit): which rows have a label, and which of those the answer got right (a
+        regressor's: its interval held the truth): the group figure is the hits' share."""
+
+    def group_quality(
+        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, schema: Schema
+    ) -> GroupsWindow | None:
+        """The window's group figure per group of ``data.sensitive`` against the champion's
+        on test. A group with ``monitor.min_labels`` labels is tested (one-sided binomial, below
+        its test figure - ``monitor.accuracy_drop``) at ``monitor.alpha`` over the number of
+        groups (Bonferroni: one group's significant fall is harm, and the false-alarm budget
+        stays ``alpha``). None without groups, or when the column is not a feature."""
+        expected = champion.groups
+        if expected is None or expected.column not in schema.names:
+            return None
+        from scipy import stats  # the monitor's: the service's image has no scipy
+
+        j = schema.names.index(expected.column)
+        names = schema.features[j].groups(window.X[:, j])
+        labelled, hit = self.hits(window)
+        alpha = cfg.alpha / max(len(expected.expected), 1)
+        out = {}
+        for name in sorted(set(names[labelled].tolist())):
+            mine = labelled & (names == name)
+            n, k = int(mine.sum()), int(hit[mine].sum())
+            exp = expected.expected.get(name)
+            p = None
+            if exp is not None and n >= cfg.min_labels:
+                p = float(stats.binom.cdf(k, n, max(exp - cfg.accuracy_drop, 0.0)))
+            out[name] = GroupWindow(n, k / n, exp, p, bool(p is not None and p < alpha))
+        return GroupsWindow(expected.column, alpha, out)
+
+    def group_harm(self, groups: GroupsWindow | None, cfg: MonitorConfig) -> list[str]:
+        """Why one group's labels say the champion is hurt there, in words (empty: they do
+        not), naming the group."""
+        if groups is None:
+            return []
+        return [
+            f"group {name!r} of {groups.column}: {self.group_figure} {g.figure:.3f} on "
+            f"{g.labelled} labels is below its test figure {g.expected:.3f} - "
+            f"{cfg.accuracy_drop} (binomial p {g.p:.2g} < {groups.alpha:.3g}, alpha over "
+            f"{len(groups.by_group)} groups)"
+            for name, g in groups.by_group.items()
+            if g.dropped
+        ]
 
     @abc.abstractmethod
     def mix(self, window: Window, schema: Schema) -> dict[str, Any]:

@@ -33,16 +33,9 @@ MIN_ROWS = 5  # a group with fewer test rows is reported, not compared (its figu
 
 
 def labels(frame: pd.DataFrame, schema: Schema, column: str) -> np.ndarray:
-    """Each row's group as text: a categorical's category name (missing: "(missing)"), a
-    number as written."""
+    """Each row's group as text (:meth:`~pipeline.contracts.schema.Feature.groups`)."""
     feature = next(f for f in schema.features if f.name == column)
-    values = frame[column].to_numpy(np.float64)
-    if feature.kind == "categorical":
-        names = feature.decode(values)
-        return np.array(["(missing)" if v is None else str(v) for v in names], dtype=object)
-    return np.array(
-        ["(missing)" if np.isnan(v) else f"{v:g}" for v in values.tolist()], dtype=object
-    )
+    return feature.groups(frame[column].to_numpy(np.float64))
 
 
 def _rates(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:

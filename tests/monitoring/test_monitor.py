@@ -24,7 +24,7 @@ from monitoring.monitor import Monitor
 from monitoring.reports import report_name
 from monitoring.retrain import export_feedback
 from monitoring.shifts import shift_inputs
-from pipeline.contracts.prodlog import ProductionLog, Window
+from pipeline.contracts.prodlog import NO_ANSWER, ProductionLog, Window
 from pipeline.contracts.schema import FEEDBACK
 from tests.monitoring.conftest import (
     Digits,
@@ -379,3 +379,67 @@ def test_export_feedback_without_labels_writes_an_empty_table_with_the_columns(
     assert export_feedback(traffic.log, d.schema, path) == 0
     df = pd.read_parquet(path)
     assert len(df) == 0 and list(df.columns) == [*d.schema.names, d.schema.target, FEEDBACK]
+
+
+def test_one_groups_harm_is_harm_that_names_the_group_while_the_average_holds(
+    tmp_path: Path,
+) -> None:
+    """A champion promoted with data.sensitive (region): a window where the south's answers
+    fall from 0.85 to 0.60 while the north's hold keeps its overall accuracy above the floor
+    (0.88 against 0.9 - 0.05), yet the south's fall is significant at alpha over the two groups:
+    the window is harm, its reason names the group, the row and the index page keep the groups."""
+    from pipeline.contracts.schema import Schema
+
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": "x", "kind": "numeric", "dtype": "float64", "min": 0.0, "max": 1.0},
+                {"name": "region", "kind": "categorical", "dtype": "object",
+                 "categories": ["north", "south"]},
+            ],
+            "target": {"name": "y", "classes": [0, 1]},
+        }
+    )  # fmt: skip
+    directory = tmp_path / "registry/versions/1"
+    directory.mkdir(parents=True)
+    (directory / "schema.json").write_text(json.dumps(schema.to_dict()))
+    by_group = {"north": {"rows": 80, "accuracy": 0.92}, "south": {"rows": 40, "accuracy": 0.85}}
+    decision = {
+        "candidate": {"accuracy": 0.9},
+        "groups": {"column": "region", "candidate": {"test": {"by_group": by_group}}},
+    }
+    (directory / "evaluate.json").write_text(json.dumps(decision))
+    rng = np.random.default_rng(0)
+    reference = np.stack([rng.uniform(0, 1, 400), rng.integers(0, 2, 400)], axis=1)
+    pd.DataFrame(reference.astype(np.float32), columns=schema.names).to_parquet(
+        directory / "reference.parquet"
+    )
+    (tmp_path / "registry/champion").symlink_to(directory.resolve())
+    log = ProductionLog(str(tmp_path / "production.db"))
+    north, south = 240, 60
+    region = np.r_[np.zeros(north), np.ones(south)]
+    X = np.stack([rng.uniform(0, 1, north + south), region], axis=1).astype(np.float32)
+    truth = rng.integers(0, 2, north + south)
+    right = np.r_[rng.permutation(np.arange(north) < 228), rng.permutation(np.arange(south) < 36)]
+    label = np.where(right, truth, 1 - truth)
+    rows = [
+        (f"r{i}", 0, 100.0 + i, "1", X[i].tobytes(), int(label[i]),
+         np.float32([0.5, 0.5]).tobytes(), 1.0, "", *NO_ANSWER)
+        for i in range(len(X))
+    ]  # fmt: skip
+    log.write_predictions(rows)
+    log.add_feedback([(f"r{i}", 0, int(truth[i])) for i in range(len(X))], now=500.0)
+    m = Monitor(monitor_config(min_feedback=10**6), log, tmp_path / "registry", tmp_path)
+    decided = m.decide(log.window(last=300))
+    f = decided.figures
+    assert f.quality.accuracy == pytest.approx(0.88) and not f.quality.accuracy_dropped
+    assert f.groups is not None and f.groups.dropped == ["south"]
+    assert f.groups.by_group["south"].figure == pytest.approx(0.6)
+    assert not f.groups.by_group["north"].dropped and f.harm
+    assert decided.decision == "alarm"
+    said = next(r for r in decided.reasons if r.startswith("group 'south' of region"))
+    assert "feedback accuracy 0.600 on 60 labels" in said and "over 2 groups" in said
+    row = log.decisions()[-1]["figures"]
+    assert row["groups"]["by_group"]["south"]["dropped"] and row["harm"]
+    m.close()
+    log.close()

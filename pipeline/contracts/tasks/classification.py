@@ -15,7 +15,13 @@ import numpy as np
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import NO_ANSWER, Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.task import Answer, ChampionFigures, ServedTask, WindowQuality
+from pipeline.contracts.task import (
+    Answer,
+    ChampionFigures,
+    GroupFigures,
+    ServedTask,
+    WindowQuality,
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,7 +115,15 @@ class ServedClassification(ServedTask):
     # ---- the monitor ----
 
     def champion_figures(self, decision: dict[str, Any]) -> ChampionFigures:
-        return ChampionFigures(test_accuracy=float(decision["candidate"]["accuracy"]))
+        return ChampionFigures(
+            test_accuracy=float(decision["candidate"]["accuracy"]),
+            groups=GroupFigures.of(decision, "accuracy"),
+        )
+
+    group_figure: ClassVar[str] = "feedback accuracy"
+
+    def hits(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return window.true_label >= 0, window.label == window.true_label
 
     def quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any

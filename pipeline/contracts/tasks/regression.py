@@ -14,7 +14,13 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import MonitorConfig, SimulateConfig
 from pipeline.contracts.prodlog import Window
 from pipeline.contracts.schema import Schema
-from pipeline.contracts.task import Answer, ChampionFigures, ServedTask, WindowQuality
+from pipeline.contracts.task import (
+    Answer,
+    ChampionFigures,
+    GroupFigures,
+    ServedTask,
+    WindowQuality,
+)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER = (int, float)
@@ -129,7 +135,16 @@ class ServedRegression(ServedTask):
         return ChampionFigures(
             test_mae=float(decision["candidate"]["mae"]),
             interval_coverage=float(decision["interval_coverage"]),
+            groups=GroupFigures.of(decision, "coverage"),
         )
+
+    group_figure: ClassVar[str] = "interval coverage"
+
+    def hits(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        truth, bounds = window.true_value, window.interval()
+        with np.errstate(invalid="ignore"):  # NaN truth: an unlabelled row, not a hit
+            held = (truth >= bounds[:, 1]) & (truth <= bounds[:, 2])
+        return ~np.isnan(truth), held
 
     def quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
