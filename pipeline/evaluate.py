@@ -42,14 +42,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import registry
 from pipeline.contracts import champion as champion_files
+from pipeline.contracts.explain import occlusion
 from pipeline.contracts.io import load_json, read_parquet, require_file
 from pipeline.contracts.params import DataConfig, GateConfig, HardenConfig
+from pipeline.contracts.runtime import session
 from pipeline.contracts.schema import Schema
+from pipeline.contracts.tasks import served_task
 from pipeline.learning import stage
 from pipeline.learning.assess import figures, group_figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
@@ -162,7 +166,10 @@ def body(ctx: stage.Context) -> None:
         groups=groups,
     )
     checkpoint = load_checkpoint(args.model)
-    card = task.card(Record(schema, decision, train_metrics, robustness, export, checkpoint))
+    explained = explain_test(onnx_path, X, schema)
+    card = task.card(
+        Record(schema, decision, train_metrics, robustness, export, checkpoint, explained)
+    )
     release = Release(
         onnx=onnx_path,
         twin=Path(args.model),
@@ -175,6 +182,20 @@ def body(ctx: stage.Context) -> None:
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict(decision)} "
         f"({task.summary(candidate)})"
     )
+
+
+def explain_test(graph: Path, X: np.ndarray, schema: Schema) -> tuple[np.ndarray, Any]:
+    """/explain's attributions on the test rows (at most ``EXPLAIN_ROWS`` graph rows: a wide
+    table's are sampled), and each row's answered class (None for a regressor)."""
+    sess = session(graph)
+    rows = max(1, EXPLAIN_ROWS // (X.shape[1] + 1))
+    sample = X[np.random.default_rng(0).permutation(len(X))[:rows]] if len(X) > rows else X
+    done = occlusion(lambda b: sess.run(None, {"features": b}), sample, served_task(schema))
+
+    return done.attributions, served_task(schema).answered_class(done.outputs)
+
+
+EXPLAIN_ROWS = 200_000  # the card's occlusion: test rows x (features + 1), at most
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,10 @@ class ServedTask(abc.ABC):
         rows, each block's first row the record itself: the probability of the class that row
         was answered, a regressor's prediction."""
 
+    def answered_class(self, outputs: list[np.ndarray]) -> np.ndarray | None:
+        """Each row's answered class index (a classifier's label output; a regressor: None)."""
+        return None
+
     @abc.abstractmethod
     def response_head(self, schema: Schema, export: dict[str, Any]) -> dict[str, Any]:
         """What /predict's body says beside the predictions (the classes; the coverage)."""

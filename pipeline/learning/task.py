@@ -123,6 +123,9 @@ class Record:
     robustness: dict[str, Any]
     export: dict[str, Any]
     checkpoint: Checkpoint
+    # /explain's attributions on (a sample of) the test split, and each row's answered class
+    # (None for a regressor): the card's "what the answers rest on".
+    explained: tuple[np.ndarray, np.ndarray | None] | None = None
 
 
 class Task(abc.ABC):
@@ -369,7 +372,9 @@ class Task(abc.ABC):
         """The model card (Markdown): the task's sections, then the export, the gate and the
         limits."""
         export = self.parity_line.format(**record.export["parity"])
-        closing = card.closing(export, record.decision, list(self.limits))
+        closing = card.closing(
+            export, record.decision, list(self.limits), record.schema, record.explained
+        )
         return card.join([*self.card_body(record), *closing])
 
     def summary(self, candidate: Figures) -> str:

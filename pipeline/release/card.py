@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from pipeline.contracts.schema import Schema
 from pipeline.release.decision import Decision
 
@@ -136,15 +138,73 @@ def _chart(groups: Any, gap: dict[str, Any]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def closing(export: str, decision: Decision, limits: list[str]) -> list[str]:
+def explanation_lines(schema: Schema, explained: Any) -> list[str]:
+    """What the answers rest on (``explained``: /explain's attributions on test rows and each
+    row's answered class, None for a regressor): for image-shaped data, the mean attribution
+    map of each answered class; for a table, the features by mean absolute attribution."""
+    if explained is None:
+        return []
+    attributions, answered = explained
+    lines = [
+        "## What the answers rest on (test split, as POST /explain attributes them)",
+        f"Occlusion through the shipped graph on {len(attributions)} test rows: how much the "
+        "answer falls when each feature is missing.",
+        "",
+    ]
+    if schema.image_shape is not None and len(schema.image_shape) == 2 and answered is not None:
+        png = _class_maps(attributions, answered, schema)
+        return [*lines, f"![mean attribution per answered class](data:image/png;base64,{png})", ""]
+    weight = np.abs(attributions).mean(axis=0)
+    order = np.argsort(-weight)[:15]
+    lines += ["| feature | mean absolute attribution |", "| --- | --- |"]
+    lines += [f"| {schema.names[j]} | {weight[j]:.4g} |" for j in order]
+    return [*lines, ""]
+
+
+def _class_maps(attributions: np.ndarray, answered: np.ndarray, schema: Schema) -> str:
+    """Each answered class's mean attribution map, side by side, as a base64 PNG."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(schema.classes)
+    h, w = schema.image_shape  # type: ignore[misc]
+    fig, axes = plt.subplots(1, len(classes), figsize=(1.3 * len(classes), 1.6))
+    scale = float(np.abs(attributions).max()) or 1.0
+    for k, ax in enumerate(np.atleast_1d(axes)):
+        mine = attributions[answered == k]
+        image = mine.mean(axis=0).reshape(h, w) if len(mine) else np.zeros((h, w))
+        ax.imshow(image, cmap="RdBu_r", vmin=-scale / 4, vmax=scale / 4)
+        ax.set_title(f"{classes[k]} ({len(mine)})", fontsize=8)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.8, bottom=0.02, wspace=0.1)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def closing(
+    export: str,
+    decision: Decision,
+    limits: list[str],
+    schema: Schema | None = None,
+    explained: Any = None,
+) -> list[str]:
     """The card's last sections: the export's parity (``export``, the task's line), the groups
-    (with ``data.sensitive``), the gate, the limits (the task's among them)."""
+    (with ``data.sensitive``), what the answers rest on, the gate, the limits (the task's among
+    them)."""
     return [
         "",
         "## Export",
         export,
         "",
         *group_lines(decision),
+        *(explanation_lines(schema, explained) if schema is not None else []),
         *gate_lines(decision),
         *limits_lines(limits),
     ]

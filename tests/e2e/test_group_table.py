@@ -48,6 +48,7 @@ def test_group_figures_reach_the_decision_and_the_card_and_a_wide_gap_is_refused
     (card_path,) = tmp_path.glob("mlartifacts/*/artifacts/model/model_card.md")
     card = card_path.read_text()
     assert "## Groups of `group` (test split)" in card and "data:image/png;base64," in card
+    assert "| feature | mean absolute attribution |" in card  # a table's global importance
     rule = {r["rule"]: r for r in decision["rules"]}["max_group_gap"]
     assert rule["value"] == gap["value"] and rule["subject"] == "group 'b' of group"
 

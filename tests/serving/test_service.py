@@ -230,6 +230,9 @@ def test_model_health_metrics_and_openapi(server: Server) -> None:
     model = httpx.get(f"{server.url}/model").json()
     assert model["version"] == "1" and len(model["schema"]["features"]) == 64
     assert model["metrics"]["promoted"] and "## Gate: PROMOTED" in model["model_card"]
+    # The digits' card: each answered class's mean attribution map, as /explain attributes.
+    assert "## What the answers rest on" in model["model_card"]
+    assert "![mean attribution per answered class](data:image/png;base64," in model["model_card"]
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert 'mlcycle_model_version{version="1"} 1.0' in httpx.get(f"{server.url}/metrics").text

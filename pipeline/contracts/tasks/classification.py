@@ -80,6 +80,9 @@ class ServedClassification(ServedTask):
         named = [NO_ANSWER] * len(label_list)
         return Answer(label_list, probs, named, records, collections.Counter(label_list))
 
+    def answered_class(self, outputs: list[np.ndarray]) -> np.ndarray | None:
+        return outputs[1]
+
     def explained_figure(self, outputs: list[np.ndarray], block: int) -> np.ndarray:
         """The answered class's log-odds against the strongest other class: unlike its
         probability it does not saturate near 1, so a confident answer's features still rank
