@@ -26,9 +26,33 @@ COVARIATE = ("intensity", "noise", "translate", "blur", "stuck", "dead")
 def shift_inputs(
     X: np.ndarray, schema: Schema, cfg: SimulateConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    """Apply ``cfg.scenario``'s covariate shift to encoded rows ``X`` (a copy; others: as is)."""
+    """Apply ``cfg.scenario``'s covariate shift to encoded rows ``X`` (a copy; others: as is),
+    to the rows of ``simulate.shift_group`` (``column=value``) alone when it is set."""
     if cfg.scenario not in COVARIATE:
         return X.copy()
+    if cfg.shift_group is not None:
+        mine = in_group(X, schema, cfg.shift_group)
+        shifted = _shift(X, schema, cfg, rng)
+        return np.where(mine[:, None], shifted, X.astype(np.float64))
+    return _shift(X, schema, cfg, rng)
+
+
+def in_group(X: np.ndarray, schema: Schema, spec: str) -> np.ndarray:
+    """(rows,) whether each row is in ``spec``'s group: ``column=value``, the value as
+    evaluate names groups (a category, a number as written)."""
+    column, _, value = spec.partition("=")
+    if column not in schema.names or not value:
+        raise MlcycleError(
+            f"simulate.shift_group = {spec!r}: expected column=value with a feature's name "
+            f"(one of {', '.join(schema.names[:5])}{', ...' if len(schema.names) > 5 else ''})"
+        )
+    j = schema.names.index(column)
+    return schema.features[j].groups(X[:, j]) == value
+
+
+def _shift(
+    X: np.ndarray, schema: Schema, cfg: SimulateConfig, rng: np.random.Generator
+) -> np.ndarray:
     numeric = np.array([f.kind == "numeric" for f in schema.features])
     out = X.astype(np.float64).copy()
     if cfg.scenario == "intensity":

@@ -420,6 +420,7 @@ class SimulateConfig(Section):
     translate: int
     blur_sigma: float
     columns: Positive
+    shift_group: str | None
     prior_classes: Annotated[Seq[int], rule(lambda v: len(v) >= 1, "1+ class indices")]
     concept_shift: int
     concept_scale: float

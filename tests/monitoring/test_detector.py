@@ -18,6 +18,7 @@ from scipy import stats
 
 from monitoring.detector import Reference, cached_reference, ks_statistic
 from monitoring.shifts import clip_to_schema, draw_rows, shift_inputs, true_labels
+from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import overlay
 from pipeline.contracts.schema import LABEL, WEIGHT, Schema
 from tests.monitoring.conftest import Digits, simulate_config
@@ -170,3 +171,27 @@ def test_the_usual_missing_share_keeps_the_false_alarm_budget(window: int) -> No
         for seed in range(1, 401)
     )
     assert alarms / 400 <= 0.05
+
+
+def test_a_shift_can_reach_one_groups_rows_alone() -> None:
+    """simulate.shift_group: the covariate shift changes the rows of that group only; a name
+    that is no feature is a clear error."""
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": "x", "kind": "numeric", "dtype": "float64", "min": -9.0, "max": 9.0},
+                {"name": "region", "kind": "categorical", "dtype": "object",
+                 "categories": ["north", "south"]},
+            ],
+            "target": {"name": "y", "classes": [0, 1]},
+        }
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    X = np.stack([rng.normal(size=100), rng.integers(0, 2, 100)], axis=1)
+    cfg = simulate_config(scenario="noise", shift_group="region=south")
+    out = shift_inputs(X, schema, cfg, rng)
+    south = X[:, 1] == 1
+    assert np.array_equal(out[~south], X[~south]) and (out[south, 0] != X[south, 0]).all()
+    assert np.array_equal(out[:, 1], X[:, 1])  # the group column itself is kept
+    with pytest.raises(MlcycleError, match="shift_group = 'area=south'"):
+        shift_inputs(X, schema, overlay(cfg, "simulate", shift_group="area=south"), rng)
