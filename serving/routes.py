@@ -15,8 +15,10 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +27,7 @@ from starlette.routing import Route
 
 from pipeline.contracts import explain as explanations
 from pipeline.contracts.prodlog import FeedbackConflictError, UnknownPredictionsError
+from pipeline.contracts.task import Answer
 from serving import asgi
 from serving.asgi import (
     BodyTooLargeError,
@@ -40,6 +43,7 @@ from serving.requests import RequestError, parse_feedback, parse_json
 from serving.state import State
 
 log = logging.getLogger("mlcycle.serving")
+T = TypeVar("T")
 JSON = "application/json"
 
 _current: list[State] = []  # this worker's state, set once by Mlcycle.__init__
@@ -86,6 +90,31 @@ async def _body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
         raise RequestError(413, f"body: {size}; at most serving.max_body_bytes = {limit}") from None
 
 
+async def _records(
+    scope: dict[str, Any],
+    receive: Receive,
+    send: Send,
+    st: State,
+    work: Callable[[Any, np.ndarray], Awaitable[T]],
+) -> tuple[Any, np.ndarray, list[str], T] | None:
+    """Read the body's records, encode them against the served model's schema and run ``work``
+    on them, counted in flight; a bad request is refused (None) with the 4xx naming why. One
+    model for the whole request, even if a swap happens."""
+    st.in_flight += 1
+    try:
+        payload = await _json_body(scope, receive, st.cfg.max_body_bytes)
+        model = st.watcher.current
+        X, flags = st.encoders[model.version].encode(payload)
+        return model, X, flags, await work(model, X)
+    except RequestError as exc:
+        await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
+    except DisconnectedError:
+        st.metrics.rejected.labels(reason="disconnect").inc()
+    finally:
+        st.in_flight -= 1
+    return None
+
+
 async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """POST /predict: records -> labels and probabilities (a regressor: a prediction and its
     interval), each row logged."""
@@ -99,19 +128,14 @@ async def predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         return await _refuse(
             send, st, 503, "log_backlog", "overloaded: the production log is behind", RETRY
         )
-    st.in_flight += 1
-    try:
-        payload = await _json_body(scope, receive, cfg.max_body_bytes)
-        model = st.watcher.current  # one model for the whole request, even if a swap happens
-        X, flags = st.encoders[model.version].encode(payload)
-        answer = model.task.answer(model.run(X), model.schema)
-    except RequestError as exc:
-        return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
-    except DisconnectedError:
-        st.metrics.rejected.labels(reason="disconnect").inc()
+
+    async def answer_records(model: Any, X: np.ndarray) -> Answer:
+        return model.task.answer(model.run(X), model.schema)
+
+    got = await _records(scope, receive, send, st, answer_records)
+    if got is None:
         return None
-    finally:
-        st.in_flight -= 1
+    model, X, flags, answer = got
     rid = st.next_id()
     now = time.time()
     latency_ms = (time.perf_counter() - start) * 1e3
@@ -158,11 +182,8 @@ async def explain(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     cfg = st.cfg
     if st.in_flight >= cfg.max_in_flight:
         return await _refuse(send, st, 503, "overloaded", "overloaded: too many requests", RETRY)
-    st.in_flight += 1
-    try:
-        payload = await _json_body(scope, receive, cfg.max_body_bytes)
-        model = st.watcher.current
-        X, flags = st.encoders[model.version].encode(payload)
+
+    async def attribute(model: Any, X: np.ndarray) -> explanations.Explained:
         rows = len(X) * (X.shape[1] + 1)
         if rows > explanations.MAX_ROWS:
             raise RequestError(
@@ -170,14 +191,12 @@ async def explain(scope: dict[str, Any], receive: Receive, send: Send) -> None:
                 f"records: {len(X)} records of {X.shape[1]} features need {rows} graph rows to "
                 f"explain; at most {explanations.MAX_ROWS} a request (send fewer records)",
             )
-        done = await asyncio.to_thread(explanations.occlusion, model.run, X, model.task)
-    except RequestError as exc:
-        return await _refuse(send, st, exc.status, f"http_{exc.status}", exc.message)
-    except DisconnectedError:
-        st.metrics.rejected.labels(reason="disconnect").inc()
+        return await asyncio.to_thread(explanations.occlusion, model.run, X, model.task)
+
+    got = await _records(scope, receive, send, st, attribute)
+    if got is None:
         return None
-    finally:
-        st.in_flight -= 1
+    model, _, flags, done = got
     out = model.task.answer(done.outputs, model.schema).records
     for item, why in zip(out, explanations.records(done, model.schema), strict=True):
         item.update(why)
