@@ -86,6 +86,20 @@ class Monitor:
         self._background = background_reports
 
     # -- one window ---------------------------------------------------------------------------
+    def group_rows(self, window: Window, champ: Champion) -> Window:
+        """The champion's labelled rows up to ``window``'s end, at most ``GROUP_WINDOWS``
+        windows' worth: what each group of ``data.sensitive`` is judged on (its latest
+        ``monitor.window`` of them; :meth:`ServedTask.group_quality`). The window itself
+        without groups."""
+        if champ.figures.groups is None:
+            return window
+        return self.log.window(
+            last=GROUP_WINDOWS * self.cfg.window,
+            until=float(window.ts[-1]) + 1e-6,
+            model_version=champ.version,
+            labelled_only=True,
+        )
+
     def reference(self, champ: Champion) -> Reference:
         if self._reference is None or self._reference[0] != champ.version:
             ref = cached_reference(
@@ -103,7 +117,9 @@ class Monitor:
             window,
             self.reference(champ).test(window.X, self.cfg.alpha),
             task.quality(window, champ.figures, self.cfg, champ.estimator),
-            task.group_quality(window, champ.figures, self.cfg, champ.schema),
+            task.group_quality(
+                self.group_rows(window, champ), champ.figures, self.cfg, champ.schema
+            ),
             task.mix(window, champ.schema),
             champ.version,
             self.log.rejected_count(),
@@ -248,6 +264,7 @@ def _background_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + REPORT_NICE)
 
 
+GROUP_WINDOWS = 20  # how far back a group's labelled rows are looked for, in windows
 REPORT_NICE = 10  # the drift-report thread's niceness (the retrain's stages keep 0)
 
 

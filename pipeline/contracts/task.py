@@ -203,23 +203,29 @@ class ServedTask(abc.ABC):
     def group_quality(
         self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, schema: Schema
     ) -> GroupsWindow | None:
-        """The window's group figure per group of ``data.sensitive`` against the champion's
-        on test. A group with ``monitor.min_labels`` labels is tested (one-sided binomial, below
-        its test figure - ``monitor.accuracy_drop``) at ``monitor.alpha`` over the number of
-        groups (Bonferroni: one group's significant fall is harm, and the false-alarm budget
-        stays ``alpha``). None without groups, or when the column is not a feature."""
+        """The group figure per group of ``data.sensitive`` against the champion's on test, each
+        group on its latest ``monitor.window`` labelled rows up to this window's end
+        (``window``: the champion's labelled rows, oldest first), so a minority group is judged
+        once it has labels, not only when one window holds ``monitor.min_labels`` of them. A
+        group with ``min_labels`` labels is tested (one-sided binomial, below its test figure -
+        ``monitor.accuracy_drop``) at ``monitor.alpha`` over the number of groups (Bonferroni:
+        one group's significant fall is harm, and the false-alarm budget stays ``alpha``).
+        None without groups, or when the column is not a feature."""
         expected = champion.groups
         if expected is None or expected.column not in schema.names:
             return None
         from scipy import stats  # the monitor's: the service's image has no scipy
 
+        alpha = cfg.alpha / max(len(expected.expected), 1)
+        if len(window) == 0:  # no labelled row yet
+            return GroupsWindow(expected.column, alpha, {})
         j = schema.names.index(expected.column)
         names = schema.features[j].groups(window.X[:, j])
         labelled, hit = self.hits(window)
-        alpha = cfg.alpha / max(len(expected.expected), 1)
         out = {}
         for name in sorted(set(names[labelled].tolist())):
             mine = labelled & (names == name)
+            mine[np.flatnonzero(mine)[: -cfg.window]] = False  # its latest monitor.window rows
             n, k = int(mine.sum()), int(hit[mine].sum())
             exp = expected.expected.get(name)
             p = None
