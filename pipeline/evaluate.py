@@ -33,9 +33,13 @@ split through the graph that ships, which the monitor reads before labels arrive
 
 A regressor (schema.json's task regression) is measured by R², RMSE, MAE, the interval's
 coverage and width, robust MAE (the per-row worst absolute error of PGD on the error and PGD
-pushing the prediction up and down, at ``harden.eps``) and latency, and gated by
-:func:`~pipeline.learning.gate.gate_regression` (the same keys, read in R²; no label-free
+pushing the prediction up and down, at ``harden.eps``) and latency, and gated by the same judge
+(:mod:`pipeline.release.gate`) over its task's terms (the same keys, read in R²; no label-free
 estimate: the monitor waits for labels).
+
+With ``data.sensitive`` set, both models are also measured per group of that column
+(:mod:`pipeline.learning.groups`) and ``gate.max_group_gap`` applies. The model card shows what
+the answers rest on: ``POST /explain``'s attributions on the test rows.
 """
 
 from __future__ import annotations
