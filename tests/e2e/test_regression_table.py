@@ -151,7 +151,9 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
         server.stop()
     window = ProductionLog(str(project / "production.db")).window(labelled_only=True)
     np.testing.assert_allclose(window.true_value, truth)  # the exact numbers, in request order
-    np.testing.assert_array_equal(window.probabilities, np.stack(want, axis=1))
+    # The answer in its own columns: prediction, lower, upper; no probabilities.
+    np.testing.assert_array_equal(window.interval(), np.stack(want, axis=1))
+    assert window.probabilities.shape == (200, 0)
 
 
 NOISE_SIGMA = 20.0  # the traffic's sensor noise on every numeric column (their range: 0-100)
