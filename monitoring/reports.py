@@ -168,11 +168,11 @@ def _none_nan(values: list[Any]) -> list[float]:
 def _group_lines(ax: Any, t: list[Any], f: list[dict[str, Any]]) -> None:
     """Each group's figure from labels (``data.sensitive``), dashed, where windows have them."""
     names = sorted({g for x in f for g in (x.get("groups") or {}).get("by_group", {})})
+    column = next((x["groups"]["column"] for x in f if x.get("groups")), "")
     for name in names:
         values = [
             ((x.get("groups") or {}).get("by_group", {}).get(name) or {}).get("figure") for x in f
         ]
-        column = next(x["groups"]["column"] for x in f if x.get("groups"))
         ax.plot(t, _none_nan(values), linestyle="--", marker=".", label=f"{column} = {name}")
 
 

@@ -6,10 +6,10 @@
 Each record is answered beside a copy of itself per feature with that feature missing (NaN, which
 the graph imputes exactly as it does a null in a request: the training fill value), all in one
 batch of ``records x (features + 1)`` rows. A feature's attribution is how much the task's figure
-(:attr:`~pipeline.contracts.task.ServedTask.explained`: the probability of the answered class, a
-regressor's prediction) falls when the graph does not know it: positive where the feature
-supports the answer, negative where it argues against it, in the answer's own units, from the
-graph that serves (no torch, no second model). For image-shaped data (schema.json's
+(:attr:`~pipeline.contracts.task.ServedTask.explained`: the answered class's log-odds against
+the runner-up, a regressor's prediction) falls when the graph does not know it: positive where
+the feature supports the answer, negative where it argues against it, in the answer's own
+units, from the graph that serves (no torch, no second model). For image-shaped data (schema.json's
 ``image_shape``) the attributions also come as a heatmap, row by row, for a browser to draw.
 
 Occlusion is exact for what it measures (one feature at a time, against the model's own notion

@@ -154,8 +154,8 @@ class ServedTask(abc.ABC):
     def explained_figure(self, outputs: list[np.ndarray], block: int) -> np.ndarray:
         """(records, block): the figure an explanation attributes (:mod:`pipeline.contracts.
         explain`) for each row of the graph's ``outputs`` over records' blocks of ``block``
-        rows, each block's first row the record itself: the probability of the class that row
-        was answered, a regressor's prediction."""
+        rows, each block's first row the record itself: a classifier's log-odds of the class
+        the record was answered against the runner-up, a regressor's prediction."""
 
     def answered_class(self, outputs: list[np.ndarray]) -> np.ndarray | None:
         """Each row's answered class index (a classifier's label output; a regressor: None)."""

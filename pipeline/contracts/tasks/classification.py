@@ -138,14 +138,14 @@ class ServedClassification(ServedTask):
         from scipy import stats  # the monitor's: the service's image has no scipy
 
         expected = float(champion.test_accuracy or 0.0)
-        labelled = window.true_label >= 0
+        labelled, right = self.hits(window)
         n = int(labelled.sum())
         confidence = float(window.probabilities.max(axis=1).mean()) if len(window) else None
         estimate = estimator.estimate(window.probabilities) if estimator and len(window) else None
         floor = max(expected - cfg.accuracy_drop, 0.0)
         accuracy = p = None
         if n:
-            correct = int((window.label[labelled] == window.true_label[labelled]).sum())
+            correct = int(right[labelled].sum())
             accuracy = correct / n
             if n >= cfg.min_labels:
                 p = float(stats.binom.cdf(correct, n, floor))  # P(this few correct | at floor)

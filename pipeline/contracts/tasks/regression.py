@@ -157,15 +157,14 @@ class ServedRegression(ServedTask):
         from scipy import stats  # the monitor's: the service's image has no scipy
 
         nominal = float(champion.interval_coverage or 0.0)
-        labelled = ~np.isnan(window.true_value)
+        labelled, held = self.hits(window)
         n = int(labelled.sum())
         floor = max(nominal - cfg.accuracy_drop, 0.0)
         mae = coverage = p = None
         if n:
-            truth = window.true_value[labelled]
-            pred, lower, upper = window.interval()[labelled].T
-            covered = int(((truth >= lower) & (truth <= upper)).sum())
-            mae = float(np.abs(truth - pred).mean())
+            covered = int(held[labelled].sum())
+            pred = window.interval()[labelled, 0]
+            mae = float(np.abs(window.true_value[labelled] - pred).mean())
             coverage = covered / n
             if n >= cfg.min_labels:
                 p = float(stats.binom.cdf(covered, n, floor))
