@@ -5,7 +5,11 @@
     python -m pipeline.registry repair     # finish or undo an interrupted promotion
     python -m pipeline.registry rollback   # back to the champion before the current one
 
-(both take ``--params params.yaml --registry registry --tracking-db mlflow.db``, the defaults)
+    python -m pipeline.registry bundle --target device [--out bundle/device]
+                                           # the champion as a folder for a device
+                                           # (pipeline/release/bundle.py)
+
+(all take ``--params params.yaml --registry registry --tracking-db mlflow.db``, the defaults)
 
 Every evaluated model becomes a version of the registered model ``gate.model_name`` (ONNX, torch
 twin, schema.json, metrics, model card). Promotion copies the version's files to
@@ -170,13 +174,26 @@ def rollback(tracker: Tracker, name: str, registry: Path) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["status", "repair", "rollback"])
+    parser.add_argument("command", choices=["status", "repair", "rollback", "bundle"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--registry", default="registry")
     parser.add_argument("--tracking-db", default="mlflow.db")
+    parser.add_argument("--target", default="device", help="bundle: the deployment target")
+    parser.add_argument("--out", default=None, help="bundle: the folder (bundle/<target>)")
     args = parser.parse_args(argv)
     registry = Path(args.registry)
     try:
+        if args.command == "bundle":
+            from pipeline.release.bundle import bundle
+
+            out = Path(args.out or f"bundle/{args.target}")
+            made = bundle(registry, out, args.target)
+            print(
+                f"registry: version {made['version']} bundled for {args.target} in {out} "
+                f"(model.ort {made['files']['model.ort']['bytes']} bytes; checked on "
+                f"{made['checked']['rows']} rows)"
+            )
+            return 0
         name = section(read_params(args.params), "gate", GateConfig).model_name
         tracker = Tracker(args.tracking_db)
         if args.command == "rollback":

@@ -442,6 +442,25 @@ def group_table(rows: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def group_price_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A regression table with a known group effect (``data.sensitive: group``): Friedman #1's
+    signal on five informative and three noise columns, a two-valued ``group`` (30 % of rows
+    "b") whose price carries three times the noise (a standard deviation of 3 against 1 on
+    the signal's scale, about 4.8): one pooled interval is too narrow for "b" and too wide
+    for "a"."""
+    import numpy as np
+    from sklearn.datasets import make_friedman1
+
+    X, signal = make_friedman1(n_samples=rows, n_features=8, noise=0.0, random_state=seed)
+    rng = np.random.default_rng(seed)
+    group = np.where(rng.random(rows) < 0.3, "b", "a")
+    noise = np.where(group == "b", 3.0, 1.0) * rng.normal(size=rows)
+    df = pd.DataFrame(np.round(X * 100.0, 3), columns=[f"x{i}" for i in range(8)])
+    df["group"] = group
+    df["price"] = np.round(10.0 * (signal + noise) + 100.0, 2)
+    return df
+
+
 def friedman_table(rows: int, seed: int = 0) -> pd.DataFrame:
     """A regression table as users bring them: Friedman #1's five informative columns and three
     noise columns (make_friedman1), a categorical that shifts the target, 3 % missing numeric

@@ -377,6 +377,7 @@ class ServingConfig(Section):
     spill_dir: str
     shutdown_timeout_s: PositiveFloat
     interval_coverage: Annotated[float, rule(lambda v: 0.5 <= v < 1, "in [0.5, 1)")]
+    interval_by_group: bool
 
 
 class MonitorConfig(Section):

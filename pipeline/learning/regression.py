@@ -141,14 +141,47 @@ def fit_interval(model: Regressor, val: Split, coverage: float) -> float:
     return conformal_quantile(scores, coverage)
 
 
+def fit_group_intervals(
+    model: Regressor, val: Split, coverage: float, column: int
+) -> dict[float, float]:
+    """Group-conditional (Mondrian) split conformal (Vovk et al. 2003): for each value of raw
+    feature ``column`` in ``val`` (a group of ``data.sensitive``; missing is no group), the
+    quantile of that group's own scores, so each group's coverage is nominal, not only the
+    average's. A group too small for ``coverage`` (fewer than about 1 / (1 - coverage) rows)
+    is left out: its rows keep the pooled half-width."""
+    model.cpu()
+    z = predict_standardized(model, val.X)
+    scores = (model.standardize(val.y.float()) - z).abs().numpy()
+    values = val.X[:, column].numpy()
+    out = {}
+    for code in np.unique(values[~np.isnan(values)]):
+        q = conformal_quantile(scores[values == code], coverage)
+        if math.isfinite(q):
+            out[float(code)] = q
+    return out
+
+
+def row_half_widths(X: torch.Tensor, q: float, by_group: dict[str, Any] | None) -> torch.Tensor:
+    """(rows,) each row's half-width: its group's (``by_group``: the checkpoint's ``column``,
+    ``codes``, ``half_widths``), else the pooled ``q``; the graph computes the same."""
+    if not by_group:
+        return torch.full((len(X),), float(q))
+    codes = torch.tensor(by_group["codes"], dtype=torch.float32)
+    widths = torch.tensor(by_group["half_widths"], dtype=torch.float32)
+    hit = (X[:, by_group["column"]].unsqueeze(1) == codes).float()
+    return (hit * widths).sum(dim=1) + (1.0 - hit.sum(dim=1)) * float(q)
+
+
 @torch.no_grad()
 def predict_interval(
-    model: Regressor, X: torch.Tensor, q: float
+    model: Regressor, X: torch.Tensor, q: float, by_group: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prediction, lower, upper) in target units for raw features ``X``."""
+    """(prediction, lower, upper) in target units for raw features ``X`` (``by_group``: one
+    half-width per group, :func:`row_half_widths`)."""
     model.cpu()
     z = predict_standardized(model, X)
-    return tuple(model.unstandardize(v).numpy() for v in (z, z - q, z + q))  # type: ignore[return-value]
+    half = row_half_widths(X, q, by_group) if by_group else q
+    return tuple(model.unstandardize(v).numpy() for v in (z, z - half, z + half))  # type: ignore[return-value]
 
 
 # ---- attacks ----

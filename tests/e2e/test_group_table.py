@@ -15,26 +15,37 @@ where the gap lands against the ceiling: the card is read from the version's MLf
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import group_table
 from tests.e2e.test_dvc_pipeline import copy_pristine, dvc, edit_params, ran
+from tests.e2e.test_regression_table import loop_on_loopback
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def loans_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The group table through `dvc repro` with the repo's params but ``data.*``; read-only (a
+    test that changes it works on a copy)."""
+    project = copy_pristine(tmp_path_factory.mktemp("loans") / "project")
+    group_table(8000, seed=0).to_csv(project / "data/loans.csv", index=False)
+    edit_params(project, "data", "source", "data/loans.csv")
+    edit_params(project, "data", "target", "approved")
+    edit_params(project, "data", "sensitive", "group")
+    dvc(project, "repro")
+    return project
+
+
 def test_group_figures_reach_the_decision_and_the_card_and_a_wide_gap_is_refused(
-    tmp_path: Path,
+    loans_run: Path, tmp_path: Path
 ) -> None:
-    copy_pristine(tmp_path)
-    group_table(8000, seed=0).to_csv(tmp_path / "data/loans.csv", index=False)
-    edit_params(tmp_path, "data", "source", "data/loans.csv")
-    edit_params(tmp_path, "data", "target", "approved")
-    edit_params(tmp_path, "data", "sensitive", "group")
-    dvc(tmp_path, "repro")
-    decision = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    project = tmp_path / "project"
+    shutil.copytree(loans_run, project, symlinks=True)
+    decision = json.loads((project / "metrics/evaluate.json").read_text())
     groups = decision["groups"]
     test = groups["candidate"]["test"]
     a, b = test["by_group"]["a"], test["by_group"]["b"]
@@ -45,7 +56,7 @@ def test_group_figures_reach_the_decision_and_the_card_and_a_wide_gap_is_refused
     gap = test["gap"]
     assert (gap["worst"], gap["best"]) == ("b", "a") and gap["value"] > 0
     assert gap["value"] == pytest.approx(a["accuracy"] - b["accuracy"])
-    (card_path,) = tmp_path.glob("mlartifacts/*/artifacts/model/model_card.md")
+    (card_path,) = project.glob("mlartifacts/*/artifacts/model/model_card.md")
     card = card_path.read_text()
     assert "## Groups of `group` (test split)" in card and "data:image/png;base64," in card
     assert "| feature | mean absolute attribution |" in card  # a table's global importance
@@ -53,11 +64,42 @@ def test_group_figures_reach_the_decision_and_the_card_and_a_wide_gap_is_refused
     assert rule["value"] == gap["value"] and rule["subject"] == "group 'b' of group"
 
     # A ceiling below the gap: only evaluate runs again, and the candidate is refused, naming b.
-    edit_params(tmp_path, "gate", "max_group_gap", round(gap["value"] / 2, 4))
-    edit_params(tmp_path, "gate", "production_alpha", 0.5)
-    output = dvc(tmp_path, "repro")
+    edit_params(project, "gate", "max_group_gap", round(gap["value"] / 2, 4))
+    edit_params(project, "gate", "production_alpha", 0.5)
+    output = dvc(project, "repro")
     assert "evaluate" in ran(output) and "train" not in ran(output)
-    refused = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    refused = json.loads((project / "metrics/evaluate.json").read_text())
     assert not refused["promoted"]
     assert any(r.startswith("max_group_gap") and "group 'b'" in r for r in refused["reasons"])
     assert any("group 'b' of group" in h for h in refused["hints"])
+
+
+def test_one_groups_shift_is_named_as_its_harm_and_retrained_on_loopback(
+    loans_run: Path, tmp_path: Path
+) -> None:
+    """Traffic in which group "b"'s inputs alone gain sensor noise (simulate.noise_sigma, the
+    repo's 2.0, on its numeric columns; group "a" as served in training) -> `monitoring watch`
+    finds group b's feedback accuracy significantly below its test figure and names the group
+    in the decision (its latest labelled rows, Bonferroni over the two groups) -> `dvc repro`
+    retrains -> the gate decides. Mechanics: whether the gate promotes is not asserted.
+
+    The decision rows keep each window's per-group figures, and the index page lists the
+    reasons and plots the groups."""
+    loop = loop_on_loopback(loans_run, tmp_path, {"scenario": "noise", "shift_group": "group=b"})
+    first = loop.decisions.index(loop.retrain)
+    upto = loop.decisions[: first + 1]
+    named = [d for d in upto if any("group 'b' of group" in r for r in d["reasons"])]
+    assert named, [d["reasons"] for d in upto]
+    assert not any("group 'a' of group" in r for d in loop.decisions for r in d["reasons"])
+    harmed = named[-1]["figures"]["groups"]
+    assert harmed["column"] == "group" and harmed["by_group"]["b"]["dropped"]
+    b, a = harmed["by_group"]["b"], harmed["by_group"]["a"]
+    assert b["figure"] < b["expected"] and not a["dropped"]
+    assert loop.retrain in loop.decisions and loop.gate["version"] == "2"
+    index = (loop.project / "reports/drift/index.html").read_text()
+    assert "group &#x27;b&#x27; of group" in index or "group 'b' of group" in index
+    print(
+        f"group loop: {len(named)} window(s) named group b; b {b['figure']:.3f} on "
+        f"{b['labelled']} labels vs test {b['expected']:.3f}, a {a['figure']:.3f}; version 2 "
+        f"{loop.retrain['decision']}"
+    )

@@ -184,12 +184,21 @@ class Loop:
 
 
 def run_loop(price_run: tuple[Path, str], tmp_path: Path, shift: dict) -> Loop:
-    """The regression loop on loopback with the repo's params but ``simulate.*`` = ``shift``:
-    `bentoml serve` on the price table's champion, shifted held-out traffic, the shifted train
-    and val rows labelled through /feedback, `monitoring watch` until its first retrain, the
+    """The regression loop (:func:`loop_on_loopback`) on the price table's champion, and what
+    every shift's loop must show (:func:`check_the_retrain`)."""
+    loop = loop_on_loopback(price_run[0], tmp_path, shift)
+    check_the_retrain(loop)
+    return loop
+
+
+def loop_on_loopback(source: Path, tmp_path: Path, shift: dict) -> Loop:
+    """The loop on loopback with the params of the project at ``source`` (a `dvc repro` that
+    promoted version 1; copied) but ``simulate.*`` = ``shift``: `bentoml serve` on its champion,
+    shifted held-out traffic, the shifted train and val rows labelled through /feedback,
+    `monitoring watch` until its first retrain, which must end in the gate's decision, the
     shifted held-out traffic again on whatever the service then serves."""
     project = tmp_path / "project"
-    shutil.copytree(price_run[0], project, symlinks=True)
+    shutil.copytree(source, project, symlinks=True)
     set_params(project, {"monitor": {"interval_s": 1}})
     prepared = project / "data/prepared"
     traffic = pd.concat([pd.read_parquet(prepared / f"{s}.parquet") for s in ("train", "val")])
@@ -232,7 +241,11 @@ def run_loop(price_run: tuple[Path, str], tmp_path: Path, shift: dict) -> Loop:
         decisions = log.decisions(1000)
         assert retrains, ([d["decision"] for d in decisions], (tmp_path / "watch.log").read_text())
         promoted = retrains[0]["decision"] == "retrain_promoted"
-        assert promoted or retrains[0]["decision"] == "retrain_rejected", retrains[0]["reasons"]
+        retrain_logs = sorted((project / "reports").glob("**/retrain/*.log"))
+        assert promoted or retrains[0]["decision"] == "retrain_rejected", (
+            retrains[0]["reasons"],
+            [p.read_text()[-4000:] for p in retrain_logs],
+        )
         want = "2" if promoted else "1"
         deadline = time.monotonic() + 60
         while httpx.get(f"{server.url}/model").json()["version"] != want:
@@ -245,7 +258,7 @@ def run_loop(price_run: tuple[Path, str], tmp_path: Path, shift: dict) -> Loop:
             watch.terminate()
             watch.wait(60)
         server.stop()
-    loop = Loop(
+    return Loop(
         decisions,
         retrains[0],
         before,
@@ -254,8 +267,6 @@ def run_loop(price_run: tuple[Path, str], tmp_path: Path, shift: dict) -> Loop:
         json.loads((project / "metrics/robustness.json").read_text()),
         project,
     )
-    check_the_retrain(loop)
-    return loop
 
 
 def check_the_retrain(loop: Loop) -> None:

@@ -99,6 +99,52 @@ def test_the_graph_answers_prediction_and_interval_as_pytorch(tmp_path: Path) ->
     assert np.all(lower < pred) and np.all(pred < upper) and np.isfinite(pred).all()
 
 
+def test_a_group_conditional_interval_covers_each_group_and_the_graph_answers_it(
+    tmp_path: Path,
+) -> None:
+    """Group 1's targets are three times as noisy: one pooled quantile under-covers it and
+    over-covers group 0; a quantile per group (Mondrian) holds both at nominal. The graph gives
+    each row its group's half-width (a missing group: the pooled one), as PyTorch does."""
+    from pipeline.contracts.runtime import predict_interval, session
+    from pipeline.export import ServedRegressor, export_onnx
+    from pipeline.learning import regression as reg
+    from pipeline.learning.model import ModelConfig, Regressor, TargetScaling, build_net
+    from pipeline.learning.splits import Split
+    from pipeline.learning.transforms import FeatureTransform
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    X = np.c_[rng.normal(size=(n, 3)), (rng.random(n) < 0.3).astype(float)]
+    y = np.where(X[:, 3] == 1, 3.0, 1.0) * rng.normal(size=n)  # the network predicts ~0
+    torch.manual_seed(0)
+    net = build_net(ModelConfig("mlp", 4, 1, 8, 1, 0.0, 4, None))
+    model = Regressor(FeatureTransform().fit(X).module(), net, TargetScaling.fit(y, False)).eval()
+    Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    cal, test = Split(Xt[:2000], yt[:2000], torch.ones(2000)), slice(2000, None)
+    q = reg.fit_interval(model, cal, 0.9)
+    widths = reg.fit_group_intervals(model, cal, 0.9, 3)
+    assert set(widths) == {0.0, 1.0} and widths[1.0] > 2 * widths[0.0]
+    spec = {"column": 3, "codes": list(widths), "half_widths": list(widths.values())}
+    group = X[test, 3] == 1
+    for by_group, holds in ((None, False), (spec, True)):
+        _, lower, upper = reg.predict_interval(model, Xt[test], q, by_group)
+        covered = (y[test] >= lower) & (y[test] <= upper)
+        each = [covered[group].mean(), covered[~group].mean()]
+        assert all(abs(c - 0.9) < 0.03 for c in each) == holds, each
+
+    rows = X[:64].copy()
+    rows[:4, 3] = np.nan  # no group: the pooled half-width
+    export_onnx(ServedRegressor(model, q, spec), 4, tmp_path / "m.onnx", 18, Regression())
+    theirs = predict_interval(session(tmp_path / "m.onnx"), rows.astype(np.float32))
+    ours = reg.predict_interval(model, torch.as_tensor(rows, dtype=torch.float32), q, spec)
+    for a, b in zip(theirs, ours, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    half = (theirs[2] - theirs[1]) / 2 / float(model.scale)
+    expect = np.where(rows[:, 3] == 1, widths[1.0], widths[0.0])
+    expect[:4] = q
+    np.testing.assert_allclose(half, expect, rtol=1e-4)
+
+
 def gate_regression(
     cfg: GateConfig,
     cand: dict,

@@ -24,7 +24,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.contracts.params import GateConfig, HardenConfig, ServingConfig, TrainConfig
+from pipeline.contracts.params import (
+    DataConfig,
+    GateConfig,
+    HardenConfig,
+    ServingConfig,
+    TrainConfig,
+)
 from pipeline.contracts.runtime import compute_ms, predict_interval, session
 from pipeline.contracts.schema import Schema
 from pipeline.learning import regression as reg
@@ -73,22 +79,78 @@ HINTS = {
 class ServedRegressor(nn.Module):
     """A regressor's graph: raw features -> (prediction, lower, upper) in the target's units.
 
-    ``half_width``: harden's split conformal quantile on the network's scale."""
+    ``half_width``: harden's split conformal quantile on the network's scale; ``by_group``
+    (with ``data.sensitive`` and ``serving.interval_by_group``): one per group of that feature,
+    the rows of other groups keeping ``half_width`` (:func:`~pipeline.learning.regression.
+    row_half_widths`)."""
 
-    def __init__(self, model: Regressor, half_width: float) -> None:
+    def __init__(
+        self, model: Regressor, half_width: float, by_group: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("half_width", torch.tensor(float(half_width)))
+        self.column = -1
+        if by_group:
+            self.column = int(by_group["column"])
+            self.register_buffer("codes", torch.tensor(by_group["codes"], dtype=torch.float32))
+            self.register_buffer("widths", torch.tensor(by_group["half_widths"]).float())
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self.model.standardized(features)
         to_target = self.model.unstandardize
-        return to_target(z), to_target(z - self.half_width), to_target(z + self.half_width)
+        half = self.half_width
+        if self.column >= 0:  # each row's group's quantile; no group: the pooled one
+            hit = (features[:, self.column : self.column + 1] == self.codes).float()
+            half = (hit * self.widths).sum(dim=1) + (1.0 - hit.sum(dim=1)) * self.half_width
+        return to_target(z), to_target(z - half), to_target(z + half)
+
+
+def group_intervals(
+    run: HardenRun, model: Regressor, calibration: Split, coverage: float, q: float
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """With ``data.sensitive`` (a feature): the group-conditional interval, and each group's
+    coverage and width on test under it and under the pooled ``q``, side by side. The first
+    is what the graph ships (``serving.interval_by_group``; None: the pooled interval), the
+    second what robustness.json reports either way; (None, None) without groups."""
+    column = run.section("data", DataConfig).sensitive
+    if column is None or column not in run.schema.names:
+        return None, None
+    j = run.schema.names.index(column)
+    widths = reg.fit_group_intervals(model, calibration, coverage, j)
+    by_group = {"column": j, "codes": list(widths), "half_widths": list(widths.values())}
+    test, feature = run.test, run.schema.features[j]
+    names = feature.groups(test.X[:, j].numpy())
+    y = test.y.numpy()
+    report: dict[str, Any] = {"column": column, "shipped": False, "groups": {}}
+    for how, spec in (("pooled", None), ("by_group", by_group)):
+        _, lower, upper = reg.predict_interval(model, test.X, q, spec)
+        for name in sorted(set(names.tolist())):
+            mine = names == name
+            figures = reg.interval_metrics(y[mine], lower[mine], upper[mine])
+            row = report["groups"].setdefault(str(name), {"rows": int(mine.sum())})
+            row.update({f"{how}_{k}": v for k, v in figures.items()})
+    for code, width in widths.items():
+        report["groups"][str(feature.groups(np.array([code]))[0])]["half_width"] = width
+    if not run.section("serving", ServingConfig).interval_by_group or not widths:
+        return None, report
+    report["shipped"] = True
+    return by_group, report
+
+
+def group_interval_line(report: dict[str, Any]) -> str:
+    """Each group's test coverage under the pooled and the group-conditional interval."""
+    cells = ", ".join(
+        f"{name} {g['pooled_coverage']:.3f} -> {g['by_group_coverage']:.3f}"
+        for name, g in report["groups"].items()
+    )
+    shipped = "shipped" if report["shipped"] else "not shipped (serving.interval_by_group)"
+    return f"coverage by {report['column']}, pooled -> per group ({shipped}): {cells}"
 
 
 def compare(
     model: Regressor,
-    half_width: float,
+    interval: dict[str, Any],
     fp32: Path,
     int8: Path | None,
     X: np.ndarray,
@@ -99,7 +161,8 @@ def compare(
     """A regressor's parity (largest |difference| of prediction, lower and upper from PyTorch,
     as a share of the target's range) and the int8 variant's size and R²."""
     with torch.no_grad():
-        served = ServedRegressor(model.cpu().eval(), half_width)
+        half_width = interval.get("half_width") or 0.0
+        served = ServedRegressor(model.cpu().eval(), half_width, interval.get("by_group"))
         ours = [v.numpy() for v in served(torch.as_tensor(X, dtype=torch.float32))]
     theirs = predict_interval(session(fp32), X)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True))
@@ -274,10 +337,12 @@ class Regression(Task):
             }
         calibration, calibrated_on = reg.calibration_rows(val)
         q = reg.fit_interval(hardened, calibration, coverage)
-        pred, lower, upper = reg.predict_interval(hardened, test.X, q)
-        _, v_lower, v_upper = reg.predict_interval(hardened, calibration.X, q)
+        shipped, per_group = group_intervals(run, hardened, calibration, coverage, q)
+        pred, lower, upper = reg.predict_interval(hardened, test.X, q, shipped)
+        _, v_lower, v_upper = reg.predict_interval(hardened, calibration.X, q, shipped)
         interval = {
-            "method": "split conformal on the network's scale, fit on the validation split"
+            "method": ("group-conditional (Mondrian) " if shipped else "")
+            + "split conformal on the network's scale, fit on the validation split"
             + ("'s production rows" if calibrated_on == "production" else ""),
             "nominal_coverage": coverage,
             "half_width": q,  # on the network's (standardised) scale
@@ -285,6 +350,7 @@ class Regression(Task):
             "calibration_rows": len(calibration.y),
             "val": reg.interval_metrics(calibration.y.numpy(), v_lower, v_upper),
             "test": reg.interval_metrics(test.y.numpy(), lower, upper),
+            **({"by_group": per_group} if per_group else {}),
         }
         metrics = {
             "task": "regression",
@@ -320,13 +386,20 @@ class Regression(Task):
             f"mean width {interval['test']['mean_width']:.4g} (fit on {len(calibration.y)} "
             f"{calibrated_on} rows of val)",
         ]
+        if per_group:
+            summary.append(group_interval_line(per_group))
         y_test = test.y.numpy()
         return Hardened(
             metrics=metrics,
             table=table,
             # export puts it in the graph; the gate checks its coverage where it was calibrated
             checkpoint={
-                "interval": {"half_width": q, "coverage": coverage, "calibrated_on": calibrated_on}
+                "interval": {
+                    "half_width": q,
+                    "coverage": coverage,
+                    "calibrated_on": calibrated_on,
+                    **({"by_group": shipped} if shipped else {}),
+                }
             },
             history=history,
             seconds=seconds,
@@ -337,16 +410,16 @@ class Regression(Task):
     # ---- export ----
 
     def served(self, model: Any, checkpoint: Checkpoint) -> nn.Module:
-        return ServedRegressor(model, (checkpoint.interval or {}).get("half_width") or 0.0)
+        interval = checkpoint.interval or {}
+        return ServedRegressor(model, interval.get("half_width") or 0.0, interval.get("by_group"))
 
     def parity(
         self, exported: Exported, X: np.ndarray, y: np.ndarray, atol: float
     ) -> tuple[dict[str, Any], float]:
         schema, interval = exported.schema, exported.checkpoint.interval or {}
         span = float(schema.target_max or 0.0) - float(schema.target_min or 0.0)
-        half_width = interval["half_width"] or 0.0
         graphs = (exported.fp32, exported.int8)
-        report = compare(exported.model, half_width, *graphs, X, y, atol, span)
+        report = compare(exported.model, interval, *graphs, X, y, atol, span)
         diff = report.pop("max_abs_probability_diff")
         return {"task": "regression", "interval": interval, **report}, diff
 
