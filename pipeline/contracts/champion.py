@@ -31,6 +31,8 @@ DECISION = "evaluate.json"  # the gate's decision that promoted it
 CARD = "model_card.md"
 REFERENCE = "reference.parquet"  # the train split's features: the monitor's drift reference
 ESTIMATE = "estimate.json"  # the label-free accuracy estimator, fit on val (contracts.estimate)
+DEVICE = "model.ort"  # the device's graph: ONNX's in onnxruntime's ORT format (release.bundle)
+OPERATORS = "required_operators.config"  # its operators, for a minimal onnxruntime build
 
 
 def link(registry: str | Path) -> Path:

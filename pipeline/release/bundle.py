@@ -7,7 +7,10 @@ with) in a temporary folder beside ``--out``, moved into place only once complet
 a half-written or unchecked bundle is never at ``--out``. It holds:
 
 - ``model.ort``: the graph in onnxruntime's ORT format (``convert_onnx_models_to_ort``, its
-  fixed optimisation style: fused for CPU at build time, no optimisation on the device);
+  fixed optimisation style: fused for CPU at build time, no optimisation on the device),
+  converted and checked when the version was registered (:func:`pipeline.release.publish.
+  device_graph`: every version carries it beside ``model.onnx``, so the bundle of the champion
+  is the version the service answers with), or here for a version registered before;
 - ``required_operators.config``: the operators that graph uses, for a minimal onnxruntime
   build (``build.sh --minimal_build --include_ops_by_config required_operators.config``);
 - ``schema.json``: the features in the graph's order, categories, classes;
@@ -23,10 +26,12 @@ bundle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +45,6 @@ from pipeline.contracts.schema import Schema
 
 TARGETS = ("device",)
 PREDICTOR = Path(__file__).with_name("device_predict.py")
-CONFIG = "required_operators.config"
 
 
 def bundle(registry: Path, out: Path, target: str, rows: np.ndarray | None = None) -> dict:
@@ -54,14 +58,18 @@ def bundle(registry: Path, out: Path, target: str, rows: np.ndarray | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        convert(source / "model.onnx", tmp)
+        if (source / champion.DEVICE).is_file():  # converted and checked at registration
+            for name in (champion.DEVICE, champion.OPERATORS):
+                shutil.copy(source / name, tmp / name)
+        else:  # a version registered before the registry kept it
+            convert(source / champion.ONNX, tmp)
         (tmp / "schema.json").write_text(schema_text)
         shutil.copy(PREDICTOR, tmp / "predict.py")
         pins = [f"{name}=={metadata.version(name)}" for name in ("onnxruntime", "numpy")]
         (tmp / "requirements.txt").write_text("\n".join(pins) + "\n")
         if rows is None:
             rows = reference_rows(source, schema)
-        checked = check(source / "model.onnx", tmp / "model.ort", rows, schema)
+        checked = check(source / champion.ONNX, tmp / champion.DEVICE, rows, schema)
         manifest: dict[str, Any] = {
             "target": target,
             "model_name": decision.get("model_name"),
@@ -101,12 +109,13 @@ def convert(graph: Path, folder: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=".convert.", dir=folder))
     try:
         shutil.copy(graph, work / "model.onnx")
-        convert_onnx_models_to_ort(work / "model.onnx", work / "out", [OptimizationStyle.Fixed])
-        os.replace(work / "out" / "model.ort", folder / "model.ort")
-        lines = (work / "out" / f"model.{CONFIG}").read_text().splitlines()
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints its progress
+            convert_onnx_models_to_ort(work / "model.onnx", work / "out", [OptimizationStyle.Fixed])
+        os.replace(work / "out" / "model.ort", folder / champion.DEVICE)
+        lines = (work / "out" / f"model.{champion.OPERATORS}").read_text().splitlines()
         ops = [line for line in lines if not line.startswith("#")]
-        header = ["# Generated from model/s:", "# - model.ort"]
-        (folder / CONFIG).write_text("\n".join(header + ops) + "\n")
+        header = ["# Generated from model/s:", f"# - {champion.DEVICE}"]
+        (folder / champion.OPERATORS).write_text("\n".join(header + ops) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,7 +9,9 @@ decision and the model card.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +20,11 @@ import pandas as pd
 
 from pipeline import registry
 from pipeline.contracts import champion as champion_files
+from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.io import atomic_outputs, dump_json
 from pipeline.contracts.params import GateConfig
 from pipeline.contracts.schema import FEEDBACK, Schema
+from pipeline.release.bundle import check, convert
 from pipeline.release.decision import Decision
 from pipeline.release.tracking import Tracker
 
@@ -80,6 +84,9 @@ def publish(
             champion_files.CARD: card_path,  # registered with the version, shipped if promoted
             champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
         }
+        # The device's graph, converted and checked now: every version carries one graph per
+        # target, so a retrain's device bundle is the version the service answers with.
+        device_graph(release, Path(tmp), files)
         if decision.estimate is not None:  # the monitor's label-free estimate (a classifier's)
             estimate_path = Path(tmp) / champion_files.ESTIMATE
             dump_json(decision.estimate, estimate_path)
@@ -92,6 +99,23 @@ def publish(
     for line in decision.hints:
         print(f"evaluate: hint: {line}")
     return version
+
+
+def device_graph(release: Release, folder: Path, files: dict[str, Path]) -> None:
+    """``model.ort`` and its ``required_operators.config`` (:mod:`pipeline.release.bundle`),
+    checked against the chosen graph on the drift reference's rows, into ``files``. A graph
+    that fails the check is left out with a warning (the server's graph still ships; a device
+    bundle of this version converts again and names the failure)."""
+    try:
+        convert(release.onnx, folder)
+        schema = Schema.from_dict(json.loads(release.schema.read_text()))
+        rows = release.reference[schema.names].to_numpy(np.float32)
+        check(release.onnx, folder / champion_files.DEVICE, rows, schema)
+    except MlcycleError as exc:
+        print(f"evaluate: warning: no device graph for this version: {exc}", file=sys.stderr)
+        return
+    files[champion_files.DEVICE] = folder / champion_files.DEVICE
+    files[champion_files.OPERATORS] = folder / champion_files.OPERATORS
 
 
 def verdict(decision: Decision) -> str:

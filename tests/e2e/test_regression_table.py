@@ -29,6 +29,8 @@ import pandas as pd
 import pytest
 
 from pipeline.contracts.prodlog import ProductionLog
+from pipeline.release.bundle import bundle
+from pipeline.release.device_predict import Predictor
 from tests.conftest import friedman_table
 from tests.e2e.test_dvc_pipeline import copy_pristine, dvc, edit_params, ran
 from tests.monitoring.test_loop import TOKEN as LOOP_TOKEN
@@ -121,6 +123,15 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
         answers = body["predictions"]
         for key, column in zip(("prediction", "lower", "upper"), want, strict=True):
             np.testing.assert_array_equal(np.float32([a[key] for a in answers]), column)
+        # The device bundle answers the same raw records (text categories, nulls) as the service.
+        made = bundle(project / "registry", project / "bundle/device", "device")
+        assert made["task"] == "regression" and made["checked"]["rows"] > 0
+        predictor = Predictor(project / "bundle/device")
+        device = predictor.predict(raw_records(project, test, names))
+        for key in ("prediction", "lower", "upper"):
+            np.testing.assert_allclose(
+                [d[key] for d in device], [a[key] for a in answers], rtol=1e-5
+            )
         spec = httpx.get(f"{server.url}/openapi.json").json()
         label = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
         assert label["schema"]["properties"]["feedback"]["items"]["properties"]["label"] == {

@@ -46,6 +46,9 @@ def test_the_device_bundle_answers_the_test_split_as_the_service_in_a_bare_venv(
         "bundle.json",
     }
     manifest = json.loads((out / "bundle.json").read_text())
+    assert (served_state / "registry/champion/model.ort").read_bytes() == (
+        out / "model.ort"
+    ).read_bytes()
     assert manifest["version"] == "1" and manifest["target"] == "device"
     assert "ai.onnx;" in (out / "required_operators.config").read_text()
     assert str(tmp_path) not in (out / "required_operators.config").read_text()
@@ -131,3 +134,16 @@ def test_a_bundle_needs_a_champion_and_a_known_target(tmp_path: Path) -> None:
     with pytest.raises(MlcycleError, match="--target 'phone': expected one of device"):
         bundle(tmp_path / "registry", tmp_path / "out", "phone")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_version_carries_its_device_graph_and_the_bundle_ships_that_one(
+    served_state: Path, tmp_path: Path
+) -> None:
+    """The evaluate stage converted and checked the champion's graph when it registered it;
+    the bundle copies that file (and checks it again) instead of converting."""
+    champ = (served_state / "registry" / "champion").resolve()
+    assert (champ / "model.ort").is_file() and (champ / "required_operators.config").is_file()
+    made = bundle(served_state / "registry", tmp_path / "device", "device")
+    shipped = (tmp_path / "device" / "model.ort").read_bytes()
+    assert shipped == (champ / "model.ort").read_bytes()
+    assert made["version"] == champ.name and made["checked"]["same_labels"] > 0
