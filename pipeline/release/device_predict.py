@@ -25,6 +25,21 @@ import numpy as np
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
+NUMBER = (int, float, np.integer, np.floating)  # JSON's numbers, and numpy's from Python callers
+
+
+def finite_number(value: Any) -> bool:
+    """A number as the service takes one: not true / false, not text, not NaN or infinite."""
+    return not isinstance(value, bool) and isinstance(value, NUMBER) and math.isfinite(value)
+
+
+def categories(features: list[dict[str, Any]]) -> dict[int, dict[str, int]]:
+    """Per categorical feature (by position), each category's index in schema.json."""
+    return {
+        j: {str(c): k for k, c in enumerate(f["categories"])}
+        for j, f in enumerate(features)
+        if f["kind"] == "categorical"
+    }
 
 
 class Predictor:
@@ -37,10 +52,12 @@ class Predictor:
             str(folder / "model.ort"), providers=["CPUExecutionProvider"]
         )
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.categories = categories(self.features)
 
     def encode(self, records: list[dict[str, Any]]) -> np.ndarray:
         """(records, features) float32: numbers as they are, a category as its index, None
-        as NaN; a missing feature or an unknown category is a ValueError naming it."""
+        as NaN; a missing feature, an unknown category or a value that is not a finite
+        number (text, true / false) is a ValueError naming the record and the feature."""
         X = np.full((len(records), len(self.features)), np.nan, dtype=np.float32)
         for i, record in enumerate(records):
             for j, feature in enumerate(self.features):
@@ -50,15 +67,14 @@ class Predictor:
                 value = record[name]
                 if value is None:
                     continue
-                if feature["kind"] == "categorical":
-                    names = [str(c) for c in feature["categories"]]
-                    if str(value) not in names:
+                if j in self.categories:
+                    if str(value) not in self.categories[j]:
                         raise ValueError(f"records[{i}].{name}: unknown category {value!r}")
-                    X[i, j] = names.index(str(value))
-                elif not math.isfinite(float(value)):
-                    raise ValueError(f"records[{i}].{name}: {value!r} is not a finite number")
+                    X[i, j] = self.categories[j][str(value)]
+                elif finite_number(value):
+                    X[i, j] = value
                 else:
-                    X[i, j] = float(value)
+                    raise ValueError(f"records[{i}].{name}: {value!r} is not a finite number")
         return X
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

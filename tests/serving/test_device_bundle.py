@@ -105,7 +105,7 @@ def test_the_predictor_encodes_records_as_the_service_does(tmp_path: Path) -> No
     """Numbers as they are, a category as its index, null as NaN, out-of-range numbers kept
     (the service flags them, the graph answers them); what it cannot encode names the record
     and the feature."""
-    from pipeline.release.device_predict import Predictor
+    from pipeline.release.device_predict import Predictor, categories
     from serving.requests import RecordEncoder
 
     schema = table_schema()
@@ -113,6 +113,7 @@ def test_the_predictor_encodes_records_as_the_service_does(tmp_path: Path) -> No
     predictor = Predictor.__new__(Predictor)
     predictor.schema = json.loads((tmp_path / "schema.json").read_text())
     predictor.features = predictor.schema["features"]
+    predictor.categories = categories(predictor.features)
     records = [
         {"size": 12.5, "region": "south", "rooms": 3},
         {"size": None, "region": None, "rooms": 120},
@@ -124,6 +125,10 @@ def test_the_predictor_encodes_records_as_the_service_does(tmp_path: Path) -> No
     assert math.isnan(ours[1, 0]) and ours[0, 1] == 1.0
     with pytest.raises(ValueError, match=r"records\[0\].region: unknown category 'west'"):
         predictor.encode([{"size": 1.0, "region": "west", "rooms": 2}])
+    with pytest.raises(ValueError, match=r"records\[0\].rooms: True is not a finite number"):
+        predictor.encode([{"size": 1.0, "region": "north", "rooms": True}])
+    with pytest.raises(ValueError, match=r"records\[0\].size: '3' is not a finite number"):
+        predictor.encode([{"size": "3", "region": "north", "rooms": 2}])
     with pytest.raises(ValueError, match=r"records\[1\]: missing feature 'rooms'"):
         predictor.encode([records[0], {"size": 1.0, "region": "north"}])
 
