@@ -275,6 +275,8 @@ def harden(
         total = 0.0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
+            if len(idx) < 2:  # a last batch of one row: batch norm cannot train on it
+                continue
             xb, yb, wb = (t[idx].to(device) for t in (train.X, train.y, train.w))
             share = None
             if production is not None:

@@ -16,9 +16,10 @@ positive target, logged) target:
   keeping the most robust epoch whose clean val R² stays within ``harden.max_clean_drop``;
 - split conformal intervals (Vovk et al.; Lei et al. 2018) on the network's scale, fit on the
   validation split: ``[f(z - q), f(z + q)]`` with ``f`` the monotone map back to the target, so
-  a logged target gets intervals that widen with the prediction.
+  a logged target gets intervals that widen with the prediction; with ``data.sensitive``, one
+  quantile per group of that feature (Mondrian), which the graph looks up per row.
 
-One module (about 420 lines): a regressor's counterpart of the classifier's several libraries
+One module (about 460 lines): a regressor's counterpart of the classifier's several libraries
 (metrics, attacks, adversarial, calibration), each part a few dozen lines.
 """
 

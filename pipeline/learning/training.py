@@ -264,6 +264,8 @@ def fit(
         full.train()
         total, count = 0.0, 0
         for xb, yb, wb in loader:
+            if len(yb) < 2:  # a last batch of one row: batch norm cannot train on it
+                continue
             xb = xb.to(device, non_blocking=True)
             yb, wb = yb.to(device, non_blocking=True), wb.to(device, non_blocking=True)
             if augment:

@@ -10,7 +10,7 @@ from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import TrainConfig, overlay, section
 from pipeline.learning.metrics import classification_metrics, expected_calibration_error
 from pipeline.learning.model import CNN, MLP, ModelConfig
-from pipeline.learning.training import apply_tuned, random_shift
+from pipeline.learning.training import apply_tuned, fit, random_shift
 from tests.conftest import repo_params
 
 
@@ -58,3 +58,36 @@ def test_calibration_error_and_metrics() -> None:
     m = classification_metrics(y, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), 2)
     assert m["accuracy"] == 0.75
     assert m["per_class_recall"] == {"0": 1.0, "1": 0.5}
+
+
+def test_a_last_batch_of_one_row_trains_and_hardens(cfg: TrainConfig) -> None:
+    """Batch norm cannot train on one row: with batch_size + 1 training rows (a retrain's row
+    count is whatever feedback brought), training and hardening skip that last row's step
+    instead of failing (a retrain's `dvc repro` once exited 1 on it)."""
+    from pipeline.contracts.params import HardenConfig
+    from pipeline.contracts.schema import Feature, Schema
+    from pipeline.learning import adversarial
+    from pipeline.learning.model import Classifier
+    from pipeline.learning.splits import Split
+    from pipeline.learning.tasks.classification import Classification
+    from pipeline.learning.transforms import FeatureTransform
+
+    rng = np.random.default_rng(0)
+    n = cfg.batch_size + 1
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    split = Split(torch.tensor(X), torch.tensor(y), torch.ones(n))
+    net = MLP(ModelConfig("mlp", 4, 2, 8, 1, 0.0, 4, None))
+    model = Classifier(FeatureTransform().fit(X).module(), net)
+    device = torch.device("cpu")
+    short = overlay(cfg, "train", epochs=1)
+    result = fit(model, split, split, short, device, objective=Classification().objective)
+    assert result.epochs_run == 1
+    schema = Schema(
+        tuple(Feature(f"x{i}", "numeric", "float64", -4.0, 4.0) for i in range(4)), "y", (0, 1)
+    )
+    harden_cfg = overlay(
+        section(repo_params(), "harden", HardenConfig), "harden", epochs=1, batch_size=n - 1
+    )
+    history, _, _ = adversarial.harden(model, split, split, schema, harden_cfg, device)
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
