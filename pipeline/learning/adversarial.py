@@ -165,12 +165,20 @@ def _mixed_loss(
     if bool(attacked.any()):
         xa, ya, sa, wa = xb[attacked], yb[attacked], share[attacked], wb[attacked]
         x_adv = _attack(model, xa, ya, cfg, box)
+        # One attacked row (a retrain's batch of production rows and one source row): batch
+        # norm cannot normalise a batch of one in training mode, so its adversarial forward
+        # pass uses the running statistics (a retrain's `dvc repro` once exited 1 on it).
+        lone = len(x_adv) == 1
+        if lone:
+            model.eval()
         if cfg.method == "trades":
             kl = _trades_kl(model, x_adv, logits[attacked])
             total = total + (cfg.trades_beta * sa * kl * wa).sum()
         else:
             adv = F.cross_entropy(model(x_adv).float(), ya, reduction="none")
             total = total + (sa * adv * wa).sum()
+        if lone:
+            model.train()
     return total / wb.sum()
 
 

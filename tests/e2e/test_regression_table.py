@@ -253,10 +253,11 @@ def loop_on_loopback(source: Path, tmp_path: Path, shift: dict) -> Loop:
         assert retrains, ([d["decision"] for d in decisions], (tmp_path / "watch.log").read_text())
         promoted = retrains[0]["decision"] == "retrain_promoted"
         retrain_logs = sorted((project / "reports").glob("**/retrain/*.log"))
-        assert promoted or retrains[0]["decision"] == "retrain_rejected", (
-            retrains[0]["reasons"],
-            [p.read_text()[-4000:] for p in retrain_logs],
-        )
+        if not promoted and retrains[0]["decision"] != "retrain_rejected":
+            # pytest.fail, not assert: an assertion's message is cut short, and the log's tail
+            # is what names the cause of a retrain that failed.
+            tails = "\n".join(f"--- {p}\n{p.read_text()[-6000:]}" for p in retrain_logs)
+            pytest.fail(f"{retrains[0]['decision']}: {retrains[0]['reasons']}\n{tails}")
         want = "2" if promoted else "1"
         deadline = time.monotonic() + 60
         while httpx.get(f"{server.url}/model").json()["version"] != want:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,12 @@ def test_a_last_batch_of_one_row_trains_and_hardens(cfg: TrainConfig) -> None:
     )
     history, _, _ = adversarial.harden(model, split, split, schema, harden_cfg, device)
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    # A retrain: production rows train clean (production_weight 0), so only the source rows
+    # are attacked; a batch whose one source row is its only attacked row must train too.
+    for method in ("pgd", "trades"):
+        production = torch.ones(n, dtype=torch.bool)
+        production[0] = False  # one source row, in whichever batch it falls
+        retrain = dataclasses.replace(split, production=production)
+        lone = overlay(harden_cfg, "harden", production_weight=0.0, method=method)
+        history, _, _ = adversarial.harden(model, retrain, split, schema, lone, device)
+        assert len(history) == 1 and np.isfinite(history[0]["train_loss"]), method
