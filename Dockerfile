@@ -8,6 +8,13 @@
 # The champion is mounted (registry/, as `make repro` leaves it), so a promotion on the host is
 # picked up by the running container's hot reload; the production log lives in the /app/log
 # volume (or set MLCYCLE_LOG_URL to a PostgreSQL URL shared by replicas).
+# The browser page's runtime: onnxruntime-web as serving/web/package-lock.json pins it (the
+# wasm-only build and its gzip copies, serving/web/vendor.mjs), shipped in the image, no CDN.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY serving/web/package.json serving/web/package-lock.json serving/web/vendor.mjs ./
+RUN npm ci --ignore-scripts --no-audit --no-fund && node vendor.mjs
+
 FROM python:3.11-slim AS builder
 ARG ONNXRUNTIME=onnxruntime
 WORKDIR /build
@@ -43,6 +50,7 @@ COPY --chown=mlcycle:mlcycle params.yaml ./
 COPY --chown=mlcycle:mlcycle pipeline/__init__.py pipeline/
 COPY --chown=mlcycle:mlcycle pipeline/contracts/ pipeline/contracts/
 COPY --chown=mlcycle:mlcycle serving/ serving/
+COPY --from=web --chown=mlcycle:mlcycle /web/vendor/ serving/web/vendor/
 USER 10001:10001
 VOLUME ["/app/log"]
 EXPOSE 3000

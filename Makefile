@@ -13,10 +13,16 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
+# The browser page's runtime: onnxruntime-web as serving/web/package-lock.json pins it.
+WEB := serving/web/vendor/runtime.json
 
 .PHONY: setup repro serve test test-all test-gpu lint lock docs
 
-setup: $(STAMP)
+setup: $(STAMP) $(WEB)
+
+$(WEB): serving/web/package.json serving/web/package-lock.json serving/web/vendor.mjs
+	npm ci --prefix serving/web --ignore-scripts --no-audit --no-fund --loglevel=error
+	node serving/web/vendor.mjs
 
 # The exact versions in requirements.lock, then the project itself without re-resolving.
 $(STAMP): pyproject.toml requirements.lock
@@ -36,13 +42,13 @@ repro: $(STAMP)
 	@# to rebuild) and so has no champion yet: then the gate runs alone and promotes one.
 	test -e registry/champion || $(KERNELS) dvc repro --force --single-item evaluate
 
-serve: $(STAMP)
+serve: $(STAMP) $(WEB)
 	python -m serving --host 127.0.0.1 --port 3000
 
-test: $(STAMP)
+test: $(STAMP) $(WEB)
 	pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(WEB)
 	ruff check . && ruff format --check .
 	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet
 	pytest -m "not gpu" --durations=25 --cov --cov-report=term:skip-covered

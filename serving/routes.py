@@ -1,5 +1,6 @@
 """The service's routes: the raw-ASGI hot path (``POST /predict``, ``POST /feedback``,
-``POST /explain``) that :class:`FastPath` puts in front of BentoML's app, and the Starlette
+``POST /explain``) and the browser page (``GET /``, ``/web/...``, ``/model/browser.onnx``:
+:mod:`serving.page`) that :class:`FastPath` puts in front of BentoML's app, and the Starlette
 app's ``GET /model`` and ``GET /openapi.json``.
 
 BentoML's typed APIs cost about 2 ms of pydantic and dispatch per request (0.17x a bare
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.contracts import champion
 from pipeline.contracts import explain as explanations
 from pipeline.contracts.prodlog import FeedbackConflictError, UnknownPredictionsError
 from pipeline.contracts.task import Answer
@@ -39,6 +41,7 @@ from serving.asgi import (
     respond,
 )
 from serving.openapi import openapi_spec
+from serving.page import RuntimeMissingError, send_asset, send_text
 from serving.requests import RequestError, parse_feedback, parse_json
 from serving.state import State
 
@@ -267,6 +270,31 @@ async def feedback(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     return None
 
 
+async def page(scope: dict[str, Any], _: Receive, send: Send) -> None:
+    """GET (or HEAD) ``/``, ``/web/...`` and ``/model/browser.onnx``: the browser page, its
+    script, the pinned onnxruntime-web runtime and the champion's browser graph
+    (:mod:`serving.page`)."""
+    st = _state()
+    path = scope["path"]
+    try:
+        if path == BROWSER_GRAPH:
+            model = st.watcher.current  # one model for the whole answer, even across a swap
+            asset = await asyncio.to_thread(
+                st.assets.graph, model.version, model.directory / champion.ONNX
+            )
+            version = [(b"x-model-version", model.version.encode())]
+            return await send_asset(scope, send, asset, version)
+        asset = await asyncio.to_thread(st.assets.file, path)
+    except RuntimeMissingError as exc:
+        return await send_text(send, 503, str(exc))
+    if asset is None:
+        return await send_text(send, 404, f"not found: {path}")
+    return await send_asset(scope, send, asset)
+
+
+BROWSER_GRAPH = "/model/browser.onnx"
+
+
 async def model_info(_: Request) -> Response:
     model = _state().watcher.current
     metrics_path = model.directory / "evaluate.json"
@@ -310,8 +338,12 @@ class FastPath:
         self.routes = {"/predict": predict, "/feedback": feedback, "/explain": explain}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.routes.get(scope["path"])
+        if scope["type"] == "http":
+            handler = None
+            if scope["method"] == "POST":
+                handler = self.routes.get(scope["path"])
+            elif scope["method"] in ("GET", "HEAD") and _is_page(scope["path"]):
+                handler = page
             if handler is not None:
                 try:
                     return await handler(scope, receive, send)
@@ -319,3 +351,7 @@ class FastPath:
                     log.exception("%s failed", scope["path"])
                     return await respond(send, 500, b'{"error": "internal error"}')
         return await self.inner(scope, receive, send)
+
+
+def _is_page(path: str) -> bool:
+    return path == "/" or path == BROWSER_GRAPH or path.startswith("/web/")

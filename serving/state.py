@@ -19,6 +19,7 @@ from pipeline.contracts.params import ServingConfig, overlay, read_params, secti
 from pipeline.contracts.prodlog import ProductionLog
 from serving.metrics import Metrics
 from serving.model import ChampionWatcher, LoadedModel
+from serving.page import Assets
 from serving.prodlog import GroupCommitWriter
 from serving.requests import RecordEncoder
 
@@ -78,6 +79,7 @@ class State:
         self.predict_latency = self.metrics.latency.labels(endpoint="predict")
         self.explain_latency = self.metrics.latency.labels(endpoint="explain")
         self.in_flight = 0
+        self.assets = Assets()  # the browser page's files, read on first request
         self.token = os.environ.get(cfg.feedback_token_env) or None
         self.watcher.start()
 

@@ -116,7 +116,8 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     server = Server(project, str(project / "production.db"), {"MLCYCLE_FEEDBACK_TOKEN": TOKEN})
     server.start()
     try:
-        got = post(f"{server.url}/predict", {"records": raw_records(project, test, names)})
+        records = raw_records(project, test, names)
+        got = post(f"{server.url}/predict", {"records": records})
         assert got.status_code == 200, got.text
         body = got.json()
         assert body["coverage"] == 0.9
@@ -132,6 +133,9 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
             np.testing.assert_allclose(
                 [d[key] for d in device], [a[key] for a in answers], rtol=1e-5
             )
+        # The browser page: a form from schema.json; the browser's graph answers the test rows
+        # as onnxruntime in Python, and a record filled in answers as the service does.
+        table_in_the_browser(server.url, test[names].to_numpy(np.float32), want, records[0])
         spec = httpx.get(f"{server.url}/openapi.json").json()
         label = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
         assert label["schema"]["properties"]["feedback"]["items"]["properties"]["label"] == {
@@ -165,6 +169,40 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     # The answer in its own columns: prediction, lower, upper; no probabilities.
     np.testing.assert_array_equal(window.interval(), np.stack(want, axis=1))
     assert window.probabilities.shape == (200, 0)
+
+
+def table_in_the_browser(url: str, X: np.ndarray, want: list, record: dict) -> None:
+    """The page at ``url`` in headless Chromium on a regressor: its graph on the encoded rows
+    ``X`` answers ``want`` (prediction, lower, upper) within 1e-5; the form filled with
+    ``record`` answers in the browser and from the server alike."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.serving.test_browser_page import Visit, launch
+
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        visit = Visit(browser.new_context(), url)
+        rows = [[None if np.isnan(v) else float(v) for v in row] for row in X]
+        got = visit.page.evaluate("rows => window.mlcycle.run(rows)", rows)
+        for key, column in zip(("prediction", "lower", "upper"), want, strict=True):
+            np.testing.assert_allclose(got[key], column, rtol=1e-5, atol=1e-5)
+        page = visit.page
+        for name, value in record.items():
+            field = page.locator(f"#f-{name}")
+            if field.evaluate("e => e.tagName") == "SELECT":
+                field.select_option(label=str(value))
+            else:
+                field.fill("" if value is None else repr(float(value)))
+        page.evaluate("() => window.mlcycle.settled()")
+        assert page.evaluate("() => window.mlcycle.record()") == record
+        page.click("#ask")
+        page.locator("#server-answer .label").wait_for()
+        here = json.loads(page.locator("#browser-answer").get_attribute("data-answer"))
+        there = json.loads(page.locator("#server-answer").get_attribute("data-answer"))
+        for key in ("prediction", "lower", "upper"):
+            assert abs(here[key] - there[key]) <= 1e-5 * max(1.0, abs(there[key])), (here, there)
+        assert not visit.errors, visit.errors
+        browser.close()
 
 
 NOISE_SIGMA = 20.0  # the traffic's sensor noise on every numeric column (their range: 0-100)

@@ -5,6 +5,7 @@ Docker itself cannot run on this machine, so the image is checked as text (and b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_is_multi_stage_non_root_and_checks_health() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM .+ AS (\w+)$", text, flags=re.M)
-    assert stages == ["builder", "runtime"]
+    assert stages == ["web", "builder", "runtime"]
     runtime = text.split("AS runtime", 1)[1]
     user = re.findall(r"^USER (\S+)$", runtime, flags=re.M)
     assert user and not user[-1].startswith(("0", "root"))
@@ -44,7 +45,8 @@ def test_dockerfile_is_multi_stage_non_root_and_checks_health() -> None:
 def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
     project = tmp_path / "project"
     for name in ("pipeline", "serving"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        skip = shutil.ignore_patterns("__pycache__", "node_modules")
+        shutil.copytree(ROOT / name, project / name, ignore=skip)
     for name in ("bentofile.yaml", "params.yaml"):
         shutil.copy(ROOT / name, project / name)
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
@@ -59,6 +61,10 @@ def test_bentoml_build_packages_the_service(tmp_path: Path) -> None:
         src / "pipeline/contracts/schema.py"
     ).is_file()
     assert (src / "params.yaml").is_file()
+    runtime = json.loads((src / "serving/web/vendor/runtime.json").read_text())  # the page's
+    folder = src / f"serving/web/vendor/ort-{runtime['onnxruntime-web']}"
+    assert all((folder / f).is_file() for f in runtime["files"])
+    assert (src / "serving/web/index.html").is_file() and (src / "serving/web/app.js").is_file()
     assert "torch" not in (bento / "env/python/requirements.txt").read_text()
 
 
