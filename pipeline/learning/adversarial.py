@@ -225,24 +225,26 @@ def harden(
     """Adversarially fine-tune ``model`` in place; returns the history, the seconds spent and
     how the kept weights were chosen.
 
-    ``reference``: the model before hardening, whose clean accuracy the budget is measured
-    against and whose weights ship when no epoch holds it (default: ``model`` as it starts; a
-    retrain passes the freshly trained model while ``model`` starts from the champion's
-    hardened weights). Each epoch is scored on the validation split (clean, and PGD-10 at
-    ``cfg.eps``: on a retrain whose production rows train clean, on val's source rows). The
-    budget (``max_clean_drop``) holds per slice: on val's source rows and, on a retrain, on its
-    production rows apart, so a shift that robustness makes costly cannot hide in the mix. On
-    production rows the loss is ``production_weight`` adversarial and the rest clean; the weight
-    halves after every epoch over budget there. The weights kept are the most robust ones within
-    budget on every slice (on a retrain: :func:`retrain_choice`). With ``ema_decay`` the weights
-    scored and kept are the moving average's. fgsm_rs stops when robust accuracy collapses
-    (catastrophic overfitting).
+    ``reference``: the model before hardening, whose clean accuracy the budget is measured against
+    and whose weights ship when no epoch holds it (default: ``model`` as it starts; a retrain passes
+    the freshly trained model while ``model`` starts from the champion's hardened weights; a pruned
+    model passes the unpruned one: the budget is then against the model it would replace, and when
+    no epoch holds it ``model`` keeps its own starting weights, which are the only ones that fit
+    it). Each epoch is scored on the validation split (clean, and PGD-10 at ``cfg.eps``: on a
+    retrain whose production rows train clean, on val's source rows). The budget
+    (``max_clean_drop``) holds per slice: on val's source rows and, on a retrain, on its production
+    rows apart, so a shift that robustness makes costly cannot hide in the mix. On production rows
+    the loss is ``production_weight`` adversarial and the rest clean; the weight halves after every
+    epoch over budget there. The weights kept are the most robust ones within budget on every slice
+    (on a retrain: :func:`retrain_choice`). With ``ema_decay`` the weights scored and kept are the
+    moving average's. fgsm_rs stops when robust accuracy collapses (catastrophic overfitting).
     ``limited`` says the budget held robustness back: an epoch over budget was more robust.
     """
     torch.manual_seed(cfg.seed)
     model.to(device)
     reference = reference.to(device) if reference is not None else model
-    fallback_state = copy.deepcopy(reference.net.state_dict())
+    fits = _same_shapes(reference.net.state_dict(), model.net.state_dict())
+    fallback_state = copy.deepcopy((reference if fits else model).net.state_dict())
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
     start_clean, start_slices = clean_by_slice(reference, val)
@@ -342,6 +344,10 @@ def harden(
         production_weight_final=weight if production is not None else None,
     )
     return history, time.perf_counter() - start, selection
+
+
+def _same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 
 def retrain_choice(within: list[Epoch], scored_rows: int, errors: float = 2.0) -> list[Epoch]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,3 +103,49 @@ def test_a_last_batch_of_one_row_trains_and_hardens(cfg: TrainConfig) -> None:
         lone = overlay(harden_cfg, "harden", production_weight=0.0, method=method)
         history, _, _ = adversarial.harden(model, retrain, split, schema, lone, device)
         assert len(history) == 1 and np.isfinite(history[0]["train_loss"]), method
+
+
+def test_a_pruned_model_hardened_against_its_unpruned_reference_keeps_its_own_weights(
+    cfg: TrainConfig,
+) -> None:
+    """harden's budget against a reference of another shape (a pruned model against the
+    unpruned one): with no epoch within it, the model keeps its own starting weights (the
+    reference's cannot load into it)."""
+    from pipeline.contracts.params import HardenConfig
+    from pipeline.learning import adversarial
+    from pipeline.learning.model import Classifier
+    from pipeline.learning.splits import Split
+    from pipeline.learning.tasks.classification import Classification
+    from pipeline.learning.transforms import FeatureTransform
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    split = Split(torch.tensor(X), torch.tensor(y), torch.ones(len(y)))
+    transform = FeatureTransform().fit(X).module()
+    reference = Classifier(transform, MLP(ModelConfig("mlp", 4, 2, 16, 1, 0.0, 4, None)))
+    fit(reference, split, split, overlay(cfg, "train", epochs=20), torch.device("cpu"),
+        objective=Classification().objective)  # fmt: skip
+    small = Classifier(transform, MLP(ModelConfig("mlp", 4, 2, 4, 1, 0.0, 4, None)))
+    with torch.no_grad():
+        small.net.net[-1].weight.zero_()  # answers class 0 for every row: about half right
+        small.net.net[-1].bias.copy_(torch.tensor([1.0, 0.0]))
+    start = {k: v.clone() for k, v in small.net.state_dict().items()}
+    harden_cfg = overlay(
+        section(repo_params(), "harden", HardenConfig), "harden", epochs=1, lr=1e-7,
+        max_clean_drop=0.0,
+    )  # fmt: skip
+    _, _, selection = adversarial.harden(
+        small, split, split, schema_of(4), harden_cfg, torch.device("cpu"), reference=reference
+    )
+    assert selection.val_clean_start > 0.9 and selection.kept.startswith("trained")
+    for key, value in small.net.state_dict().items():
+        assert torch.equal(value, start[key]), key
+
+
+def schema_of(n: int) -> Any:
+    from pipeline.contracts.schema import Feature, Schema
+
+    return Schema(
+        tuple(Feature(f"x{i}", "numeric", "float64", -4.0, 4.0) for i in range(n)), "y", (0, 1)
+    )

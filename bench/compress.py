@@ -1,0 +1,295 @@
+"""Compression frontier: structured pruning (Torch-Pruning) x fp32 / int8, against the fp32 graph.
+
+    python bench/compress.py [--inputs DIR] [--levels 0.5 0.7 0.85] [--epochs 15]
+                             [--wide 512] [--repeats 200]
+
+On the champion of ``dvc repro`` (``--inputs``, default this repo; a classifier): each pruning
+level removes that share of every prunable layer's channels and units for real (Torch-Pruning's
+dependency graph, L2 magnitude per group; the output layer kept), then fine-tunes with the harden
+stage's own loop (:func:`pipeline.learning.adversarial.harden`: ``harden.*`` of params.yaml,
+``--epochs`` epochs) against the unpruned model's clean budget, keeping the most robust epoch
+within it; then temperature scaling on val and the export stage's graph. Every graph, the
+unpruned one included, is also quantized to int8: statically (QDQ, weights and activations,
+calibrated on val) and dynamically (what the export stage makes today). Printed per variant, in
+one run: file bytes and gzip bytes, parameters and MACs of the network, onnxruntime p50 ms at
+batch 1 and rows/s at batch 256 (one thread), each as a ratio to the unpruned fp32 graph; test
+accuracy, ECE, and the robust accuracy at ``harden.eps``: the gate's per-row worst case (PGD,
+APGD-CE, APGD-DLR, ``gate.*`` settings) crafted on the variant's PyTorch twin and judged by the
+graph itself (for fp32 the same as on the twin; for int8 the twin's adversarial points scored by
+the quantized graph). ``ok`` marks a variant within ``harden.max_clean_drop`` of the unpruned
+fp32 graph's test accuracy and at or above ``gate.min_robust_accuracy``.
+
+``--wide N`` adds the compute-bound case: an MLP with three hidden layers of N units trained on
+the same splits (the train stage's loop, clean), pruned at the same levels and fine-tuned with
+that loop, speed and accuracy only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gzip
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.export import quantize_static  # noqa: E402
+from pipeline.contracts.io import load_json  # noqa: E402
+from pipeline.contracts.params import (  # noqa: E402
+    GateConfig,
+    HardenConfig,
+    TrainConfig,
+    overlay,
+    read_params,
+    section,
+)
+from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
+from pipeline.contracts.schema import Schema  # noqa: E402
+from pipeline.export import Served, export_onnx, quantize  # noqa: E402
+from pipeline.learning import adversarial  # noqa: E402
+from pipeline.learning.attacks import WORST_CASE_ATTACKS, Box, apgd, pgd  # noqa: E402
+from pipeline.learning.calibration import fit_temperature, logits_of  # noqa: E402
+from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.learning.metrics import expected_calibration_error  # noqa: E402
+from pipeline.learning.model import MLP, Classifier, ModelConfig, build  # noqa: E402
+from pipeline.learning.splits import load_split  # noqa: E402
+from pipeline.learning.tasks import task_for  # noqa: E402
+from pipeline.learning.tasks.classification import Classification  # noqa: E402
+from pipeline.learning.training import fit  # noqa: E402
+
+
+def prune(model: Classifier, level: float, n_raw: int) -> None:
+    """Remove ``level`` of the network's channels and hidden units in place (Torch-Pruning)."""
+    import torch_pruning as tp
+
+    net = model.net
+    example = torch.zeros(2, n_in(model, n_raw))
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    pruner = tp.pruner.MetaPruner(
+        net,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=level,
+        ignored_layers=[last],
+    )
+    pruner.step()
+
+
+def n_in(model: Classifier, n_raw: int) -> int:
+    """The network's input width (the feature transform's output for ``n_raw`` raw features)."""
+    with torch.no_grad():
+        return int(model.transform(torch.zeros(1, n_raw)).shape[1])
+
+
+def size(model: Classifier, n_raw: int) -> tuple[int, int]:
+    """MACs and parameters of the network for one row."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model.net, torch.zeros(1, n_in(model, n_raw)))
+    return int(macs), int(params)
+
+
+@dataclasses.dataclass
+class Graph:
+    name: str
+    path: Path
+    model: Classifier
+    level: float
+
+
+def judged_worst_case(
+    graph: Path, twin: Classifier, X: np.ndarray, y: np.ndarray, box: Box, gate: GateConfig
+) -> float:
+    """The gate's per-row worst case, crafted on ``twin`` and judged by ``graph``: a row is
+    robust if the graph answers it right clean and at every attack's point (each restart)."""
+    sess = session(graph)
+
+    def right(x: torch.Tensor) -> np.ndarray:
+        return sess.run(None, {"features": x.numpy().astype(np.float32)})[1] == y
+
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    robust = right(Xt)
+    twin.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(gate.seed)
+        for name in WORST_CASE_ATTACKS:
+            if name == "apgd-dlr" and int(y.max()) < 2:
+                continue
+            for _ in range(gate.robust_restarts):
+                if name == "pgd":
+                    adv = pgd(twin, Xt, yt, box, gate.robust_steps, 0.1)
+                else:
+                    adv = apgd(twin, Xt, yt, box, gate.apgd_iter, name.split("-")[1])
+                robust &= right(adv.detach())
+    return float(robust.mean())
+
+
+def measure(
+    g: Graph,
+    base: dict[str, Any] | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    box: Box | None,
+    gate: GateConfig | None,
+    repeats: int,
+) -> dict[str, Any]:
+    body = g.path.read_bytes()
+    macs, params = size(g.model, X.shape[1])
+    sess = session(g.path, 1)
+    proba, label = sess.run(None, {"features": X})
+    one = latency_ms(sess, X, 1, repeats)["p50_ms"]
+    batch = latency_ms(sess, X, 256, max(20, repeats // 10))["p50_ms"]
+    row = {
+        "variant": g.name,
+        "bytes": len(body),
+        "gzip": len(gzip.compress(body, 9)),
+        "params": params,
+        "macs": macs,
+        "p50_ms_1": one,
+        "rows_s_256": 256e3 / batch,
+        "accuracy": float((label == y).mean()),
+        "ece": expected_calibration_error(y, proba),
+    }
+    if box is not None and gate is not None:
+        row["robust"] = judged_worst_case(g.path, g.model, X, y, box, gate)
+    if base is not None:
+        for key in ("bytes", "gzip", "params", "macs", "p50_ms_1", "rows_s_256"):
+            row[f"{key}_x"] = row[key] / base[key]
+    return row
+
+
+def graphs_of(
+    model: Classifier, level: float, temperature: float, folder: Path, n_raw: int, val: np.ndarray
+) -> list[Graph]:
+    """The fp32 graph of ``model`` and its static and dynamic int8 twins."""
+    task = Classification()
+    tag = f"pruned {level:.0%}" if level else "unpruned"
+    fp32 = folder / f"{level}.onnx"
+    export_onnx(Served(copy.deepcopy(model), temperature), n_raw, fp32, 18, task)
+    static, dynamic = folder / f"{level}.static.onnx", folder / f"{level}.dynamic.onnx"
+    quantize_static(fp32, static, val)
+    quantize(fp32, dynamic)
+    return [
+        Graph(f"{tag} fp32", fp32, model, level),
+        Graph(f"{tag} int8 static", static, model, level),
+        Graph(f"{tag} int8 dynamic", dynamic, model, level),
+    ]
+
+
+def table(rows: list[dict[str, Any]], robust: bool, floor: float, budget: float | None) -> None:
+    head = f"{'variant':<24}{'bytes':>9}{'x':>6}{'gzip x':>7}{'params':>8}{'MACs':>10}"
+    head += f"{'b1 ms':>7}{'x':>6}{'b256 rows/s':>12}{'x':>6}{'acc':>7}{'ECE':>7}"
+    print(head + (f"{'robust':>8}  ok" if robust else ""))
+    for r in rows:
+        line = (
+            f"{r['variant']:<24}{r['bytes']:>9}{r['bytes_x']:>6.2f}{r['gzip_x']:>7.2f}"
+            f"{r['params']:>8}{r['macs']:>10}{r['p50_ms_1']:>7.3f}{r['p50_ms_1_x']:>6.2f}"
+            f"{r['rows_s_256']:>12,.0f}{r['rows_s_256_x']:>6.2f}{r['accuracy']:>7.4f}"
+            f"{r['ece']:>7.4f}"
+        )
+        if robust:
+            ok = r["accuracy"] >= rows[0]["accuracy"] - budget and r["robust"] >= floor
+            line += f"{r['robust']:>8.4f}  {'yes' if ok else 'no'}"
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", type=Path, default=ROOT)
+    ap.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7, 0.85])
+    ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs per level")
+    ap.add_argument("--wide", type=int, default=0, help="also a 3 x N MLP (compute-bound)")
+    ap.add_argument("--repeats", type=int, default=200)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    params = read_params(args.inputs / "params.yaml")
+    hcfg = overlay(section(params, "harden", HardenConfig), "harden", epochs=args.epochs)
+    gate = section(params, "gate", GateConfig)
+    schema = Schema.from_dict(load_json(args.inputs / "data/schema.json"))
+    if task_for(schema).name != "classification":
+        raise SystemExit("bench/compress.py measures a classifier (the digits)")
+    splits = {s: load_split(args.inputs / f"data/prepared/{s}.parquet", schema) for s in
+              ("train", "val", "test")}  # fmt: skip
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    X, y = test.X.numpy(), test.y.numpy()
+    ckpt = load_checkpoint(args.inputs / "models/hardened.pt")
+    reference = build(ckpt)
+    box = Box.from_schema(schema, hcfg.eps)
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs = graphs_of(reference, 0.0, ckpt.temperature or 1.0, Path(tmp), X.shape[1],
+                           val.X.numpy())  # fmt: skip
+        for level in args.levels:
+            model = build(ckpt)
+            prune(model, level, X.shape[1])
+            model.train()
+            adversarial.harden(model, train, val, schema, hcfg, cpu, reference=reference)
+            model.eval()
+            temperature = fit_temperature(logits_of(model, val.X), val.y.numpy())
+            graphs += graphs_of(model, level, temperature, Path(tmp), X.shape[1], val.X.numpy())
+        rows: list[dict[str, Any]] = []
+        for g in graphs:
+            rows.append(measure(g, rows[0] if rows else None, X, y, box, gate, args.repeats))
+            if len(rows) == 1:
+                rows[0].update({f"{k}_x": 1.0 for k in ("bytes", "gzip", "params", "macs",
+                                                         "p50_ms_1", "rows_s_256")})  # fmt: skip
+        print(f"\ndigits champion, {len(y)} test rows, robust at eps {hcfg.eps}: ratios to the "
+              "unpruned fp32 graph")  # fmt: skip
+        table(rows, True, gate.min_robust_accuracy, hcfg.max_clean_drop)
+        if args.wide:
+            wide_frontier(args, params, train, val, X, y, Path(tmp), ckpt)
+
+
+def wide_frontier(
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    train: Any,
+    val: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    tmp: Path,
+    ckpt: Any,
+) -> None:
+    """A 3 x N MLP on the same transformed features, trained clean; pruned and fine-tuned."""
+    tcfg = section(params, "train", TrainConfig)
+    objective = Classification().objective
+    base = build(ckpt)
+    cfg = ModelConfig("mlp", n_in(base, X.shape[1]), int(y.max()) + 1, args.wide, 3, 0.1, 1, None)
+    wide = Classifier(base.transform, MLP(cfg))
+    cpu = torch.device("cpu")
+    fit(wide, train, val, overlay(tcfg, "train", model="mlp"), cpu, objective=objective)
+    wide.eval()
+    models = [(0.0, wide)]
+    short = overlay(tcfg, "train", model="mlp", epochs=args.epochs)
+    for level in args.levels:
+        m = copy.deepcopy(wide)
+        prune(m, level, X.shape[1])
+        m.train()
+        fit(m, train, val, short, cpu, objective=objective)
+        m.eval()
+        models.append((level, m))
+    rows: list[dict[str, Any]] = []
+    (tmp / "wide").mkdir()
+    for level, m in models:
+        temperature = fit_temperature(logits_of(m, val.X), val.y.numpy())
+        fp32 = graphs_of(m, level, temperature, tmp / "wide", X.shape[1], val.X.numpy())
+        for g in fp32:
+            g.name = f"3x{args.wide} " + g.name
+            rows.append(measure(g, rows[0] if rows else None, X, y, None, None, args.repeats))
+            if len(rows) == 1:
+                rows[0].update({f"{k}_x": 1.0 for k in ("bytes", "gzip", "params", "macs",
+                                                         "p50_ms_1", "rows_s_256")})  # fmt: skip
+    print(f"\ncompute-bound: an MLP of 3 x {args.wide} units on the same features, clean")
+    table(rows, False, 0.0, None)
+
+
+if __name__ == "__main__":
+    main()
