@@ -1,11 +1,12 @@
 """Compression frontier: structured pruning (Torch-Pruning) x fp32 / int8, against the fp32 graph.
 
-    python bench/compress.py [--inputs DIR] [--levels 0.5 0.7 0.85] [--epochs 15]
+    python bench/compress.py [--inputs DIR] [--levels 0.5 0.55 0.6] [--epochs 30]
                              [--wide 512] [--repeats 200]
 
 On the champion of ``dvc repro`` (``--inputs``, default this repo; a classifier): each pruning
 level removes that share of every prunable layer's channels and units for real (Torch-Pruning's
-dependency graph, L2 magnitude per group; the output layer kept), then fine-tunes with the harden
+dependency graph, L2 magnitude per group; the output layer kept; gradually: each level starts
+from the previous level's fine-tuned network), then fine-tunes with the harden
 stage's own loop (:func:`pipeline.learning.adversarial.harden`: ``harden.*`` of params.yaml,
 ``--epochs`` epochs) against the unpruned model's clean budget, keeping the most robust epoch
 within it; then temperature scaling on val and the export stage's graph. Every graph, the
@@ -204,8 +205,8 @@ def table(rows: list[dict[str, Any]], robust: bool, floor: float, budget: float 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", type=Path, default=ROOT)
-    ap.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7, 0.85])
-    ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs per level")
+    ap.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.55, 0.6])
+    ap.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per level")
     ap.add_argument("--wide", type=int, default=0, help="also a 3 x N MLP (compute-bound)")
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
@@ -227,14 +228,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         graphs = graphs_of(reference, 0.0, ckpt.temperature or 1.0, Path(tmp), X.shape[1],
                            val.X.numpy())  # fmt: skip
-        for level in args.levels:
-            model = build(ckpt)
-            prune(model, level, X.shape[1])
+        # Gradual pruning: each level starts from the previous level's fine-tuned network and
+        # removes the share of its channels that brings it to ``level`` of the original's.
+        model, kept = build(ckpt), 1.0
+        for level in sorted(args.levels):
+            prune(model, 1 - (1 - level) / kept, X.shape[1])
+            kept = 1 - level
             model.train()
             adversarial.harden(model, train, val, schema, hcfg, cpu, reference=reference)
             model.eval()
             temperature = fit_temperature(logits_of(model, val.X), val.y.numpy())
-            graphs += graphs_of(model, level, temperature, Path(tmp), X.shape[1], val.X.numpy())
+            graphs += graphs_of(
+                copy.deepcopy(model), level, temperature, Path(tmp), X.shape[1], val.X.numpy()
+            )
         rows: list[dict[str, Any]] = []
         for g in graphs:
             rows.append(measure(g, rows[0] if rows else None, X, y, box, gate, args.repeats))
@@ -269,13 +275,14 @@ def wide_frontier(
     wide.eval()
     models = [(0.0, wide)]
     short = overlay(tcfg, "train", model="mlp", epochs=args.epochs)
-    for level in args.levels:
-        m = copy.deepcopy(wide)
-        prune(m, level, X.shape[1])
+    m, kept = copy.deepcopy(wide), 1.0
+    for level in sorted(args.levels):  # gradual, as for the champion
+        prune(m, 1 - (1 - level) / kept, X.shape[1])
+        kept = 1 - level
         m.train()
         fit(m, train, val, short, cpu, objective=objective)
         m.eval()
-        models.append((level, m))
+        models.append((level, copy.deepcopy(m)))
     rows: list[dict[str, Any]] = []
     (tmp / "wide").mkdir()
     for level, m in models:
