@@ -13,6 +13,7 @@ log row per record for the background group-commit writer and answers. The task
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -295,20 +296,26 @@ async def page(scope: dict[str, Any], _: Receive, send: Send) -> None:
 BROWSER_GRAPH = "/model/browser.onnx"
 
 
-async def model_info(_: Request) -> Response:
+async def model_info(request: Request) -> Response:
+    """GET /model: the served version, its schema, gate figures, export report and card; with an
+    ETag, so a client that has this version's answer (the browser page) is told 304."""
     model = _state().watcher.current
     metrics_path = model.directory / "evaluate.json"
     metrics = orjson.loads(metrics_path.read_bytes()) if metrics_path.is_file() else None
-    return _answer(
-        200,
+    body = orjson.dumps(
         {
             "version": model.version,
             "schema": model.schema.to_dict(),
             "metrics": metrics,
             "export": model.export,
             "model_card": model.card,
-        },
+        }
     )
+    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+    cache = {"etag": etag, "cache-control": "no-cache"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=cache)
+    return Response(body, status_code=200, media_type=JSON, headers=cache)
 
 
 async def openapi(_: Request) -> Response:

@@ -24,6 +24,28 @@ from pipeline.learning.model import build
 from pipeline.learning.tasks import Attack, Measured, Task
 from pipeline.release.gate import GroupGap
 
+# The operators a quantized graph (onnxruntime's static QDQ or dynamic int8) is made of.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "DynamicQuantizeMatMul",
+    }
+)
+
+
+def quantized(graph: Path) -> bool:
+    """Whether ``graph`` computes in int8 anywhere (then it is not its twin's exact copy, and
+    the gate's adversarial points are judged by the graph itself)."""
+    import onnx
+
+    return any(node.op_type in QUANTIZED_OPS for node in onnx.load(str(graph)).graph.node)
+
 
 def int8_latency_ratio(fp32: Path, int8: Path, X: np.ndarray) -> float:
     return compute_ms(session(int8), X)["p50_ms"] / compute_ms(session(fp32), X)["p50_ms"]
@@ -96,7 +118,7 @@ def figures(
     the model's promotion record (a champion's), whose robust figures are reused when its
     :func:`gate_key` is unchanged (the frozen test split makes that the rule)."""
     X, y, Xh, yh = rows
-    model = Measured(graph, build(load_checkpoint(twin_path)))
+    model = Measured(graph, build(load_checkpoint(twin_path)), judged=quantized(graph))
     attack = Attack(schema, eps, cfg)
     known = load_json(record).get("candidate") if record is not None and record.is_file() else None
     key = gate_key(graph, twin_path, X, y, eps, cfg)

@@ -9,6 +9,7 @@ through the transform. Pure functions on tensors; used by the harden and evaluat
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -253,6 +254,7 @@ def worst_case(
     batch: int = 512,
     desc: str | None = None,
     cascade: bool = False,
+    judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, object]:
     """Robust accuracy per attack and the per-row worst case over all of them.
 
@@ -264,10 +266,16 @@ def worst_case(
     ``cascade``: each attack only on the rows every earlier one left correct (the same per-row
     worst case, without attacking rows already broken: a model with no robustness on these
     rows costs one PGD instead of all three attacks); ``by_attack`` is then cumulative.
+
+    ``judge``: which rows a shipped graph answers right at given points (clean, and each
+    attack's), when it is not the model's exact copy (an int8 graph): the attacks are crafted
+    on ``model`` (the graph's PyTorch twin) and each point is judged by the graph. Default:
+    ``model`` judges its own points.
     """
     model.eval()
     device = next(model.parameters()).device
     box = box.to(device)
+    right = judge if judge is not None else functools.partial(_correct, model)
     n_classes = None
     attacks = [a for a in WORST_CASE_ATTACKS]
     survived = {a: torch.zeros(len(y), dtype=torch.bool) for a in attacks}
@@ -275,7 +283,7 @@ def worst_case(
         torch.manual_seed(seed)
         for i in tqdm(range(0, len(y), batch), desc=desc, disable=desc is None, leave=False):
             xb, yb = X[i : i + batch].to(device), y[i : i + batch].to(device)
-            clean = _correct(model, xb, yb)
+            clean = right(xb, yb)
             if n_classes is None:
                 with torch.no_grad():
                     n_classes = model(xb[:1]).shape[1]
@@ -291,7 +299,7 @@ def worst_case(
                             adv = pgd(model, xa, ya, box, pgd_steps, 0.1)
                         else:
                             adv = apgd(model, xa, ya, box, n_iter, name.split("-")[1])
-                        alive[alive.clone()] = _correct(model, adv, ya)
+                        alive[alive.clone()] = right(adv, ya)
                 survived[name][i : i + len(yb)] = alive.cpu()
                 standing = alive
     if n_classes is not None and n_classes < 3:

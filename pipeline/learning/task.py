@@ -96,10 +96,12 @@ class Exported:
 @dataclasses.dataclass(frozen=True)
 class Measured:
     """A model as the gate measures it: its shipped graph and its PyTorch twin (the gradient
-    attacks run on the twin, which export proved equal to the graph)."""
+    attacks run on the twin, which export proved equal to the graph; ``judged``: a graph that is
+    not the twin's exact copy, an int8 one, judges the twin's adversarial points itself)."""
 
     onnx: Path
     twin: Any
+    judged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,3 +73,12 @@ def test_int8_variant_is_reported(exported: Path, stage_inputs: Path) -> None:
     assert q["accuracy_delta"] == pytest.approx(delta, abs=1e-12)
     timing = json.loads((exported / "export_time.json").read_text())
     assert timing["int8_to_fp32_p50"] > 0 and "latency" not in json.dumps(report)
+
+
+def test_an_int8_graph_is_judged_by_itself_at_the_gate(exported: Path) -> None:
+    """The gate judges the twin's adversarial points by a quantized graph (it is not the twin's
+    exact copy); an fp32 graph, which parity proved equal to its twin, by the twin."""
+    from pipeline.learning.assess import quantized
+
+    assert quantized(exported / "model.int8.onnx")
+    assert not quantized(exported / "model.onnx")

@@ -227,8 +227,12 @@ def test_feedback_needs_the_token_and_stores_only_valid_labels(server: Server) -
 
 
 def test_model_health_metrics_and_openapi(server: Server) -> None:
-    model = httpx.get(f"{server.url}/model").json()
+    answer = httpx.get(f"{server.url}/model")
+    model = answer.json()
     assert model["version"] == "1" and len(model["schema"]["features"]) == 64
+    etag = answer.headers["etag"]  # a client holding this answer is told 304 (the page)
+    assert httpx.get(f"{server.url}/model", headers={"if-none-match": etag}).status_code == 304
+    assert httpx.get(f"{server.url}/model", headers={"if-none-match": '"x"'}).status_code == 200
     assert model["metrics"]["promoted"] and "## Gate: PROMOTED" in model["model_card"]
     # The digits' card: each answered class's mean attribution map, as /explain attributes.
     assert "## What the answers rest on" in model["model_card"]

@@ -129,6 +129,33 @@ def test_worst_case_is_the_per_row_minimum_over_attacks() -> None:
     assert abs(cascaded["worst_case"] - result["worst_case"]) <= 0.02
 
 
+def test_worst_case_points_are_judged_by_the_shipped_graph_when_given() -> None:
+    """A judge (an int8 graph) decides which rows survive each point crafted on the twin: the
+    twin itself as judge gives the default's rows; a judge right everywhere keeps every row; the
+    judge sees the clean rows and every attack's points, all inside the box."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    X = torch.rand(200, 2)
+    with torch.no_grad():
+        y = model(X).argmax(1)
+    settings = {"n_iter": 10, "restarts": 1, "pgd_steps": 5, "seed": 1}
+    default = worst_case(model, X, y, box(0.05), **settings)
+    seen: list[torch.Tensor] = []
+
+    def twin_judge(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        with torch.no_grad():
+            return model(x).argmax(1) == t
+
+    judged = worst_case(model, X, y, box(0.05), judge=twin_judge, **settings)
+    assert (judged["robust_rows"] == default["robust_rows"]).all() and default["worst_case"] < 1
+    assert torch.equal(seen[0], X) and len(seen) == 4  # clean, PGD, APGD-CE, APGD-DLR
+    for points in seen[1:]:
+        assert (points - X[: len(points)]).abs().max() <= 0.05 + 1e-6  # the box: eps 0.05 of 1
+    always = worst_case(model, X, y, box(0.05), judge=lambda x, t: t == t, **settings)
+    assert always["worst_case"] == 1.0
+
+
 def test_square_attack_needs_no_gradients_and_finds_the_breakable_points() -> None:
     model = three_class_linear()
     x0 = np.linspace(0.36, 0.64, 57)

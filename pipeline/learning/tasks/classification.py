@@ -13,6 +13,7 @@ is one such module, not a file per stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,6 +94,18 @@ class Served(nn.Module):
         logits = self.model(features) * self.inv_temperature
         probabilities = torch.softmax(logits, dim=1)  # (batch, classes)
         return probabilities, probabilities.argmax(dim=1)  # (batch,)
+
+
+def graph_judge(sess: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Which rows the graph in ``sess`` answers right at points ``x`` (the gate's worst case
+    on a graph that is not its twin's exact copy: :func:`~pipeline.learning.attacks.worst_case`'s
+    ``judge``)."""
+
+    def right(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels = sess.run(None, {"features": x.detach().cpu().numpy().astype(np.float32)})[1]
+        return torch.as_tensor(labels == y.cpu().numpy()).to(x.device)
+
+    return right
 
 
 def torch_predict(
@@ -388,6 +401,7 @@ class Classification(Task):
             restarts=cfg.robust_restarts,
             pgd_steps=cfg.robust_steps,
             seed=cfg.seed,
+            judge=graph_judge(sess) if model.judged else None,
         )
         out = {**base, "robust_accuracy": robust["worst_case"], "robust_cached": False}
         if cfg.square_queries:
@@ -401,7 +415,8 @@ class Classification(Task):
         the worst case is read here, so the attacks cascade (a row one breaks is not attacked
         again)."""
         cfg = attack.cfg
-        proba, _ = predict(session(model.onnx), X)
+        sess = session(model.onnx)
+        proba, _ = predict(sess, X)
         robust = worst_case(
             model.twin,
             torch.as_tensor(X),
@@ -412,6 +427,7 @@ class Classification(Task):
             pgd_steps=cfg.robust_steps,
             seed=cfg.seed,
             cascade=True,
+            judge=graph_judge(sess) if model.judged else None,
         )
         return {
             "holdout_accuracy": float((proba.argmax(axis=1) == y).mean()),
