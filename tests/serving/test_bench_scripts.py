@@ -1,0 +1,71 @@
+"""The benchmarks the manual documents for the browser page and compression, run as a user runs
+them (``python bench/...``) on the tiny pipeline's champion (slow tier): they finish and print
+the figures they promise. The figures themselves are the bench's business, not a test's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_page_measures_both_visits_and_agrees_with_python(
+    served_state: Path, stage_inputs: Path
+) -> None:
+    out = bench(
+        "bench/page.py",
+        *("--registry", str(served_state / "registry")),
+        *("--data", str(stage_inputs / "data/prepared")),
+    )
+    visits = re.search(r"first visit ([\d,]+) bytes, second visit ([\d,]+)", out).groups()
+    first, second = (int(v.replace(",", "")) for v in visits)
+    assert second < first / 20, out
+    assert re.search(r"one record, ms \(median\)\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out
+    gap = float(re.search(r"max \|diff\| ([\d.e+-]+)", out).group(1))
+    assert gap <= 1e-5, out
+
+
+def test_bench_compress_prunes_for_real_and_quantizes(
+    stage_inputs: Path, hardened: Path, tmp_path: Path
+) -> None:
+    """bench/compress.py on the tiny champion (an MLP): every pruned level has fewer parameters
+    and MACs than the unpruned network, every int8 graph fewer bytes than its fp32 one."""
+    inputs = tmp_path / "project"
+    (inputs / "models").mkdir(parents=True)
+    (inputs / "data").symlink_to(stage_inputs / "data")
+    (inputs / "params.yaml").symlink_to(stage_inputs / "params.yaml")
+    (inputs / "models/hardened.pt").symlink_to(hardened / "hardened.pt")
+    out = bench(
+        "bench/compress.py",
+        *("--inputs", str(inputs), "--levels", "0.5", "--epochs", "1", "--repeats", "5"),
+    )
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"((?:un)?pruned(?: \d+%)? (?:fp32|int8 static|int8 dynamic))\s+(\d+)\s+"
+                     r"[\d.]+\s+[\d.]+\s+(\d+)\s+(\d+)", line)  # fmt: skip
+        if m:
+            rows[m.group(1)] = tuple(int(v) for v in m.groups()[1:])  # bytes, params, MACs
+    assert set(rows) == {
+        f"{level} {kind}"
+        for level in ("unpruned", "pruned 50%")
+        for kind in ("fp32", "int8 static", "int8 dynamic")
+    }, out
+    assert rows["pruned 50% fp32"][1] < rows["unpruned fp32"][1] / 2, out  # params: a real cut
+    assert rows["pruned 50% fp32"][2] < rows["unpruned fp32"][2] / 2, out  # MACs
+    for level in ("unpruned", "pruned 50%"):
+        assert rows[f"{level} int8 static"][0] < rows[f"{level} fp32"][0], out
