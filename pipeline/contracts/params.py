@@ -252,7 +252,7 @@ class TrainConfig(Section):
     augment_shift: Annotated[int, rule(lambda v: v >= 0, ">= 0")]
     tta_target: float
     amp: bool
-    baselines: Seq[Literal["logreg", "svm"]]
+    baselines: Seq[Literal["logreg", "svm", "hgb"]]
     regression_baselines: Seq[Literal["ridge", "hgb"]]
     regression_dropout: Share01
     regression_loss: Literal["mse", "huber"]

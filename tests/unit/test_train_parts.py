@@ -149,3 +149,26 @@ def schema_of(n: int) -> Any:
     return Schema(
         tuple(Feature(f"x{i}", "numeric", "float64", -4.0, 4.0) for i in range(n)), "y", (0, 1)
     )
+
+
+def test_gradient_boosting_is_a_classifier_baseline_by_name(cfg: TrainConfig) -> None:
+    """``train.baselines: [hgb]`` fits scikit-learn's HistGradientBoostingClassifier beside the
+    network (weighted, scored like the others); a name it does not know is refused by name."""
+    from pipeline.learning.tasks.classification import Classification
+    from pipeline.learning.training import fit_baselines
+
+    task = Classification()
+    models = task.baselines(overlay(cfg, "train", baselines=["hgb", "logreg"]))
+    assert [type(m).__name__ for m in models.values()] == [
+        "HistGradientBoostingClassifier",
+        "LogisticRegression",
+    ]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3))
+    y = ((X[:, 0] * X[:, 1]) > 0).astype(np.int64)  # an interaction a linear model cannot draw
+    scores = fit_baselines(
+        models, X[:400], y[:400], np.ones(400), X[400:], y[400:], task.baseline_score
+    )
+    assert scores["hgb"]["test_accuracy"] > 0.85 > scores["logreg"]["test_accuracy"]
+    with pytest.raises(MlcycleError, match="baselines"):
+        overlay(cfg, "train", baselines=["xgb"])
