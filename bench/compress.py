@@ -56,14 +56,14 @@ from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
 from pipeline.contracts.schema import Schema  # noqa: E402
 from pipeline.export import Served, export_onnx, quantize  # noqa: E402
 from pipeline.learning import adversarial  # noqa: E402
-from pipeline.learning.attacks import WORST_CASE_ATTACKS, Box, apgd, pgd  # noqa: E402
+from pipeline.learning.attacks import Box, worst_case  # noqa: E402
 from pipeline.learning.calibration import fit_temperature, logits_of  # noqa: E402
 from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.learning.metrics import expected_calibration_error  # noqa: E402
 from pipeline.learning.model import MLP, Classifier, ModelConfig, build  # noqa: E402
 from pipeline.learning.splits import load_split  # noqa: E402
 from pipeline.learning.tasks import task_for  # noqa: E402
-from pipeline.learning.tasks.classification import Classification  # noqa: E402
+from pipeline.learning.tasks.classification import Classification, graph_judge  # noqa: E402
 from pipeline.learning.training import fit  # noqa: E402
 
 
@@ -106,33 +106,6 @@ class Graph:
     level: float
 
 
-def judged_worst_case(
-    graph: Path, twin: Classifier, X: np.ndarray, y: np.ndarray, box: Box, gate: GateConfig
-) -> float:
-    """The gate's per-row worst case, crafted on ``twin`` and judged by ``graph``: a row is
-    robust if the graph answers it right clean and at every attack's point (each restart)."""
-    sess = session(graph)
-
-    def right(x: torch.Tensor) -> np.ndarray:
-        return sess.run(None, {"features": x.numpy().astype(np.float32)})[1] == y
-
-    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-    robust = right(Xt)
-    twin.eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(gate.seed)
-        for name in WORST_CASE_ATTACKS:
-            if name == "apgd-dlr" and int(y.max()) < 2:
-                continue
-            for _ in range(gate.robust_restarts):
-                if name == "pgd":
-                    adv = pgd(twin, Xt, yt, box, gate.robust_steps, 0.1)
-                else:
-                    adv = apgd(twin, Xt, yt, box, gate.apgd_iter, name.split("-")[1])
-                robust &= right(adv.detach())
-    return float(robust.mean())
-
-
 def measure(
     g: Graph,
     base: dict[str, Any] | None,
@@ -160,7 +133,18 @@ def measure(
         "ece": expected_calibration_error(y, proba),
     }
     if box is not None and gate is not None:
-        row["robust"] = judged_worst_case(g.path, g.model, X, y, box, gate)
+        # The gate's worst case, crafted on the twin and judged by the graph itself.
+        row["robust"] = worst_case(
+            g.model,
+            torch.as_tensor(X),
+            torch.as_tensor(y),
+            box,
+            n_iter=gate.apgd_iter,
+            restarts=gate.robust_restarts,
+            pgd_steps=gate.robust_steps,
+            seed=gate.seed,
+            judge=graph_judge(sess),
+        )["worst_case"]
     if base is not None:
         for key in ("bytes", "gzip", "params", "macs", "p50_ms_1", "rows_s_256"):
             row[f"{key}_x"] = row[key] / base[key]

@@ -61,8 +61,17 @@ class Asset:
     def of(cls, body: bytes, kind: bytes, cache: bytes, gzipped: bytes | None = None) -> Asset:
         if gzipped is None and len(body) > 1024:
             gzipped = gzip.compress(body, compresslevel=9, mtime=0)
-        digest = hashlib.sha256(body).hexdigest()[:20]
-        return cls(body, gzipped, kind, f'"{digest}"'.encode(), cache)
+        return cls(body, gzipped, kind, etag(body), cache)
+
+
+def etag(body: bytes) -> bytes:
+    """The strong ETag of ``body``: a prefix of its sha256, quoted."""
+    return f'"{hashlib.sha256(body).hexdigest()[:20]}"'.encode()
+
+
+def current(if_none_match: bytes | None, tag: bytes) -> bool:
+    """Whether a request's If-None-Match names ``tag`` (the client's copy is current: 304)."""
+    return if_none_match is not None and tag in [m.strip() for m in if_none_match.split(b",")]
 
 
 class Assets:
@@ -97,19 +106,18 @@ class Assets:
 
     def _load(self, path: str) -> Asset | None:
         if path == "/":
-            runtime = self.runtime()
-            prefix = f"/web/ort-{runtime['onnxruntime-web']}/"
+            prefix = runtime_prefix(self.runtime())
             html = (self.web / "index.html").read_text().replace("__ORT__", prefix)
             return Asset.of(html.encode(), TYPES[".html"], REVALIDATE)
         if path in PAGE_FILES:
             name = PAGE_FILES[path]
             return Asset.of((self.web / name).read_bytes(), TYPES[Path(name).suffix], REVALIDATE)
         runtime = self.runtime()
-        prefix = f"/web/ort-{runtime['onnxruntime-web']}/"
+        prefix = runtime_prefix(runtime)
         name = path.removeprefix(prefix)
         if not path.startswith(prefix) or name not in runtime["files"]:
             return None
-        folder = self.web / "vendor" / f"ort-{runtime['onnxruntime-web']}"
+        folder = self.web / "vendor" / prefix.removeprefix("/web/").rstrip("/")
         gz = folder / f"{name}.gz"
         return Asset.of(
             (folder / name).read_bytes(),
@@ -126,6 +134,11 @@ class Assets:
             return self._graphs[version]
 
 
+def runtime_prefix(runtime: dict[str, Any]) -> str:
+    """The URL folder of the runtime ``vendor/runtime.json`` describes (its version in it)."""
+    return f"/web/ort-{runtime['onnxruntime-web']}/"
+
+
 async def send_asset(
     scope: dict[str, Any], send: Send, asset: Asset, extra: list[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -138,7 +151,7 @@ async def send_asset(
         (b"x-content-type-options", b"nosniff"),
         *extra,
     ]
-    if match is not None and asset.etag in [m.strip() for m in match.split(b",")]:
+    if current(match, asset.etag):
         await send({"type": "http.response.start", "status": 304, "headers": head})
         await send({"type": "http.response.body", "body": b""})
         return

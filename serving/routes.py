@@ -13,7 +13,6 @@ log row per record for the background group-commit writer and answers. The task
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -42,7 +41,7 @@ from serving.asgi import (
     respond,
 )
 from serving.openapi import openapi_spec
-from serving.page import RuntimeMissingError, send_asset, send_text
+from serving.page import RuntimeMissingError, current, etag, send_asset, send_text
 from serving.requests import RequestError, parse_feedback, parse_json
 from serving.state import State
 
@@ -311,9 +310,9 @@ async def model_info(request: Request) -> Response:
             "model_card": model.card,
         }
     )
-    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    cache = {"etag": etag, "cache-control": "no-cache"}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    tag = etag(body)
+    cache = {"etag": tag.decode(), "cache-control": "no-cache"}
+    if current(request.headers.get("if-none-match", "").encode("latin-1") or None, tag):
         return Response(status_code=304, headers=cache)
     return Response(body, status_code=200, media_type=JSON, headers=cache)
 

@@ -183,6 +183,15 @@ def state_copy(served_state: Path, dest: Path, **serving: Any) -> Path:
     return dest
 
 
+def promotable_copy(served_state: Path, dest: Path, **serving: Any) -> Path:
+    """A private copy of the served state with its MLflow database and artifacts, so a test can
+    promote a second candidate into it (:func:`promote`)."""
+    state = state_copy(served_state, dest, **serving)
+    shutil.copy(served_state / "mlflow.db", state / "mlflow.db")
+    shutil.copytree(served_state / "mlartifacts", state / "mlartifacts")
+    return state
+
+
 class Load:
     """A client thread sending one-record requests until stopped; records every answer."""
 

@@ -19,7 +19,7 @@ import pytest
 
 from serving import page
 from serving.page import Asset, Assets, RuntimeMissingError
-from tests.serving.conftest import Server, promote, state_copy
+from tests.serving.conftest import Server, promotable_copy, promote
 
 WEB = Path(page.__file__).parent / "web"
 
@@ -156,9 +156,7 @@ def test_the_page_answers_as_the_service_in_chromium_and_follows_a_promotion(
     answers with the new version."""
     from playwright.sync_api import sync_playwright
 
-    state = state_copy(served_state, tmp_path, reload_interval_s=0.2)
-    shutil.copy(served_state / "mlflow.db", state / "mlflow.db")
-    shutil.copytree(served_state / "mlartifacts", state / "mlartifacts")
+    state = promotable_copy(served_state, tmp_path, reload_interval_s=0.2)
     server = Server(state, str(tmp_path / "production.db")).start()
     assert server.url.startswith("http://127.0.0.1:")
     test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")

@@ -22,7 +22,7 @@ import pytest
 from pipeline.contracts.prodlog import ProductionLog
 from pipeline.registry import point_champion_at
 from tests import postgres
-from tests.serving.conftest import Load, Server, digit, post, promote, state_copy
+from tests.serving.conftest import Load, Server, digit, post, promotable_copy, promote, state_copy
 
 pytestmark = pytest.mark.slow
 
@@ -112,9 +112,7 @@ def test_hot_reload_under_load_fails_no_request(
     trained: Path,
     second_candidate: Path,
 ) -> None:
-    state = state_copy(served_state, tmp_path, reload_interval_s=0.2)
-    shutil.copy(served_state / "mlflow.db", state / "mlflow.db")
-    shutil.copytree(served_state / "mlartifacts", state / "mlartifacts")
+    state = promotable_copy(served_state, tmp_path, reload_interval_s=0.2)
     server = Server(state, str(tmp_path / "production.db")).start()
     try:
         with Load(server.url) as load:
