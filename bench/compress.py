@@ -42,7 +42,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.export import quantize_static  # noqa: E402
 from pipeline.contracts.io import load_json  # noqa: E402
 from pipeline.contracts.params import (  # noqa: E402
     GateConfig,
@@ -54,7 +53,7 @@ from pipeline.contracts.params import (  # noqa: E402
 )
 from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
 from pipeline.contracts.schema import Schema  # noqa: E402
-from pipeline.export import Served, export_onnx, quantize  # noqa: E402
+from pipeline.export import Served, export_onnx, quantize, quantize_static  # noqa: E402
 from pipeline.learning import adversarial  # noqa: E402
 from pipeline.learning.attacks import Box, worst_case  # noqa: E402
 from pipeline.learning.calibration import fit_temperature, logits_of  # noqa: E402

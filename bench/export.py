@@ -27,41 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.contracts.io import load_json  # noqa: E402
 from pipeline.contracts.runtime import latency_ms, session  # noqa: E402
-from pipeline.export import Served  # noqa: E402
+from pipeline.export import Served, quantize_static  # noqa: E402
 from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.learning.model import build  # noqa: E402
-
-
-def quantize_static(fp32: Path, out: Path, rows: np.ndarray) -> None:
-    """QDQ int8 (weights and activations, per tensor), calibrated on ``rows`` (MinMax)."""
-    import tempfile
-
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Rows(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"features": rows[i : i + 64]} for i in range(0, len(rows), 64)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
-        quantize_static(
-            str(pre),
-            str(out),
-            Rows(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )
 
 
 def torch_latency_ms(

@@ -6,6 +6,7 @@
         --model models/hardened.pt --onnx models/model.onnx \
         --onnx-int8 models/model.int8.onnx --export-metrics metrics/export.json \
         --robustness metrics/robustness.json --train-metrics metrics/train.json \
+        --compress-metrics metrics/compress.json --compressed models/compressed \
         --registry registry --tracking-db mlflow.db --metrics metrics/evaluate.json
 
 Candidate and champion are measured the same way on the same rows: accuracy, macro-F1, log loss,
@@ -54,15 +55,16 @@ from pipeline import registry
 from pipeline.contracts import champion as champion_files
 from pipeline.contracts.explain import occlusion
 from pipeline.contracts.io import load_json, read_parquet, require_file
-from pipeline.contracts.params import DataConfig, GateConfig, HardenConfig
+from pipeline.contracts.params import DataConfig, DeployConfig, GateConfig, HardenConfig
 from pipeline.contracts.runtime import session
 from pipeline.contracts.schema import Schema
 from pipeline.contracts.tasks import served_task
 from pipeline.learning import stage
-from pipeline.learning.assess import figures, group_figures, int8_latency_ratio
+from pipeline.learning.assess import deploy_variants, figures, group_figures, int8_latency_ratio
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.tasks import Record, task_for
 from pipeline.release.decision import Decision
+from pipeline.release.deploy import SERVED, Variant, choose_all
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -79,6 +81,8 @@ FLAGS = (
     "--export-metrics",
     "--robustness",
     "--train-metrics",
+    "--compress-metrics",
+    "--compressed",
     "--registry",
     "--tracking-db",
     "--metrics",
@@ -153,6 +157,22 @@ def body(ctx: stage.Context) -> None:
     rules, terms = task.gate(
         cfg, candidate, champion, bool(export["parity"]["passed"]), context, export, y
     )
+    # Each deployment target's graph: the judged one where it fits, else the best compressed
+    # variant within the budget and every floor, else a clear error (pipeline/release/deploy.py).
+    served = Variant(
+        name=f"{SERVED} ({variant})",
+        path=onnx_path,
+        bytes=onnx_path.stat().st_size,
+        p99_ms=float(candidate["p99_latency_ms"]),
+        main=float(candidate[task.main]),
+        robust=float(candidate[task.robust]),
+    )
+    compressed = deploy_variants(
+        task, load_json(args.compress_metrics), Path(args.compressed), (X, y), cfg, context, export
+    )
+    targets = choose_all(
+        ctx.section("deploy", DeployConfig), served, compressed, task.robust_is_error
+    )
     decision = Decision(
         model_name=cfg.model_name,
         variant=variant,
@@ -168,6 +188,7 @@ def body(ctx: stage.Context) -> None:
         # What the monitor estimates with before labels (bench/estimate.py), or None.
         estimate=task.estimate(onnx_path, read_parquet(args.val), schema),
         groups=groups,
+        deploy={t: c.as_json() for t, c in targets.items()},
     )
     checkpoint = load_checkpoint(args.model)
     explained = explain_test(onnx_path, X, schema)
@@ -180,8 +201,11 @@ def body(ctx: stage.Context) -> None:
         schema=Path(args.schema),
         export=Path(args.export_metrics),
         reference=drift_reference(read_parquet(args.train), schema),
+        targets={t: c.variant.path for t, c in targets.items()},
     )
     version = publish(release, tracker, cfg, decision, card, registry_dir, args.metrics)
+    for t, c in targets.items():
+        print(f"evaluate: deploy {t}: {c.variant.name}, {c.variant.bytes:,} bytes ({c.why})")
     print(
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict(decision)} "
         f"({task.summary(candidate)})"

@@ -97,6 +97,38 @@ def quantize(fp32: Path, out: Path) -> None:
         quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
 
 
+def quantize_static(fp32: Path, out: Path, rows: np.ndarray) -> None:
+    """int8 static quantization (QDQ: weights and activations, per tensor, int8), the
+    activations' ranges calibrated on ``rows`` (MinMax; the validation split's in the compress
+    stage). Deterministic: the same graph and rows give the same bytes."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+    )
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"features": rows[i : i + 64]} for i in range(0, len(rows), 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        ort_quantize_static(
+            str(pre),
+            str(out),
+            Rows(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
 def latencies(fp32: Path, int8: Path | None, X: np.ndarray) -> dict[str, Any]:
     """Single-row p50 / p99 of each graph in onnxruntime (one thread), and int8 / fp32."""
     out: dict[str, Any] = {"fp32_batch1": latency_ms(session(fp32), X)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,7 @@ TINY = {
     "gate.robust_steps": 3,
     "gate.apgd_iter": 3,
     "gate.square_queries": 5,
+    "compress.epochs": 1,
 }
 
 
@@ -337,12 +339,44 @@ def export_args(inputs: Path, model: Path, out: Path) -> list[str]:
     ]
 
 
+def compress_args(inputs: Path, model: Path, out: Path) -> list[str]:
+    return [
+        "--params",
+        str(inputs / "params.yaml"),
+        "--schema",
+        f"{inputs}/data/schema.json",
+        "--data",
+        f"{inputs}/data/prepared",
+        "--model",
+        str(model),
+        "--out",
+        f"{out}/compressed",
+        "--metrics",
+        f"{out}/compress.json",
+        "--plot",
+        f"{out}/compress.csv",
+        "--figure",
+        f"{out}/frontier.png",
+        "--timing",
+        f"{out}/compress_time.json",
+    ]
+
+
+def without_compression(out: Path) -> Path:
+    """``out`` as a compress stage that made no variant leaves it (for a candidate exported by
+    hand: every deployment target then gets the graph the gate judges, if it fits)."""
+    (out / "compressed").mkdir(exist_ok=True)
+    (out / "compress.json").write_text(json.dumps({"variants": []}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def exported(stage_inputs: Path, hardened: Path) -> Path:
-    """The export stage on the hardened model; writes beside it."""
-    from pipeline import export
+    """The export and compress stages on the hardened model; write beside it."""
+    from pipeline import compress, export
 
     assert export.main(export_args(stage_inputs, hardened / "hardened.pt", hardened)) == 0
+    assert compress.main(compress_args(stage_inputs, hardened / "hardened.pt", hardened)) == 0
     return hardened
 
 
@@ -381,6 +415,10 @@ def evaluate_args(
         str(robustness),
         "--train-metrics",
         str(train_metrics),
+        "--compress-metrics",
+        f"{candidate}/compress.json",
+        "--compressed",
+        f"{candidate}/compressed",
         "--registry",
         f"{state}/registry",
         "--tracking-db",

@@ -31,8 +31,17 @@ DECISION = "evaluate.json"  # the gate's decision that promoted it
 CARD = "model_card.md"
 REFERENCE = "reference.parquet"  # the train split's features: the monitor's drift reference
 ESTIMATE = "estimate.json"  # the label-free accuracy estimator, fit on val (contracts.estimate)
-DEVICE = "model.ort"  # the device's graph: ONNX's in onnxruntime's ORT format (release.bundle)
+BROWSER = "browser.onnx"  # the browser target's graph (deploy.browser; the page at / runs it)
+DEVICE_ONNX = "device.onnx"  # the device target's graph (deploy.device) ...
+DEVICE = "model.ort"  # ... in onnxruntime's ORT format (release.bundle)
 OPERATORS = "required_operators.config"  # its operators, for a minimal onnxruntime build
+
+
+def browser_graph(directory: Path) -> Path:
+    """A version's browser graph: the browser target's, or the server's in a version
+    registered before targets."""
+    graph = directory / BROWSER
+    return graph if graph.is_file() else directory / ONNX
 
 
 def link(registry: str | Path) -> Path:

@@ -333,6 +333,33 @@ class ExportConfig(Section):
     quantize: bool
 
 
+class CompressConfig(Section):
+    """``compress``: smaller graphs for the deployment targets (the compress stage)."""
+
+    levels: Annotated[
+        Seq[float], rule(lambda v: all(0 < x < 1 for x in v), "shares in (0, 1); [] = none")
+    ]
+    epochs: Positive
+    quantize: Literal["static", "dynamic", "none"]
+
+
+class Budget(Section):
+    """One deployment target's budget: the graph's file size and its p99 single-row time in
+    onnxruntime (one thread's CPU time, as the gate measures it); null = no limit."""
+
+    max_bytes: Positive | None
+    max_p99_ms: PositiveFloat | None
+
+
+class DeployConfig(Section):
+    """``deploy``: where the model runs. The server's graph is the one the gate judges
+    (``gate.variant``); each target gets the best graph within its budget and every floor."""
+
+    server: Budget
+    device: Budget
+    browser: Budget
+
+
 class GateConfig(Section):
     """``gate``: what a candidate must show to replace the champion."""
 

@@ -7,6 +7,7 @@ Used by the evaluate stage (:mod:`pipeline.evaluate`); the rules that read the f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,7 +23,8 @@ from pipeline.contracts.schema import Schema
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.model import build
 from pipeline.learning.tasks import Attack, Measured, Task
-from pipeline.release.gate import GroupGap
+from pipeline.release.deploy import Variant
+from pipeline.release.gate import GateContext, GroupGap
 
 # The operators a quantized graph (onnxruntime's static QDQ or dynamic int8) is made of.
 QUANTIZED_OPS = frozenset(
@@ -125,4 +127,48 @@ def figures(
     out = task.measure(model, X, y, attack, key, known)
     if len(yh):
         out.update(task.on_holdout(model, Xh, yh, attack))
+    return out
+
+
+def deploy_variants(
+    task: Task,
+    compressed: dict[str, Any],
+    folder: Path,
+    rows: tuple[np.ndarray, np.ndarray],
+    cfg: GateConfig,
+    ctx: GateContext,
+    export: dict[str, Any],
+) -> list[Variant]:
+    """The compress stage's graphs (metrics/compress.json, files in ``folder``) as the gate
+    sees them: their figures from the stage (the gate's own measures, robustness judged by each
+    graph), their p99 single-row time measured here as the candidate's is, and the floors each
+    fails when judged as a candidate of its own (no champion; an int8 graph with
+    ``gate.max_int8_accuracy_drop`` more clean budget, as the served int8 graph gets)."""
+    X, y = rows
+    out = []
+    for v in compressed["variants"]:
+        path = folder / v["file"]
+        figs = {**v["figures"], "p99_latency_ms": compute_ms(session(path), X)["p99_ms"]}
+        allowance = cfg.max_int8_accuracy_drop if v["quantization"] != "none" else 0.0
+        alone = dataclasses.replace(
+            ctx,
+            max_clean_drop=ctx.max_clean_drop + allowance,
+            champion_failing=None,
+            group_gap=None,
+            champion_group_gap=None,
+        )
+        rules, _ = task.gate(cfg, figs, None, bool(v["parity_passed"]), alone, export, y)
+        failed = tuple(r.rule for r in rules if not r.passed and r.rule != "parity")
+        out.append(
+            Variant(
+                name=v["name"],
+                path=path,
+                bytes=int(v["bytes"]),
+                p99_ms=figs["p99_latency_ms"],
+                main=float(figs[task.main]),
+                robust=float(figs[task.robust]),
+                failed=failed,
+                parity_passed=bool(v["parity_passed"]),
+            )
+        )
     return out

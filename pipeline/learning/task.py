@@ -136,6 +136,8 @@ class Task(abc.ABC):
     name: ClassVar[str]
     main: ClassVar[str]  # the main figure: accuracy, r2
     main_name: ClassVar[str]  # how texts name it: accuracy, R²
+    robust: ClassVar[str]  # the gate's robust figure: robust_accuracy, robust_mae
+    robust_is_error: ClassVar[bool]  # lower is better (robust MAE)
     int8_delta: ClassVar[str]  # metrics/export.json's int8-minus-fp32 figure
     outputs: ClassVar[tuple[str, ...]]  # the ONNX graph's outputs
     robustness_axes: ClassVar[dict[str, Any]]  # plots/robustness.png's labels
@@ -272,6 +274,13 @@ class Task(abc.ABC):
     def harden(self, run: HardenRun) -> Hardened:
         """Adversarial fine-tuning of ``run.hardened`` in place, its evaluation and its
         calibration head."""
+
+    @abc.abstractmethod
+    def fine_tune(self, run: HardenRun) -> dict[str, Any]:
+        """The compress stage's: a pruned ``run.hardened`` fine-tuned in place by the harden
+        loop (``run.cfg``) against ``run.trained``'s clean budget (the unpruned model), then its
+        own calibration head; returns the checkpoint fields (as :attr:`Hardened.checkpoint`).
+        No evaluation: the stage measures each graph as the gate does."""
 
     # ---- export ----
 

@@ -1,4 +1,4 @@
-"""A folder a device team takes as it is: the champion's graph, its schema, a predictor.
+"""A folder a device team takes as it is: the champion's device graph, its schema, a predictor.
 
     python -m pipeline.registry bundle --target device [--out bundle/device]
 
@@ -6,7 +6,9 @@ Built from the registry's champion (``registry/champion``, the version the servi
 with) in a temporary folder beside ``--out``, moved into place only once complete and checked:
 a half-written or unchecked bundle is never at ``--out``. It holds:
 
-- ``model.ort``: the graph in onnxruntime's ORT format (``convert_onnx_models_to_ort``, its
+- ``model.ort``: the device target's graph (``deploy.device``: the gate's choice within the
+  device's budget, ``device.onnx`` in the version; the server's ``model.onnx`` in a version
+  registered before targets) in onnxruntime's ORT format (``convert_onnx_models_to_ort``, its
   fixed optimisation style: fused for CPU at build time, no optimisation on the device),
   converted and checked when the version was registered (:func:`pipeline.release.publish.
   device_graph`: every version carries it beside ``model.onnx``, so the bundle of the champion
@@ -18,7 +20,7 @@ a half-written or unchecked bundle is never at ``--out``. It holds:
   (onnxruntime and numpy, pinned to the versions the bundle was built and checked with);
 - ``bundle.json``: the model version, the target, the source graph and each file's sha256.
 
-The converted graph is checked against the champion's ONNX graph on the test rows the service
+The converted graph is checked against the device's ONNX graph on the test rows the service
 would get (``--check``: a parquet of encoded rows; by default the drift reference the champion
 carries): the same labels (a regressor: predictions within 1e-5 of the target's range), or no
 bundle.
@@ -58,23 +60,28 @@ def bundle(registry: Path, out: Path, target: str, rows: np.ndarray | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        # The device target's graph (deploy.device), or, in a version registered before
+        # targets, the server's.
+        graph = source / champion.DEVICE_ONNX
+        graph = graph if graph.is_file() else source / champion.ONNX
         if (source / champion.DEVICE).is_file():  # converted and checked at registration
             for name in (champion.DEVICE, champion.OPERATORS):
                 shutil.copy(source / name, tmp / name)
         else:  # a version registered before the registry kept it
-            convert(source / champion.ONNX, tmp)
+            convert(graph, tmp)
         (tmp / "schema.json").write_text(schema_text)
         shutil.copy(PREDICTOR, tmp / "predict.py")
         pins = [f"{name}=={metadata.version(name)}" for name in ("onnxruntime", "numpy")]
         (tmp / "requirements.txt").write_text("\n".join(pins) + "\n")
         if rows is None:
             rows = reference_rows(source, schema)
-        checked = check(source / champion.ONNX, tmp / champion.DEVICE, rows, schema)
+        checked = check(graph, tmp / champion.DEVICE, rows, schema)
         manifest: dict[str, Any] = {
             "target": target,
             "model_name": decision.get("model_name"),
             "version": champ.version,
-            "source": "model.onnx (the graph the service answers with; fp32)",
+            "source": graph.name,
+            "variant": (decision.get("deploy") or {}).get(target, {}).get("variant", "served"),
             "task": schema.task,
             "checked": checked,
             "files": {
@@ -140,7 +147,7 @@ def check(onnx: Path, ort_graph: Path, X: np.ndarray, schema: Schema) -> dict[st
         span = max(float(schema.target_max or 0.0) - float(schema.target_min or 0.0), 1e-12)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True)) / span
         if diff > 1e-5:
-            raise MlcycleError(f"the ORT graph differs from model.onnx by {diff:.2e} of the range")
+            raise MlcycleError(f"the ORT graph differs from {onnx.name} by {diff:.2e} of the range")
         return {"rows": len(X), "max_abs_diff_share_of_range": diff}
     same = int((ours[1] == theirs[1]).sum())
     if same != len(X):

@@ -188,6 +188,24 @@ def _class_maps(attributions: np.ndarray, answered: np.ndarray, schema: Schema) 
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def deploy_lines(decision: Decision) -> list[str]:
+    """Each deployment target's graph (``deploy`` in params.yaml) and why the gate chose it."""
+    if not decision.deploy:
+        return []
+    lines = [
+        "## Deployment targets",
+        "",
+        "| target | graph | bytes | p99 ms | main figure | robust figure | why |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for target, c in decision.deploy.items():
+        lines.append(
+            f"| {target} | {c['variant']} | {c['bytes']:,} | {c['p99_ms']:.3f} | "
+            f"{c['main']:.4f} | {c['robust']:.4f} | {c['why']} |"
+        )
+    return [*lines, ""]
+
+
 def closing(
     export: str,
     decision: Decision,
@@ -203,6 +221,7 @@ def closing(
         "## Export",
         export,
         "",
+        *deploy_lines(decision),
         *group_lines(decision),
         *(explanation_lines(schema, explained) if schema is not None else []),
         *gate_lines(decision),

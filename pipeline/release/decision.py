@@ -53,6 +53,8 @@ class Decision:
     # With data.sensitive: per-group figures (pipeline/learning/groups.py) of candidate and
     # champion on test and the production holdout.
     groups: Mapping[str, Any] | None = None
+    # Each deployment target's graph and why (pipeline/release/deploy.py's Choice.as_json).
+    deploy: Mapping[str, Any] | None = None
     version: str | None = None
 
     @property
@@ -92,6 +94,8 @@ class Decision:
             out["estimate"] = self.estimate
         if self.groups is not None:
             out["groups"] = self.groups
+        if self.deploy is not None:
+            out["deploy"] = self.deploy
         if self.version is not None:
             out["version"] = self.version
         return out

@@ -48,11 +48,13 @@ def drift_reference(train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 class Release:
     """A candidate's files as the registry keeps them (the evaluate stage's inputs)."""
 
-    onnx: Path  # the graph the gate chose (fp32 or int8)
+    onnx: Path  # the graph the gate chose (fp32 or int8): the server's
     twin: Path
     schema: Path
     export: Path
     reference: pd.DataFrame  # the monitor's drift reference (:func:`drift_reference`)
+    # Each deployment target's graph (deploy's choice; the server's is ``onnx``).
+    targets: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 def publish(
@@ -84,9 +86,14 @@ def publish(
             champion_files.CARD: card_path,  # registered with the version, shipped if promoted
             champion_files.REFERENCE: reference_path,  # the monitor's reference for this version
         }
-        # The device's graph, converted and checked now: every version carries one graph per
-        # target, so a retrain's device bundle is the version the service answers with.
-        device_graph(release, Path(tmp), files)
+        # One graph per target: a retrain's page and device bundle are the version the service
+        # answers with. The device's is converted to ORT and checked now.
+        for target, name in (
+            ("browser", champion_files.BROWSER),
+            ("device", champion_files.DEVICE_ONNX),
+        ):
+            files[name] = release.targets.get(target, release.onnx)
+        device_graph(release, files[champion_files.DEVICE_ONNX], Path(tmp), files)
         if decision.estimate is not None:  # the monitor's label-free estimate (a classifier's)
             estimate_path = Path(tmp) / champion_files.ESTIMATE
             dump_json(decision.estimate, estimate_path)
@@ -101,16 +108,16 @@ def publish(
     return version
 
 
-def device_graph(release: Release, folder: Path, files: dict[str, Path]) -> None:
-    """``model.ort`` and its ``required_operators.config`` (:mod:`pipeline.release.bundle`),
-    checked against the chosen graph on the drift reference's rows, into ``files``. A graph
-    that fails the check is left out with a warning (the server's graph still ships; a device
-    bundle of this version converts again and names the failure)."""
+def device_graph(release: Release, graph: Path, folder: Path, files: dict[str, Path]) -> None:
+    """``model.ort`` and its ``required_operators.config`` (:mod:`pipeline.release.bundle`)
+    from the device's ``graph``, checked against it on the drift reference's rows, into
+    ``files``. A graph that fails the check is left out with a warning (the server's graph
+    still ships; a device bundle of this version converts again and names the failure)."""
     try:
-        convert(release.onnx, folder)
+        convert(graph, folder)
         schema = Schema.from_dict(json.loads(release.schema.read_text()))
         rows = release.reference[schema.names].to_numpy(np.float32)
-        check(release.onnx, folder / champion_files.DEVICE, rows, schema)
+        check(graph, folder / champion_files.DEVICE, rows, schema)
     except MlcycleError as exc:
         print(f"evaluate: warning: no device graph for this version: {exc}", file=sys.stderr)
         return

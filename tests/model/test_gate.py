@@ -33,7 +33,14 @@ from pipeline.learning.training import fit, load_inputs
 from pipeline.release import gate as gate_rules
 from pipeline.release.gate import GateContext, Verdict
 from pipeline.release.tracking import Tracker
-from tests.conftest import TINY, evaluate_args, export_args, repo_params, tracking_db
+from tests.conftest import (
+    TINY,
+    evaluate_args,
+    export_args,
+    repo_params,
+    tracking_db,
+    without_compression,
+)
 
 CLS = Classification()
 NO_ROWS = np.zeros(1)  # a classifier's gate terms read no test labels
@@ -78,7 +85,7 @@ def shuffled(stage_inputs: Path, trained: Path, tmp_path_factory: pytest.TempPat
     )
     torch.save({**ckpt, "net": clf.net.state_dict()}, out / "model.pt")
     assert export.main(export_args(stage_inputs, out / "model.pt", out)) == 0
-    return out
+    return without_compression(out)
 
 
 def run_evaluate(
@@ -133,6 +140,7 @@ def test_gate_rejects_worse_promotes_better_and_rolls_back(
     )
     first = tmp_path / "first"
     assert export.main(export_args(stage_inputs, trained / "model.pt", first)) == 0
+    without_compression(first)
 
     def run(candidate: Path, model_pt: Path) -> dict:
         return run_evaluate(stage_inputs, candidate, model_pt, exported, trained, params, tmp_path)

@@ -21,7 +21,15 @@ import pytest
 import yaml
 
 from pipeline import evaluate, export
-from tests.conftest import ROOT, TINY, evaluate_args, export_args, repo_params, with_overrides
+from tests.conftest import (
+    ROOT,
+    TINY,
+    evaluate_args,
+    export_args,
+    repo_params,
+    with_overrides,
+    without_compression,
+)
 
 # A gate every tiny model passes: these tests are about serving, not about model quality.
 LENIENT = {
@@ -65,6 +73,7 @@ def second_candidate(
     """The trained (unhardened) model exported: a second, different champion for reloads."""
     out = tmp_path_factory.mktemp("second")
     assert export.main(export_args(stage_inputs, trained / "model.pt", out)) == 0
+    without_compression(out)
     (out / "robustness.json").write_bytes((hardened / "robustness.json").read_bytes())
     return out
 

@@ -34,7 +34,7 @@ from pipeline.learning.adversarial import (
     harden,
 )
 from pipeline.learning.attacks import Box, square_attack, worst_case
-from pipeline.learning.calibration import calibrate
+from pipeline.learning.calibration import calibrate, fit_temperature, logits_of
 from pipeline.learning.checkpoint import Checkpoint
 from pipeline.learning.metrics import classification_metrics
 from pipeline.learning.model import Classifier
@@ -198,6 +198,8 @@ class Classification(Task):
     name: ClassVar[str] = "classification"
     main: ClassVar[str] = "accuracy"
     main_name: ClassVar[str] = "accuracy"
+    robust: ClassVar[str] = "robust_accuracy"
+    robust_is_error: ClassVar[bool] = False
     int8_delta: ClassVar[str] = "accuracy_delta"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "label")
     tag: ClassVar[dict[str, str]] = {}
@@ -358,6 +360,16 @@ class Classification(Task):
             figure=lambda path: plot_reliability(curves, path),
             summary=summary,
         )
+
+    def fine_tune(self, run: HardenRun) -> dict[str, Any]:
+        if run.cfg.method != "none":
+            harden(
+                run.hardened, run.train, run.val, run.schema, run.cfg, run.device,
+                reference=run.trained,
+            )  # fmt: skip
+        run.hardened.cpu().eval()
+        logits = logits_of(run.hardened, run.val.X)
+        return {"temperature": fit_temperature(logits, run.val.y.numpy())}
 
     # ---- export ----
 

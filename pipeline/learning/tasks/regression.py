@@ -200,6 +200,8 @@ class Regression(Task):
     name: ClassVar[str] = "regression"
     main: ClassVar[str] = "r2"
     main_name: ClassVar[str] = "R²"
+    robust: ClassVar[str] = "robust_mae"
+    robust_is_error: ClassVar[bool] = True
     int8_delta: ClassVar[str] = "r2_delta"
     outputs: ClassVar[tuple[str, ...]] = ("prediction", "lower", "upper")
     tag: ClassVar[dict[str, str]] = {"task": "regression"}
@@ -406,6 +408,21 @@ class Regression(Task):
             figure=lambda path: plot_regression(y_test, pred, schema.target, path, lower, upper),
             summary=summary,
         )
+
+    def fine_tune(self, run: HardenRun) -> dict[str, Any]:
+        coverage = run.section("serving", ServingConfig).interval_coverage
+        train_cfg = run.section("train", TrainConfig)
+        if run.cfg.method != "none":
+            reg.harden_regression(
+                run.hardened, run.train, run.val, run.schema, run.cfg, run.device,
+                (train_cfg.regression_loss, train_cfg.huber_delta), reference=run.trained,
+            )  # fmt: skip
+        run.hardened.cpu().eval()
+        calibration, calibrated_on = reg.calibration_rows(run.val)
+        q = reg.fit_interval(run.hardened, calibration, coverage)
+        shipped, _ = group_intervals(run, run.hardened, calibration, coverage, q)
+        interval = {"half_width": q, "coverage": coverage, "calibrated_on": calibrated_on}
+        return {"interval": {**interval, **({"by_group": shipped} if shipped else {})}}
 
     # ---- export ----
 

@@ -1,0 +1,129 @@
+"""The compress stage (pruned for real, int8, measured as the gate measures) and the gate's
+deployment targets on its variants (tiny profile)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+from pipeline import evaluate
+from pipeline.contracts.io import load_json
+from pipeline.learning.assess import quantized
+from tests.conftest import evaluate_args
+
+
+def hidden_widths(graph: Path) -> list[int]:
+    """The output width of every 2-D weight in the graph (the layers' units)."""
+    model = onnx.load(str(graph))
+    return sorted(min(init.dims) for init in model.graph.initializer if len(init.dims) == 2)
+
+
+def test_pruning_removes_units_for_real_and_every_graph_is_measured(exported: Path) -> None:
+    record = load_json(exported / "compress.json")
+    by_name = {v["name"]: v for v in record["variants"]}
+    assert list(by_name) == ["dense.fp32", "dense.int8", "p55.fp32", "p55.int8"]
+    dense, pruned = by_name["dense.fp32"], by_name["p55.fp32"]
+    # The dense graph is the export stage's graph, byte for byte.
+    assert (exported / "compressed/dense.fp32.onnx").read_bytes() == (
+        exported / "model.onnx"
+    ).read_bytes()
+    # Channels and units removed: a smaller dense network, not a masked one.
+    assert pruned["params"] < 0.5 * dense["params"] and pruned["macs"] < 0.5 * dense["macs"]
+    assert pruned["bytes"] < 0.5 * dense["bytes"]
+    assert max(hidden_widths(exported / "compressed/p55.fp32.onnx")) < max(
+        hidden_widths(exported / "compressed/dense.fp32.onnx")
+    )
+    for v in record["variants"]:
+        graph = exported / "compressed" / v["file"]
+        assert graph.stat().st_size == v["bytes"] and v["gzip_bytes"] < v["bytes"]
+        assert quantized(graph) == (v["quantization"] == "static")
+        assert v["parity_passed"]
+        figures = v["figures"]
+        assert 0.0 <= figures["robust_accuracy"] <= figures["accuracy"] <= 1.0
+        assert "p99_latency_ms" not in figures  # this machine's: the side file
+    timing = load_json(exported / "compress_time.json")
+    assert set(timing) == set(by_name) and all(
+        t["rows_per_s_batch256"] > 0 for t in timing.values()
+    )
+    assert (exported / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def run_gate(inputs: Path, exported: Path, trained: Path, params: Path, state: Path) -> int:
+    return evaluate.main(
+        evaluate_args(
+            inputs,
+            exported,
+            exported / "hardened.pt",
+            exported / "robustness.json",
+            trained / "train.json",
+            params,
+            state,
+        )
+    )
+
+
+LENIENT = {
+    "gate.min_robust_accuracy": 0.0,
+    "gate.max_baseline_gap": None,
+    "gate.max_ece": 1.0,
+    "harden.max_clean_drop": 1.0,
+    "gate.max_p99_latency_ms": 1000.0,
+}
+
+
+def test_each_target_gets_its_graph_in_the_registry(
+    stage_inputs: Path,
+    trained: Path,
+    exported: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
+) -> None:
+    variants = {v["name"]: v for v in load_json(exported / "compress.json")["variants"]}
+    served = (exported / "model.onnx").stat().st_size
+    budget = variants["p55.fp32"]["bytes"]  # the pruned fp32 graph and the int8 ones fit
+    params = write_params(
+        {
+            **LENIENT,
+            "deploy.device.max_bytes": budget,
+            "deploy.device.max_p99_ms": None,
+            "deploy.browser.max_bytes": None,
+        }
+    )
+    assert run_gate(stage_inputs, exported, trained, params, tmp_path) == 0
+    decision = json.loads((tmp_path / "evaluate.json").read_text())
+    deploy = decision["deploy"]
+    assert deploy["server"]["variant"] == "served (fp32)" and deploy["server"]["bytes"] == served
+    assert deploy["browser"]["variant"] == "served (fp32)"
+    device = variants[deploy["device"]["variant"]]
+    assert device["bytes"] <= budget
+    # The best main figure among the graphs within the budget.
+    fits = [v for v in variants.values() if v["bytes"] <= budget]
+    assert device["figures"]["accuracy"] == max(v["figures"]["accuracy"] for v in fits)
+    version = tmp_path / "registry/champion"
+    assert (version / "device.onnx").read_bytes() == (
+        exported / "compressed" / device["file"]
+    ).read_bytes()
+    assert (version / "browser.onnx").read_bytes() == (exported / "model.onnx").read_bytes()
+    assert (version / "model.ort").is_file()  # the device graph converted and checked
+    card = (version / "model_card.md").read_text()
+    assert "## Deployment targets" in card and f"| device | {device['name']} |" in card
+
+
+def test_a_target_no_graph_meets_is_an_error_and_nothing_is_registered(
+    stage_inputs: Path,
+    trained: Path,
+    exported: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
+    capsys: pytest.CaptureFixture,
+) -> None:
+    params = write_params({**LENIENT, "deploy.browser.max_bytes": 100})
+    assert run_gate(stage_inputs, exported, trained, params, tmp_path) != 0
+    err = capsys.readouterr().err
+    assert "deploy.browser" in err and "max_bytes 100" in err and "the closest is p55.int8" in err
+    assert not (tmp_path / "registry/champion").exists()
+    assert not (tmp_path / "evaluate.json").exists()
