@@ -243,7 +243,7 @@ def harden(
     torch.manual_seed(cfg.seed)
     model.to(device)
     reference = reference.to(device) if reference is not None else model
-    fits = _same_shapes(reference.net.state_dict(), model.net.state_dict())
+    fits = same_shapes(reference.net.state_dict(), model.net.state_dict())
     fallback_state = copy.deepcopy((reference if fits else model).net.state_dict())
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
@@ -275,6 +275,7 @@ def harden(
     # The epochs within the budget on val, with their weights (in host memory: up to one copy
     # per epoch, which on a GPU would otherwise hold ``epochs`` copies of the model there).
     within: list[Epoch] = []
+    closest: Epoch | None = None  # a pruned model's most accurate epoch (another shape)
     peak = 0.0
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"harden ({cfg.method}): epochs")
@@ -315,6 +316,8 @@ def harden(
         bar.set_postfix(val_clean=f"{clean:.3f}", val_robust=f"{robust:.3f}")
         if not over:
             within.append(Epoch(epoch, robust, clean, cpu_copy(model.net.state_dict())))
+        elif not fits and (closest is None or clean > closest.clean):
+            closest = Epoch(epoch, robust, clean, cpu_copy(model.net.state_dict()))
         if live is not None:
             model.net.load_state_dict(live)  # training goes on from the live weights
         peak = max(peak, robust)
@@ -329,6 +332,8 @@ def harden(
     most_robust = max(within[0].robust, start_robust) if within else start_robust
     if within and "production" in start_slices:
         within = retrain_choice(within, len(scored.y))
+    if not within and closest is not None:
+        fallback_state = closest.state  # a pruned model: fine-tuned, if not within the budget
     model.net.load_state_dict(within[0].state if within else fallback_state)
     kept = max(within[0].robust, start_robust) if within else start_robust
     selection = Selection(
@@ -346,7 +351,8 @@ def harden(
     return history, time.perf_counter() - start, selection
 
 
-def _same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+def same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same tensors' shapes (not: a pruned network's)."""
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 

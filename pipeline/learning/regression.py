@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pipeline.contracts.params import HardenConfig
 from pipeline.contracts.schema import Schema
+from pipeline.learning.adversarial import same_shapes
 from pipeline.learning.attacks import Box
 from pipeline.learning.model import Regressor
 from pipeline.learning.splits import Split
@@ -336,12 +337,15 @@ def harden_regression(
     """Adversarially fine-tune ``model`` in place (AdamW, one-cycle). Each epoch is scored on
     val: clean R² and robust MAE (PGD-10 at ``eps``). Kept: the most robust epoch whose clean R²
     is within ``max_clean_drop`` of the reference's (the model before hardening), else the
-    reference's weights. Returns the history, the seconds, the selection report and the epochs
-    within budget (most robust first) for the check on test."""
+    reference's weights. A reference of another shape (the unpruned model of a pruned one, the
+    compress stage's) sets the budget only: the most robust epoch within it is kept, and with
+    none the most accurate epoch. Returns the history, the seconds, the selection report
+    and the epochs within budget (most robust first) for the check on test."""
     torch.manual_seed(cfg.seed)
     model.to(device)
     reference = (reference or model).to(device)
-    fallback = copy.deepcopy(reference.net.state_dict())
+    fits = same_shapes(reference.net.state_dict(), model.net.state_dict())
+    fallback = copy.deepcopy((reference if fits else model).net.state_dict())
     train_box = Box.from_schema(schema, cfg.eps * cfg.train_eps_scale).to(device)
     val_box = Box.from_schema(schema, cfg.eps)
     start_r2, start_robust = _val_scores(reference, val, val_box, cfg.seed)
@@ -352,6 +356,7 @@ def harden_regression(
     )
     history: list[dict[str, float]] = []
     within: list[Epoch] = []
+    closest: Epoch | None = None  # a pruned model's most accurate epoch
     best_any = start_robust
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"harden ({cfg.method}, regression): epochs")
@@ -385,12 +390,14 @@ def harden_regression(
         best_any = min(best_any, robust)
         if clean >= start_r2 - cfg.max_clean_drop:
             within.append(Epoch(epoch, robust, clean, _cpu_copy(model.net.state_dict())))
+        elif not fits and (closest is None or clean > closest.clean_r2):
+            closest = Epoch(epoch, robust, clean, _cpu_copy(model.net.state_dict()))
     within.sort(key=lambda e: (e.robust_mae, -e.clean_r2, e.epoch))
-    if within and within[0].robust_mae < start_robust:
+    if within and (within[0].robust_mae < start_robust or not fits):
         model.net.load_state_dict(within[0].state)
         kept = {"kept": "hardened", "kept_epoch": within[0].epoch}
     else:
-        model.net.load_state_dict(fallback)
+        model.net.load_state_dict(fallback if closest is None else closest.state)
         within = []
         kept = {"kept": "trained (no epoch within budget more robust)", "kept_epoch": None}
     most_robust_within = within[0].robust_mae if within else start_robust

@@ -84,7 +84,15 @@ def test_a_regression_table_gets_a_champion_with_a_calibrated_interval(
     assert {"vs_baseline", "coverage", "max_robust_mae", "clean_budget", "parity"} <= set(rules)
     if rules["max_robust_mae"].get("waived"):
         assert any("harden.max_clean_drop" in h for h in decision["hints"])
-    for plot in ("plots/confusion_matrix.png", "plots/reliability.png", "plots/robustness.png"):
+    # A regressor's compressed graphs: measured in its terms; each target's graph fails no floor.
+    variants = json.loads((tmp_path / "metrics/compress.json").read_text())["variants"]
+    assert [v["name"] for v in variants] == ["dense.fp32", "dense.int8", "p55.fp32", "p55.int8"]
+    assert all({"r2", "coverage", "robust_mae"} <= set(v["figures"]) for v in variants)
+    for target, choice in decision["deploy"].items():
+        assert choice["bytes"] <= (65536 if target != "server" else choice["bytes"])
+        assert choice["main"] >= rules["clean_budget"]["threshold"] - 0.005, (target, choice)
+    for plot in ("plots/confusion_matrix.png", "plots/reliability.png", "plots/robustness.png",
+                 "plots/frontier.png"):  # fmt: skip
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     # A second repro is a no-op.
     assert ran(dvc(tmp_path, "repro")) <= {"source"}
@@ -111,8 +119,12 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     schema = json.loads((project / "data/schema.json").read_text())
     names = [f["name"] for f in schema["features"]]
     test = pd.read_parquet(project / "data/prepared/test.parquet").iloc[:200]
-    sess = ort.InferenceSession(str(project / "registry/champion/model.onnx"))
-    want = sess.run(None, {"features": test[names].to_numpy(np.float32)})
+    X = test[names].to_numpy(np.float32)
+    champion = project / "registry/champion"
+    want, device_want, browser_want = (
+        ort.InferenceSession(str(champion / name)).run(None, {"features": X})
+        for name in ("model.onnx", "device.onnx", "browser.onnx")
+    )
     server = Server(project, str(project / "production.db"), {"MLCYCLE_FEEDBACK_TOKEN": TOKEN})
     server.start()
     try:
@@ -124,18 +136,21 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
         answers = body["predictions"]
         for key, column in zip(("prediction", "lower", "upper"), want, strict=True):
             np.testing.assert_array_equal(np.float32([a[key] for a in answers]), column)
-        # The device bundle answers the same raw records (text categories, nulls) as the service.
+        # The device bundle answers the same raw records (text categories, nulls) as the
+        # device's graph does on the service's encoding of them.
         made = bundle(project / "registry", project / "bundle/device", "device")
         assert made["task"] == "regression" and made["checked"]["rows"] > 0
+        assert (
+            made["variant"]
+            == json.loads((champion / "evaluate.json").read_text())["deploy"]["device"]["variant"]
+        )
         predictor = Predictor(project / "bundle/device")
         device = predictor.predict(raw_records(project, test, names))
-        for key in ("prediction", "lower", "upper"):
-            np.testing.assert_allclose(
-                [d[key] for d in device], [a[key] for a in answers], rtol=1e-5
-            )
+        for key, column in zip(("prediction", "lower", "upper"), device_want, strict=True):
+            np.testing.assert_allclose([d[key] for d in device], column, rtol=1e-5)
         # The browser page: a form from schema.json; the browser's graph answers the test rows
         # as onnxruntime in Python, and a record filled in answers as the service does.
-        table_in_the_browser(server.url, test[names].to_numpy(np.float32), want, records[0])
+        table_in_the_browser(server.url, X, browser_want, want, records[0])
         spec = httpx.get(f"{server.url}/openapi.json").json()
         label = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
         assert label["schema"]["properties"]["feedback"]["items"]["properties"]["label"] == {
@@ -171,10 +186,11 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     assert window.probabilities.shape == (200, 0)
 
 
-def table_in_the_browser(url: str, X: np.ndarray, want: list, record: dict) -> None:
-    """The page at ``url`` in headless Chromium on a regressor: its graph on the encoded rows
-    ``X`` answers ``want`` (prediction, lower, upper) within 1e-5; the form filled with
-    ``record`` answers in the browser and from the server alike."""
+def table_in_the_browser(url: str, X: np.ndarray, want: list, served: list, record: dict) -> None:
+    """The page at ``url`` in headless Chromium on a regressor: its graph (the browser
+    target's) on the encoded rows ``X`` answers ``want`` (prediction, lower, upper) within 1e-5;
+    the form filled with ``record`` (``X``'s first row, raw) answers in the browser as the
+    browser graph does and from the server as the server's graph does (``served``)."""
     from playwright.sync_api import sync_playwright
 
     from tests.serving.test_browser_page import Visit, launch
@@ -199,8 +215,9 @@ def table_in_the_browser(url: str, X: np.ndarray, want: list, record: dict) -> N
         page.locator("#server-answer .label").wait_for()
         here = json.loads(page.locator("#browser-answer").get_attribute("data-answer"))
         there = json.loads(page.locator("#server-answer").get_attribute("data-answer"))
-        for key in ("prediction", "lower", "upper"):
-            assert abs(here[key] - there[key]) <= 1e-5 * max(1.0, abs(there[key])), (here, there)
+        for i, key in enumerate(("prediction", "lower", "upper")):
+            assert abs(here[key] - want[i][0]) <= 1e-5 * max(1.0, abs(want[i][0])), here
+            assert abs(there[key] - served[i][0]) <= 1e-5 * max(1.0, abs(served[i][0])), there
         assert not visit.errors, visit.errors
         browser.close()
 
