@@ -1,7 +1,8 @@
 """Compress stage: smaller graphs of the hardened model, each measured as the gate measures.
 
     python -m pipeline.compress --params params.yaml --schema data/schema.json \
-        --data data/prepared --model models/hardened.pt --out models/compressed \
+        --data data/prepared --model models/hardened.pt --onnx models/model.onnx \
+        --out models/compressed \
         --metrics metrics/compress.json --plot plots/compress.csv --figure plots/frontier.png \
         --timing metrics/compress_time.json
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gzip
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,15 +56,26 @@ from pipeline.contracts.runtime import latency_ms, session
 from pipeline.contracts.schema import Schema
 from pipeline.export import export_onnx, quantize, quantize_static
 from pipeline.learning import stage
+from pipeline.learning.assess import gate_key
 from pipeline.learning.checkpoint import Checkpoint, load_checkpoint
 from pipeline.learning.model import build
 from pipeline.learning.prune import prune, size
 from pipeline.learning.splits import load_split
 from pipeline.learning.tasks import Attack, Exported, HardenRun, Measured, Task, task_for
 
-FLAGS = ("--schema", "--data", "--model", "--out", "--metrics", "--plot", "--figure", "--timing")
+FLAGS = (
+    "--schema",
+    "--data",
+    "--model",
+    "--onnx",  # the export stage's graph of the same model: the unpruned fp32 variant
+    "--out",
+    "--metrics",
+    "--plot",
+    "--figure",
+    "--timing",
+)
 # What task.measure reports that is this machine's, not the graph's (the side file's).
-TIMED = ("p99_latency_ms", "gate_key", "robust_cached")
+TIMED = ("p99_latency_ms", "robust_cached")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +133,16 @@ def graphs(
     quantization: str,
     val: np.ndarray,
     opset: int,
+    exported: Path,
 ) -> list[tuple[str, Path, str]]:
-    """(name, path, quantization) of the network's fp32 graph and its int8 twin."""
+    """(name, path, quantization) of the network's fp32 graph and its int8 twin. The unpruned
+    network's fp32 graph is the export stage's (``exported``), byte for byte."""
     fp32 = folder / f"{net.tag}.fp32.onnx"
-    export_onnx(task.served(copy.deepcopy(net.model), net.checkpoint), len(schema.names), fp32,
-                opset, task)  # fmt: skip
+    if net.level:
+        export_onnx(task.served(copy.deepcopy(net.model), net.checkpoint), len(schema.names),
+                    fp32, opset, task)  # fmt: skip
+    else:
+        shutil.copyfile(exported, fp32)
     out = [(f"{net.tag}.fp32", fp32, "none")]
     if quantization != "none":
         int8 = folder / f"{net.tag}.int8.onnx"
@@ -159,15 +177,18 @@ def body(ctx: stage.Context) -> None:
         for net in nets:
             parent_parity = True
             for name, path, quantization in graphs(
-                net, task, schema, folder, cfg.quantize, X_val, export_cfg.opset
+                net, task, schema, folder, cfg.quantize, X_val, export_cfg.opset, Path(args.onnx)
             ):
                 int8 = quantization != "none"
                 if not int8:  # the export stage's parity check, on the graph's own twin
                     exported = Exported(net.model, net.checkpoint, path, None, schema)
                     report, _ = task.parity(exported, X, y, export_cfg.parity_atol)
                     parent_parity = bool(report["parity"]["passed"])
+                # The unpruned graphs' key is the gate's (their twin is --model), so evaluate
+                # reuses their robust figures instead of attacking the same graph again.
+                key = gate_key(path, Path(args.model), X, y, eps, gate) if not net.level else ""
                 figs = task.measure(
-                    Measured(path, net.model, judged=int8), X, y, Attack(schema, eps, gate), "",
+                    Measured(path, net.model, judged=int8), X, y, Attack(schema, eps, gate), key,
                     None,
                 )  # fmt: skip
                 body_bytes = path.read_bytes()

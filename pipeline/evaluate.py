@@ -114,7 +114,11 @@ def body(ctx: stage.Context) -> None:
     champ_version = tracker.champion_version(cfg.model_name)
     champ_dir = champion_files.directory(registry_dir) if champ_version is not None else None
     rows = (X, y, Xh, yh)
-    candidate = figures(task, onnx_path, Path(args.model), rows, schema, eps, cfg)
+    compressed = load_json(args.compress_metrics)
+    candidate = figures(
+        task, onnx_path, Path(args.model), rows, schema, eps, cfg,
+        measured=[v["figures"] for v in compressed["variants"]],
+    )  # fmt: skip
     champion = None
     if champ_dir is not None:
         champion = figures(

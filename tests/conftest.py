@@ -349,6 +349,8 @@ def compress_args(inputs: Path, model: Path, out: Path) -> list[str]:
         f"{inputs}/data/prepared",
         "--model",
         str(model),
+        "--onnx",
+        f"{out}/model.onnx",
         "--out",
         f"{out}/compressed",
         "--metrics",

@@ -115,15 +115,18 @@ def figures(
     eps: float,
     cfg: GateConfig,
     record: Path | None = None,
+    measured: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One model's figures on test and, where it has rows, the production holdout. ``record``:
     the model's promotion record (a champion's), whose robust figures are reused when its
-    :func:`gate_key` is unchanged (the frozen test split makes that the rule)."""
+    :func:`gate_key` is unchanged (the frozen test split makes that the rule); ``measured``:
+    figures the compress stage took of the same graphs (a candidate's), reused the same way."""
     X, y, Xh, yh = rows
     model = Measured(graph, build(load_checkpoint(twin_path)), judged=quantized(graph))
     attack = Attack(schema, eps, cfg)
-    known = load_json(record).get("candidate") if record is not None and record.is_file() else None
     key = gate_key(graph, twin_path, X, y, eps, cfg)
+    known = load_json(record).get("candidate") if record is not None and record.is_file() else None
+    known = known or next((m for m in measured or [] if m.get("gate_key") == key), None)
     out = task.measure(model, X, y, attack, key, known)
     if len(yh):
         out.update(task.on_holdout(model, Xh, yh, attack))

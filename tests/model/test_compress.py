@@ -96,6 +96,14 @@ def test_each_target_gets_its_graph_in_the_registry(
     assert run_gate(stage_inputs, exported, trained, params, tmp_path) == 0
     decision = json.loads((tmp_path / "evaluate.json").read_text())
     deploy = decision["deploy"]
+    # The gate reused compress's robust figures of the same graph (its gate key) instead of
+    # attacking it again.
+    assert decision["candidate"]["robust_cached"]
+    assert decision["candidate"]["gate_key"] == variants["dense.fp32"]["figures"]["gate_key"]
+    assert (
+        decision["candidate"]["robust_accuracy"]
+        == variants["dense.fp32"]["figures"]["robust_accuracy"]
+    )
     assert deploy["server"]["variant"] == "served (fp32)" and deploy["server"]["bytes"] == served
     assert deploy["browser"]["variant"] == "served (fp32)"
     device = variants[deploy["device"]["variant"]]
