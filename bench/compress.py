@@ -1,5 +1,9 @@
 """Compression frontier: structured pruning (Torch-Pruning) x fp32 / int8, against the fp32 graph.
 
+The compress stage (``python -m pipeline.compress``) makes one point of this frontier on every
+run (``compress.*``); this benchmark walks several levels, gradually, with both int8 kinds, and
+adds a compute-bound network.
+
     python bench/compress.py [--inputs DIR] [--levels 0.5 0.55 0.6] [--epochs 30]
                              [--wide 512] [--repeats 200]
 
@@ -60,41 +64,11 @@ from pipeline.learning.calibration import fit_temperature, logits_of  # noqa: E4
 from pipeline.learning.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.learning.metrics import expected_calibration_error  # noqa: E402
 from pipeline.learning.model import MLP, Classifier, ModelConfig, build  # noqa: E402
+from pipeline.learning.prune import network_input, prune, size  # noqa: E402
 from pipeline.learning.splits import load_split  # noqa: E402
 from pipeline.learning.tasks import task_for  # noqa: E402
 from pipeline.learning.tasks.classification import Classification, graph_judge  # noqa: E402
 from pipeline.learning.training import fit  # noqa: E402
-
-
-def prune(model: Classifier, level: float, n_raw: int) -> None:
-    """Remove ``level`` of the network's channels and hidden units in place (Torch-Pruning)."""
-    import torch_pruning as tp
-
-    net = model.net
-    example = torch.zeros(2, n_in(model, n_raw))
-    last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
-    pruner = tp.pruner.MetaPruner(
-        net,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=level,
-        ignored_layers=[last],
-    )
-    pruner.step()
-
-
-def n_in(model: Classifier, n_raw: int) -> int:
-    """The network's input width (the feature transform's output for ``n_raw`` raw features)."""
-    with torch.no_grad():
-        return int(model.transform(torch.zeros(1, n_raw)).shape[1])
-
-
-def size(model: Classifier, n_raw: int) -> tuple[int, int]:
-    """MACs and parameters of the network for one row."""
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model.net, torch.zeros(1, n_in(model, n_raw)))
-    return int(macs), int(params)
 
 
 @dataclasses.dataclass
@@ -251,7 +225,8 @@ def wide_frontier(
     tcfg = section(params, "train", TrainConfig)
     objective = Classification().objective
     base = build(ckpt)
-    cfg = ModelConfig("mlp", n_in(base, X.shape[1]), int(y.max()) + 1, args.wide, 3, 0.1, 1, None)
+    width = int(network_input(base, X.shape[1]).shape[1])
+    cfg = ModelConfig("mlp", width, int(y.max()) + 1, args.wide, 3, 0.1, 1, None)
     wide = Classifier(base.transform, MLP(cfg))
     cpu = torch.device("cpu")
     fit(wide, train, val, overlay(tcfg, "train", model="mlp"), cpu, objective=objective)

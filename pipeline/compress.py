@@ -4,7 +4,7 @@
         --data data/prepared --model models/hardened.pt --onnx models/model.onnx \
         --out models/compressed \
         --metrics metrics/compress.json --plot plots/compress.csv --figure plots/frontier.png \
-        --timing metrics/compress_time.json
+        --timing metrics/compress_time.json --warm-start data/warm_start.pt
 
 docs/pipeline.md, "Compress". Each ``compress.levels`` share of the network's channels and hidden
 units is removed for real (:mod:`pipeline.learning.prune`, Torch-Pruning: a smaller dense
@@ -12,7 +12,7 @@ network), and the pruned network is fine-tuned ``compress.epochs`` epochs by the
 own loop and settings (``harden.*``) against the unpruned model's clean budget, then gets its
 own calibration head (temperature, or a regressor's conformal interval) on val. Every network,
 the unpruned one included, is exported as the export stage exports (fp32) and quantized to int8
-(``compress.quantize``: static QDQ calibrated on val, or dynamic). Every graph is then measured
+(``compress.quantize``: static QDQ calibrated on val, dynamic, or both). Every graph is measured
 on the test split by the gate's own measures (:meth:`~pipeline.learning.task.Task.measure`):
 quality, ECE, and the gate's per-row worst case at ``harden.eps`` crafted on the graph's PyTorch
 twin and judged by the graph itself; an fp32 graph must pass the export stage's parity check
@@ -23,6 +23,13 @@ of the network, parity and the gate's figures; ``--plot`` and ``--figure``: the 
 main figure and the robust figure against bytes and MACs). Latency (onnxruntime, one thread:
 p50 at batch 1, rows/s at batch 256) is this machine's and goes to the side file ``--timing``;
 the gate measures each variant's p99 itself when it picks a graph for each ``deploy`` target.
+
+A retrain (``--warm-start`` non-empty, as the monitor leaves it) is the loop's hot path: each
+level is fine-tuned ``compress.warm_start_epochs`` epochs (its train split holds the production
+rows too), and only the graphs a ``deploy`` target can take are measured (within some target's
+``max_bytes`` where the judged graph is not, or any graph for a target with a time budget; the
+unpruned fp32 graph always, whose figures the gate reuses); the others keep their sizes and
+``"figures": null``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from pipeline.contracts.io import (
 )
 from pipeline.contracts.params import (
     CompressConfig,
+    DeployConfig,
     ExportConfig,
     GateConfig,
     HardenConfig,
@@ -62,6 +70,7 @@ from pipeline.learning.model import build
 from pipeline.learning.prune import prune, size
 from pipeline.learning.splits import load_split
 from pipeline.learning.tasks import Attack, Exported, HardenRun, Measured, Task, task_for
+from pipeline.release.deploy import TARGETS
 
 FLAGS = (
     "--schema",
@@ -73,6 +82,7 @@ FLAGS = (
     "--plot",
     "--figure",
     "--timing",
+    "--warm-start",  # non-empty on a retrain (the champion's checkpoint): the loop's hot path
 )
 # What task.measure reports that is this machine's, not the graph's (the side file's).
 TIMED = ("p99_latency_ms", "robust_cached")
@@ -91,6 +101,27 @@ class Network:
         return f"p{round(self.level * 100):02d}" if self.level else "dense"
 
 
+def retrain(args: Any) -> bool:
+    """A retrain: the monitor left the champion's checkpoint in ``--warm-start``."""
+    path = Path(args.warm_start)
+    return path.is_file() and path.stat().st_size > 0
+
+
+def wanted(size: int, judged: int, deploy: DeployConfig) -> bool:
+    """Whether some deploy target may take a graph of ``size`` bytes (``judged``: the graph
+    the gate judges, which a target within whose bytes it fits takes unless it has a time
+    budget)."""
+    for target in TARGETS:
+        budget = getattr(deploy, target)
+        if budget.max_bytes is not None and size > budget.max_bytes:
+            continue
+        if budget.max_p99_ms is not None or (
+            budget.max_bytes is not None and judged > budget.max_bytes
+        ):
+            return True
+    return False
+
+
 def networks(ctx: stage.Context, task: Task, schema: Schema, data: Path) -> list[Network]:
     """The unpruned hardened model and one pruned, fine-tuned network per level."""
     args, cfg = ctx.args, ctx.section("compress", CompressConfig)
@@ -100,7 +131,8 @@ def networks(ctx: stage.Context, task: Task, schema: Schema, data: Path) -> list
     if not cfg.levels:
         return out
     splits = {s: load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test")}
-    hcfg = overlay(ctx.section("harden", HardenConfig), "harden", epochs=cfg.epochs)
+    epochs = cfg.warm_start_epochs if retrain(args) else cfg.epochs
+    hcfg = overlay(ctx.section("harden", HardenConfig), "harden", epochs=epochs)
     for level in sorted(cfg.levels):
         model = build(checkpoint)
         prune(model, level, len(schema.names))
@@ -130,13 +162,14 @@ def graphs(
     task: Task,
     schema: Schema,
     folder: Path,
-    quantization: str,
+    kinds: tuple[str, ...],
     val: np.ndarray,
     opset: int,
     exported: Path,
 ) -> list[tuple[str, Path, str]]:
-    """(name, path, quantization) of the network's fp32 graph and its int8 twin. The unpruned
-    network's fp32 graph is the export stage's (``exported``), byte for byte."""
+    """(name, path, quantization) of the network's fp32 graph and its int8 twins (``kinds``:
+    static, dynamic). The unpruned network's fp32 graph is the export stage's (``exported``),
+    byte for byte."""
     fp32 = folder / f"{net.tag}.fp32.onnx"
     if net.level:
         export_onnx(task.served(copy.deepcopy(net.model), net.checkpoint), len(schema.names),
@@ -144,13 +177,14 @@ def graphs(
     else:
         shutil.copyfile(exported, fp32)
     out = [(f"{net.tag}.fp32", fp32, "none")]
-    if quantization != "none":
-        int8 = folder / f"{net.tag}.int8.onnx"
-        if quantization == "static":
+    for kind in kinds:
+        name = f"{net.tag}.int8" + ("" if kind == "static" else "-dynamic")
+        int8 = folder / f"{name}.onnx"
+        if kind == "static":
             quantize_static(fp32, int8, val)
         else:
             quantize(fp32, int8)
-        out.append((f"{net.tag}.int8", int8, quantization))
+        out.append((name, int8, kind))
     return out
 
 
@@ -167,6 +201,8 @@ def body(ctx: stage.Context) -> None:
     X, y = test[schema.names].to_numpy(np.float32), task.target(test)
     X_val = val[schema.names].to_numpy(np.float32)
     nets = networks(ctx, task, schema, data)
+    deploy, judged = ctx.section("deploy", DeployConfig), Path(args.onnx).stat().st_size
+    hot = retrain(args)
     variants, timing = [], {}
     outputs = (args.metrics, args.plot, args.figure, args.timing)
     with (
@@ -184,15 +220,22 @@ def body(ctx: stage.Context) -> None:
                     exported = Exported(net.model, net.checkpoint, path, None, schema)
                     report, _ = task.parity(exported, X, y, export_cfg.parity_atol)
                     parent_parity = bool(report["parity"]["passed"])
-                # The unpruned graphs' key is the gate's (their twin is --model), so evaluate
-                # reuses their robust figures instead of attacking the same graph again.
-                key = gate_key(path, Path(args.model), X, y, eps, gate) if not net.level else ""
-                figs = task.measure(
-                    Measured(path, net.model, judged=int8), X, y, Attack(schema, eps, gate), key,
-                    None,
-                )  # fmt: skip
                 body_bytes = path.read_bytes()
                 macs, params = size(net.model, len(schema.names))
+                figs = None
+                if (
+                    not hot
+                    or (net.level == 0 and not int8)
+                    or wanted(len(body_bytes), judged, deploy)
+                ):
+                    # The unpruned graphs' key is the gate's (their twin is --model), so evaluate
+                    # reuses their robust figures instead of attacking the same graph again.
+                    key = gate_key(path, Path(args.model), X, y, eps, gate) if not net.level else ""
+                    measured = task.measure(
+                        Measured(path, net.model, judged=int8), X, y, Attack(schema, eps, gate),
+                        key, None,
+                    )  # fmt: skip
+                    figs = {k: v for k, v in measured.items() if k not in TIMED}
                 variant = {
                     "name": name,
                     "file": path.name,
@@ -203,7 +246,7 @@ def body(ctx: stage.Context) -> None:
                     "params": params,
                     "macs": macs,
                     "parity_passed": parent_parity,
-                    "figures": {k: v for k, v in figs.items() if k not in TIMED},
+                    "figures": figs,  # None: a retrain's graph no deploy target can take
                 }
                 variants.append(variant)
                 timing[name] = speed(path, X)
@@ -228,16 +271,21 @@ def speed(graph: Path, X: np.ndarray) -> dict[str, float]:
 
 def line(task: Task, v: dict[str, Any], base: dict[str, Any], t: dict[str, float]) -> str:
     f = v["figures"]
+    figures = (
+        f"{task.main_name} {f[task.main]:.4f}, {task.robust} {f[task.robust]:.4f}"
+        if f is not None
+        else "not measured (no deploy target can take it)"
+    )
     return (
         f"{v['name']}: {v['bytes']:,} bytes ({v['bytes'] / base['bytes']:.2f}x), "
-        f"{v['params']:,} parameters, {task.main_name} {f[task.main]:.4f}, "
-        f"{task.robust} {f[task.robust]:.4f}, parity "
+        f"{v['params']:,} parameters, {figures}, parity "
         f"{'passed' if v['parity_passed'] else 'FAILED'}, {t['p50_ms_batch1']:.3f} ms at "
         f"batch 1, {t['rows_per_s_batch256']:,.0f} rows/s at batch 256"
     )
 
 
 def frontier_table(task: Task, variants: list[dict[str, Any]]) -> pd.DataFrame:
+    variants = [v for v in variants if v["figures"] is not None]
     return pd.DataFrame(
         {
             "variant": [v["name"] for v in variants],

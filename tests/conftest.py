@@ -361,6 +361,8 @@ def compress_args(inputs: Path, model: Path, out: Path) -> list[str]:
         f"{out}/frontier.png",
         "--timing",
         f"{out}/compress_time.json",
+        "--warm-start",
+        str(NO_WARM_START),
     ]
 
 

@@ -340,7 +340,8 @@ class CompressConfig(Section):
         Seq[float], rule(lambda v: all(0 < x < 1 for x in v), "shares in (0, 1); [] = none")
     ]
     epochs: Positive
-    quantize: Literal["static", "dynamic", "none"]
+    warm_start_epochs: Positive
+    quantize: Seq[Literal["static", "dynamic"]]  # int8 kinds made of every graph; [] = none
 
 
 class Budget(Section):

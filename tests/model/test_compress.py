@@ -13,7 +13,7 @@ import pytest
 from pipeline import evaluate
 from pipeline.contracts.io import load_json
 from pipeline.learning.assess import quantized
-from tests.conftest import evaluate_args
+from tests.conftest import compress_args, evaluate_args
 
 
 def hidden_widths(graph: Path) -> list[int]:
@@ -40,7 +40,7 @@ def test_pruning_removes_units_for_real_and_every_graph_is_measured(exported: Pa
     for v in record["variants"]:
         graph = exported / "compressed" / v["file"]
         assert graph.stat().st_size == v["bytes"] and v["gzip_bytes"] < v["bytes"]
-        assert quantized(graph) == (v["quantization"] == "static")
+        assert quantized(graph) == (v["quantization"] != "none")
         assert v["parity_passed"]
         figures = v["figures"]
         assert 0.0 <= figures["robust_accuracy"] <= figures["accuracy"] <= 1.0
@@ -50,6 +50,59 @@ def test_pruning_removes_units_for_real_and_every_graph_is_measured(exported: Pa
         t["rows_per_s_batch256"] > 0 for t in timing.values()
     )
     assert (exported / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_pruning_level_and_both_int8_kinds(
+    stage_inputs: Path, exported: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    from pipeline import compress
+
+    params = write_params({"compress.levels": [], "compress.quantize": ["static", "dynamic"]})
+    args = compress_args(stage_inputs, exported / "hardened.pt", tmp_path)
+    args[args.index("--params") + 1] = str(params)
+    args[args.index("--onnx") + 1] = str(exported / "model.onnx")
+    assert compress.main(args) == 0
+    variants = load_json(tmp_path / "compress.json")["variants"]
+    assert [(v["name"], v["quantization"]) for v in variants] == [
+        ("dense.fp32", "none"),
+        ("dense.int8", "static"),
+        ("dense.int8-dynamic", "dynamic"),
+    ]
+    # The dynamic graph is the export stage's int8 graph (the same quantizer, the same input).
+    assert (tmp_path / "compressed/dense.int8-dynamic.onnx").read_bytes() == (
+        exported / "model.int8.onnx"
+    ).read_bytes()
+
+
+def test_a_retrain_measures_only_the_graphs_a_target_can_take(
+    stage_inputs: Path, exported: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    """The loop's hot path: with the champion in --warm-start, a graph no deploy target can
+    take keeps its sizes and no figures; the unpruned fp32 graph is always measured (the gate
+    reuses its figures)."""
+    from pipeline import compress
+
+    first = {v["name"]: v for v in load_json(exported / "compress.json")["variants"]}
+    budget = first["p55.int8"]["bytes"]  # only the pruned int8 graph fits the browser
+    params = write_params(
+        {
+            "deploy.server.max_p99_ms": None,
+            "deploy.device.max_bytes": None,
+            "deploy.device.max_p99_ms": None,
+            "deploy.browser.max_bytes": budget,
+            "deploy.browser.max_p99_ms": None,
+        }
+    )
+    args = compress_args(stage_inputs, exported / "hardened.pt", tmp_path)
+    args[args.index("--params") + 1] = str(params)
+    args[args.index("--onnx") + 1] = str(exported / "model.onnx")
+    args[args.index("--warm-start") + 1] = str(exported / "hardened.pt")
+    assert compress.main(args) == 0
+    got = {
+        v["name"]: v["figures"] is not None
+        for v in load_json(tmp_path / "compress.json")["variants"]
+    }
+    assert got == {"dense.fp32": True, "dense.int8": False, "p55.fp32": False, "p55.int8": True}
 
 
 def run_gate(inputs: Path, exported: Path, trained: Path, params: Path, state: Path) -> int:
