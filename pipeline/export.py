@@ -23,6 +23,7 @@ difference of the three from PyTorch, as a share of the target's observed range,
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -100,7 +101,10 @@ def quantize(fp32: Path, out: Path) -> None:
 def quantize_static(fp32: Path, out: Path, rows: np.ndarray) -> None:
     """int8 static quantization (QDQ: weights and activations, per tensor, int8), the
     activations' ranges calibrated on ``rows`` (MinMax; the validation split's in the compress
-    stage). Deterministic: the same graph and rows give the same bytes."""
+    stage). The ranges come from onnxruntime, whose kernels no switch pins to one instruction
+    set (:mod:`pipeline.contracts.kernels`): each is widened to three significant digits before
+    it sets a scale, so the graph's bytes do not move with the last bits another CPU's sums
+    give."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -116,17 +120,38 @@ def quantize_static(fp32: Path, out: Path, rows: np.ndarray) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    settings = {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        pre, cache = Path(tmp) / "pre.onnx", Path(tmp) / "ranges.json"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        # First pass: the ranges onnxruntime measures, into its calibration cache.
         ort_quantize_static(
-            str(pre),
-            str(out),
-            Rows(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )
+            str(pre), str(Path(tmp) / "first.onnx"), Rows(), calibration_cache_path=cache,
+            **settings,
+        )  # fmt: skip
+        ranges = json.loads(cache.read_text())
+        for tensor in ranges["data"].values():
+            for key, widen in (("lowest", np.floor), ("highest", np.ceil)):
+                if isinstance(tensor.get(key), dict):
+                    tensor[key]["data"] = coarse(tensor[key]["data"], widen)
+        cache.write_text(json.dumps(ranges))
+        ort_quantize_static(str(pre), str(out), None, calibration_cache_path=cache, **settings)
+
+
+def coarse(values: Any, widen: Any) -> Any:
+    """``values`` (a number or nested lists) rounded outward (``widen``: floor for a lower
+    bound, ceil for an upper one) to three significant digits."""
+    if isinstance(values, list):
+        return [coarse(v, widen) for v in values]
+    x = float(values)
+    if x == 0.0 or not np.isfinite(x):
+        return x
+    step = 10.0 ** (np.floor(np.log10(abs(x))) - 2)
+    return float(widen(x / step) * step)
 
 
 def latencies(fp32: Path, int8: Path | None, X: np.ndarray) -> dict[str, Any]:

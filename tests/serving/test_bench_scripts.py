@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import ROOT
+from pipeline.contracts.io import load_json
+from tests.conftest import ROOT, repo_params, with_overrides
+from tests.serving.conftest import LENIENT, promote
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +29,29 @@ def bench(*args: str) -> str:
 
 
 def test_bench_page_measures_both_visits_and_agrees_with_python(
-    served_state: Path, stage_inputs: Path
+    stage_inputs: Path, trained: Path, exported: Path, tmp_path: Path
 ) -> None:
+    """On a champion whose browser graph is the pruned int8 one (a browser budget only it
+    meets): the browser gives the same labels as onnxruntime in Python on every test row."""
+    variants = {v["name"]: v for v in load_json(exported / "compress.json")["variants"]}
+    budget = {"deploy.browser.max_bytes": variants["p55.int8"]["bytes"]}
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_overrides(repo_params(LENIENT), budget))
+    )
+    decision = promote(stage_inputs, exported, exported / "hardened.pt", trained, tmp_path)
+    assert decision["deploy"]["browser"]["variant"] == "p55.int8"
     out = bench(
         "bench/page.py",
-        *("--registry", str(served_state / "registry")),
+        *("--registry", str(tmp_path / "registry")),
         *("--data", str(stage_inputs / "data/prepared")),
     )
+    assert "browser graph: browser.onnx" in out and "int8: True" in out, out
+    rows = len(pd.read_parquet(stage_inputs / "data/prepared/test.parquet"))
+    assert f"labels, browser vs python: {rows} of {rows} the same" in out, out
     visits = re.search(r"first visit ([\d,]+) bytes, second visit ([\d,]+)", out).groups()
     first, second = (int(v.replace(",", "")) for v in visits)
     assert second < first / 20, out
     assert re.search(r"one record, ms \(median\)\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out
-    gap = float(re.search(r"max \|diff\| ([\d.e+-]+)", out).group(1))
-    assert gap <= 1e-5, out
 
 
 def test_bench_compress_prunes_for_real_and_quantizes(
