@@ -64,7 +64,7 @@ from pipeline.learning.assess import deploy_variants, figures, group_figures, in
 from pipeline.learning.checkpoint import load_checkpoint
 from pipeline.learning.tasks import Record, task_for
 from pipeline.release.decision import Decision
-from pipeline.release.deploy import SERVED, Variant, choose_all
+from pipeline.release.deploy import SERVED, Choice, Unmet, Variant, choose_all
 from pipeline.release.gate import GateContext, choose_variant
 from pipeline.release.publish import Release, drift_reference, publish, verdict
 from pipeline.release.tracking import Tracker
@@ -162,7 +162,8 @@ def body(ctx: stage.Context) -> None:
         cfg, candidate, champion, bool(export["parity"]["passed"]), context, export, y
     )
     # Each deployment target's graph: the judged one where it fits, else the best compressed
-    # variant within the budget and every floor, else a clear error (pipeline/release/deploy.py).
+    # variant within the budget and every floor; a target neither meets is a failed rule that
+    # names the budget and the closest graph (pipeline/release/deploy.py).
     served = Variant(
         name=f"{SERVED} ({variant})",
         path=onnx_path,
@@ -171,12 +172,13 @@ def body(ctx: stage.Context) -> None:
         main=float(candidate[task.main]),
         robust=float(candidate[task.robust]),
     )
-    compressed = deploy_variants(
-        task, load_json(args.compress_metrics), Path(args.compressed), (X, y), cfg, context, export
+    variants = deploy_variants(
+        task, compressed, Path(args.compressed), (X, y), cfg, context, export
     )
     targets = choose_all(
-        ctx.section("deploy", DeployConfig), served, compressed, task.robust_is_error
+        ctx.section("deploy", DeployConfig), served, variants, task.robust_is_error
     )
+    rules += [c.verdict() for c in targets.values() if isinstance(c, Unmet)]  # not promoted
     decision = Decision(
         model_name=cfg.model_name,
         variant=variant,
@@ -205,11 +207,12 @@ def body(ctx: stage.Context) -> None:
         schema=Path(args.schema),
         export=Path(args.export_metrics),
         reference=drift_reference(read_parquet(args.train), schema),
-        targets={t: c.variant.path for t, c in targets.items()},
+        targets={t: c.variant.path for t, c in targets.items() if isinstance(c, Choice)},
     )
     version = publish(release, tracker, cfg, decision, card, registry_dir, args.metrics)
     for t, c in targets.items():
-        print(f"evaluate: deploy {t}: {c.variant.name}, {c.variant.bytes:,} bytes ({c.why})")
+        chosen = f"{c.variant.name}, {c.variant.bytes:,} bytes" if isinstance(c, Choice) else "none"
+        print(f"evaluate: deploy {t}: {chosen} ({c.as_json()['why']})")
     print(
         f"evaluate: {cfg.model_name} version {version} ({variant}) {verdict(decision)} "
         f"({task.summary(candidate)})"

@@ -199,6 +199,9 @@ def deploy_lines(decision: Decision) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for target, c in decision.deploy.items():
+        if c["variant"] is None:
+            lines.append(f"| {target} | none | | | | | {c['why']} |")
+            continue
         lines.append(
             f"| {target} | {c['variant']} | {c['bytes']:,} | {c['p99_ms']:.3f} | "
             f"{c['main']:.4f} | {c['robust']:.4f} | {c['why']} |"

@@ -10,8 +10,9 @@ target (``deploy.<target>``: ``max_bytes``, ``max_p99_ms``):
    run made);
 2. else the best variant within the budget that fails no floor and whose parity held: the
    highest main figure (accuracy, R²), then the best robust figure, then the fewest bytes;
-3. else a clear error naming the budget and the closest variant (the smallest among those that
-   fail no floor, else the smallest of all) and what it misses.
+3. else the target is unmet: a gate rule (``deploy_<target>``) that fails, so the candidate is
+   not promoted, whose text and hint name the budget and the closest variant (the smallest
+   among those that fail no floor, else the smallest of all) and what it misses.
 
 Torch-free; the choices go to ``metrics/evaluate.json`` (``deploy``), the model card and the
 registry (one graph per target, :mod:`pipeline.release.publish`).
@@ -23,8 +24,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import Budget, DeployConfig
+from pipeline.release.gate import Verdict
 
 TARGETS = ("server", "device", "browser")
 SERVED = "served"  # the name of the graph the gate judged
@@ -77,9 +78,34 @@ class Choice:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Unmet:
+    """A target no graph meets: its budget, the closest graph and why it is not enough."""
+
+    target: str
+    budget: Budget
+    closest: Variant
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"variant": None, "closest": self.closest.name, "why": self.message}
+
+    def verdict(self) -> Verdict:
+        """The failed gate rule (``deploy_<target>``): the closest graph's bytes against the
+        budget's, the message in full."""
+        return Verdict(
+            rule=f"deploy_{self.target}",
+            value=float(self.closest.bytes),
+            threshold=float(self.budget.max_bytes or 0),
+            passed=False,
+            what=self.message,
+            subject=self.closest.name,
+        )
+
+
 def choose(
     target: str, budget: Budget, served: Variant, variants: list[Variant], lower_robust: bool
-) -> Choice:
+) -> Choice | Unmet:
     """``target``'s graph under ``budget`` (the module docstring's order). ``lower_robust``: the
     robust figure is an error (a regressor's robust MAE), lower is better."""
     if not served.over(budget):
@@ -103,15 +129,18 @@ def choose(
     limits = ", ".join(
         f"{k} {getattr(budget, k)}" for k in ("max_bytes", "max_p99_ms") if getattr(budget, k)
     )
-    raise MlcycleError(
+    return Unmet(
+        target,
+        budget,
+        closest,
         f"deploy.{target}: no graph meets its budget ({limits}) and every floor; the closest is "
         f"{closest.name} ({'; '.join(missing)}): raise deploy.{target}'s budget, or add a "
-        "higher compress.levels share or compress.quantize"
+        "higher compress.levels share or compress.quantize",
     )
 
 
 def choose_all(
     cfg: DeployConfig, served: Variant, variants: list[Variant], lower_robust: bool
-) -> dict[str, Choice]:
-    """Every target's :class:`Choice`."""
+) -> dict[str, Choice | Unmet]:
+    """Every target's :class:`Choice`, or :class:`Unmet`."""
     return {t: choose(t, getattr(cfg, t), served, variants, lower_robust) for t in TARGETS}

@@ -384,6 +384,8 @@ def hints(terms: Terms, rules: list[Verdict], eps: float, max_clean_drop: float)
             out.append(f"{r.rule}: {LATENCY_HINT}")
         elif not r.passed and r.rule in GROUP_RULES:
             out.append(f"{r.rule}: {r.subject}: {GROUP_HINT}")
+        elif not r.passed and r.rule.startswith("deploy_"):  # pipeline/release/deploy.py
+            out.append(r.what)
         elif not r.passed and r.rule in terms.hints:
             out.append(f"{r.rule}: {terms.hints[r.rule]}")
     return out

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import Budget, DeployConfig
-from pipeline.release.deploy import Variant, choose, choose_all
+from pipeline.release.deploy import Unmet, Variant, choose, choose_all
 
 
 def graph(name: str, size: int, main: float, robust: float, **kw: object) -> Variant:
@@ -61,15 +58,20 @@ def test_a_regressor_prefers_the_smaller_robust_error() -> None:
     )
 
 
-def test_no_graph_meets_the_budget_names_it_and_the_closest() -> None:
-    with pytest.raises(MlcycleError) as err:
-        choose("device", Budget(max_bytes=30_000, max_p99_ms=None), SERVED, VARIANTS, False)
-    message = str(err.value)
+def test_no_graph_meets_the_budget_fails_a_rule_naming_it_and_the_closest() -> None:
+    unmet = choose("device", Budget(max_bytes=30_000, max_p99_ms=None), SERVED, VARIANTS, False)
+    assert isinstance(unmet, Unmet)
+    message = unmet.message
     assert "deploy.device" in message and "max_bytes 30000" in message
     # p70.int8 is within the bytes but fails floors: the closest sound variant is named.
     assert "p55.int8 (37,000 bytes > max_bytes 30,000)" in message
-    with pytest.raises(MlcycleError, match=r"closest is p70.int8 \(fails min_robust_accuracy"):
-        choose("device", Budget(max_bytes=30_000, max_p99_ms=None), SERVED, VARIANTS[-1:], False)
+    verdict = unmet.verdict()
+    assert verdict.rule == "deploy_device" and not verdict.passed and verdict.what == message
+    assert (verdict.value, verdict.threshold) == (37_000.0, 30_000.0)
+    only_unsound = choose("device", Budget(max_bytes=30_000, max_p99_ms=None), SERVED,
+                          VARIANTS[-1:], False)  # fmt: skip
+    assert isinstance(only_unsound, Unmet)
+    assert "closest is p70.int8 (fails min_robust_accuracy" in only_unsound.message
 
 
 def test_every_target_gets_a_choice() -> None:
@@ -78,5 +80,5 @@ def test_every_target_gets_a_choice() -> None:
         device=Budget(max_bytes=65_536, max_p99_ms=1.0),
         browser=Budget(max_bytes=200_000, max_p99_ms=None),
     )
-    got = {t: c.variant.name for t, c in choose_all(cfg, SERVED, VARIANTS, False).items()}
+    got = {t: c.variant.name for t, c in choose_all(cfg, SERVED, VARIANTS, False).items()}  # type: ignore[union-attr]
     assert got == {"server": "served (fp32)", "device": "p55.int8", "browser": "dense.int8"}
