@@ -172,9 +172,8 @@ def body(ctx: stage.Context) -> None:
         main=float(candidate[task.main]),
         robust=float(candidate[task.robust]),
     )
-    variants = deploy_variants(
-        task, compressed, Path(args.compressed), (X, y), cfg, context, export
-    )
+    variants = deploy_variants(task, compressed, Path(args.compressed), rows, cfg, context, export)
+
     targets = choose_all(
         ctx.section("deploy", DeployConfig), served, variants, task.robust_is_error
     )

@@ -137,7 +137,7 @@ def deploy_variants(
     task: Task,
     compressed: dict[str, Any],
     folder: Path,
-    rows: tuple[np.ndarray, np.ndarray],
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     cfg: GateConfig,
     ctx: GateContext,
     export: dict[str, Any],
@@ -146,14 +146,17 @@ def deploy_variants(
     sees them: their figures from the stage (the gate's own measures, robustness judged by each
     graph), their p99 single-row time measured here as the candidate's is, and the floors each
     fails when judged as a candidate of its own (no champion; an int8 graph with
-    ``gate.max_int8_accuracy_drop`` more clean budget, as the served int8 graph gets)."""
-    X, y = rows
+    ``gate.max_int8_accuracy_drop`` more clean budget, as the served int8 graph gets; with
+    production holdout rows, the holdout figures those floors read)."""
+    X, y, Xh, yh = rows
     out = []
     for v in compressed["variants"]:
         if v["figures"] is None:  # a retrain measured only what a target can take
             continue
         path = folder / v["file"]
         figs = {**v["figures"], "p99_latency_ms": compute_ms(session(path), X)["p99_ms"]}
+        if len(yh):
+            figs.update(task.holdout_floors(path, Xh, yh))
         allowance = cfg.max_int8_accuracy_drop if v["quantization"] != "none" else 0.0
         alone = dataclasses.replace(
             ctx,

@@ -324,6 +324,12 @@ class Task(abc.ABC):
     ) -> dict[str, Any]:
         """The figures on the production holdout (``holdout_*``)."""
 
+    def holdout_floors(self, graph: Path, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The holdout figures the gate's floors read of a graph judged as a candidate of its
+        own (a deploy variant, no champion): a regressor's interval coverage; none for a
+        classifier, whose holdout rules compare with a champion."""
+        return {}
+
     @abc.abstractmethod
     def by_group(
         self, graph: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray, column: str

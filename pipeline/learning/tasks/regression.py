@@ -477,7 +477,12 @@ class Regression(Task):
         self, model: Measured, X: np.ndarray, y: np.ndarray, attack: Attack
     ) -> dict[str, Any]:
         """R², MAE and interval coverage on the production holdout."""
-        pred, lower, upper = predict_interval(session(model.onnx), X)
+        return self.holdout_floors(model.onnx, X, y)
+
+    def holdout_floors(self, graph: Path, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The graph's figures on the holdout (the coverage rule reads them on a retrain
+        calibrated on production rows): the graph alone, no twin."""
+        pred, lower, upper = predict_interval(session(graph), X)
         quality = reg.regression_metrics(y, pred)
         return {
             "holdout_r2": quality["r2"],
