@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.contracts.champion import browser_graph  # noqa: E402
+from pipeline.contracts.champion import target_graph  # noqa: E402
 from pipeline.contracts.runtime import session  # noqa: E402
 from pipeline.learning.assess import quantized  # noqa: E402
 
@@ -139,7 +139,7 @@ def main() -> None:
     schema = json.loads((champion / "schema.json").read_text())
     names = [f["name"] for f in schema["features"]]
     X = pd.read_parquet(args.data / "test.parquet")[names].to_numpy(np.float32)
-    graph = browser_graph(champion)
+    graph = target_graph(champion, "browser")
     int8 = quantized(graph)
     sess = session(graph, 1)
     work = Path(tempfile.mkdtemp(prefix="bench-page-"))

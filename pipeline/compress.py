@@ -123,8 +123,11 @@ def wanted(size: int, judged: int, deploy: DeployConfig) -> bool:
     return False
 
 
-def networks(ctx: stage.Context, task: Task, schema: Schema, data: Path) -> list[Network]:
-    """The unpruned hardened model and one pruned, fine-tuned network per level."""
+def networks(
+    ctx: stage.Context, task: Task, schema: Schema, data: Path, hot: bool
+) -> list[Network]:
+    """The unpruned hardened model and one pruned, fine-tuned network per level (``hot``: a
+    retrain's fewer epochs)."""
     args, cfg = ctx.args, ctx.section("compress", CompressConfig)
     checkpoint = load_checkpoint(args.model)
     reference = build(checkpoint).cpu().eval()
@@ -132,7 +135,7 @@ def networks(ctx: stage.Context, task: Task, schema: Schema, data: Path) -> list
     if not cfg.levels:
         return out
     splits = {s: load_split(data / f"{s}.parquet", schema) for s in ("train", "val", "test")}
-    epochs = cfg.warm_start_epochs if retrain(args) else cfg.epochs
+    epochs = cfg.warm_start_epochs if hot else cfg.epochs
     hcfg = overlay(ctx.section("harden", HardenConfig), "harden", epochs=epochs)
     for level in sorted(cfg.levels):
         model = build(checkpoint)
@@ -202,9 +205,9 @@ def body(ctx: stage.Context) -> None:
     test, val = read_parquet(data / "test.parquet"), read_parquet(data / "val.parquet")
     X, y = test[schema.names].to_numpy(np.float32), task.target(test)
     X_val = val[schema.names].to_numpy(np.float32)
-    nets = networks(ctx, task, schema, data)
-    deploy, judged = ctx.section("deploy", DeployConfig), Path(args.onnx).stat().st_size
     hot = retrain(args)
+    nets = networks(ctx, task, schema, data, hot)
+    deploy, judged = ctx.section("deploy", DeployConfig), Path(args.onnx).stat().st_size
     variants, timing = [], {}
     outputs = (args.metrics, args.plot, args.figure, args.timing)
     with (
@@ -214,6 +217,7 @@ def body(ctx: stage.Context) -> None:
         base = None
         for net in nets:
             parent_parity = True
+            macs, params = size(net.model, len(schema.names))  # one network, its graphs
             for name, path, quantization in graphs(
                 net, task, schema, folder, cfg.quantize, X_val, export_cfg.opset, Path(args.onnx)
             ):
@@ -223,7 +227,6 @@ def body(ctx: stage.Context) -> None:
                     report, _ = task.parity(exported, X, y, export_cfg.parity_atol)
                     parent_parity = bool(report["parity"]["passed"])
                 body_bytes = path.read_bytes()
-                macs, params = size(net.model, len(schema.names))
                 figs = None
                 if (
                     not hot

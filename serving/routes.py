@@ -280,7 +280,7 @@ async def page(scope: dict[str, Any], _: Receive, send: Send) -> None:
         if path == BROWSER_GRAPH:
             model = st.watcher.current  # one model for the whole answer, even across a swap
             asset = await asyncio.to_thread(
-                st.assets.graph, model.version, champion.browser_graph(model.directory)
+                st.assets.graph, model.version, champion.target_graph(model.directory, "browser")
             )
             version = [(b"x-model-version", model.version.encode())]
             return await send_asset(scope, send, asset, version)

@@ -37,10 +37,13 @@ DEVICE = "model.ort"  # ... in onnxruntime's ORT format (release.bundle)
 OPERATORS = "required_operators.config"  # its operators, for a minimal onnxruntime build
 
 
-def browser_graph(directory: Path) -> Path:
-    """A version's browser graph: the browser target's, or the server's in a version
-    registered before targets."""
-    graph = directory / BROWSER
+TARGET_GRAPHS = {"browser": BROWSER, "device": DEVICE_ONNX}
+
+
+def target_graph(directory: Path, target: str) -> Path:
+    """A version's graph for deployment target ``target`` (browser, device), or the server's in
+    a version registered before targets."""
+    graph = directory / TARGET_GRAPHS[target]
     return graph if graph.is_file() else directory / ONNX
 
 

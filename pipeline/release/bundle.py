@@ -60,10 +60,7 @@ def bundle(registry: Path, out: Path, target: str, rows: np.ndarray | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        # The device target's graph (deploy.device), or, in a version registered before
-        # targets, the server's.
-        graph = source / champion.DEVICE_ONNX
-        graph = graph if graph.is_file() else source / champion.ONNX
+        graph = champion.target_graph(source, target)  # deploy.device's choice
         if (source / champion.DEVICE).is_file():  # converted and checked at registration
             for name in (champion.DEVICE, champion.OPERATORS):
                 shutil.copy(source / name, tmp / name)

@@ -88,10 +88,7 @@ def publish(
         }
         # One graph per target: a retrain's page and device bundle are the version the service
         # answers with. The device's is converted to ORT and checked now.
-        for target, name in (
-            ("browser", champion_files.BROWSER),
-            ("device", champion_files.DEVICE_ONNX),
-        ):
+        for target, name in champion_files.TARGET_GRAPHS.items():
             files[name] = release.targets.get(target, release.onnx)
         device_graph(release, files[champion_files.DEVICE_ONNX], Path(tmp), files)
         if decision.estimate is not None:  # the monitor's label-free estimate (a classifier's)
