@@ -4,6 +4,7 @@
 #   make test       the default test suite (fast: mechanics on tiny settings, no slow or GPU tests)
 #   make test-all   ruff, the manual's strict build, then every test but the GPU ones (quality
 #                   floors, dvc repro) with coverage: what CI runs
+#   make test-bench every benchmark the manual documents, run at a small size (CI runs it too)
 #   make docs       the manual (mkdocs build --strict into site/)
 #   make test-gpu   the GPU tests (skip without CUDA)
 #   make lint       ruff check + format check
@@ -16,7 +17,7 @@ STAMP := $(VENV)/.installed
 # The browser page's runtime: onnxruntime-web as serving/web/package-lock.json pins it.
 WEB := serving/web/vendor/runtime.json
 
-.PHONY: setup repro serve test test-all test-gpu lint lock docs
+.PHONY: setup repro serve test test-all test-bench test-gpu lint lock docs
 
 setup: $(STAMP) $(WEB)
 
@@ -51,7 +52,10 @@ test: $(STAMP) $(WEB)
 test-all: $(STAMP) $(WEB)
 	ruff check . && ruff format --check .
 	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet
-	pytest -m "not gpu" --durations=25 --cov --cov-report=term:skip-covered
+	pytest -m "not gpu and not bench" --durations=25 --cov --cov-report=term:skip-covered
+
+test-bench: $(STAMP) $(WEB)
+	pytest -m bench --durations=0
 
 test-gpu: $(STAMP)
 	pytest -m gpu

@@ -53,7 +53,7 @@ def evidently_drifted(current: pd.DataFrame, reference: pd.DataFrame) -> bool:
 
 
 def scale(rows: int, ref: Reference, schema: object, X: np.ndarray) -> None:
-    from pipeline.contracts.prodlog import ProductionLog
+    from pipeline.contracts.prodlog import NO_ANSWER, ProductionLog
 
     with tempfile.TemporaryDirectory() as tmp:
         log = ProductionLog(f"{tmp}/production.db")
@@ -71,6 +71,7 @@ def scale(rows: int, ref: Reference, schema: object, X: np.ndarray) -> None:
                     probs,
                     1.0,
                     "",
+                    *NO_ANSWER,  # a classifier's row: no regressor answer
                 )
                 for i in range(start, min(start + 10_000, rows))
             ]

@@ -144,7 +144,7 @@ def main() -> None:
         row = {
             "name": name, "clean": clean, **worst, "seconds": seconds,
             "cost": seconds / t_train, "passes": passes,
-            "kept": "hardened" if selection["kept"] == "hardened" else "trained",
+            "kept": "hardened" if selection.kept == "hardened" else "trained",
         }  # fmt: skip
         row["goals"] = (
             clean >= GOALS["clean"] and worst["0.1"] >= GOALS["0.1"]

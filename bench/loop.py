@@ -1,8 +1,10 @@
 """The whole loop under several shifts, with the repo's params: accuracies, decisions, seconds.
 
     python bench/loop.py [--scenarios blur intensity prior concept] [--requests 1500]
+                         [--from PROJECT]
 
-One `dvc repro` of a fresh copy of the project gives version 1; then, for each scenario, a copy
+One `dvc repro` of a fresh copy of the project gives version 1 (or ``--from``: a copy of a
+project that has already run it, e.g. the test tier's default run); then, for each scenario, a copy
 of that state serves (`python -m serving` on loopback), receives `--requests` rows of the
 train and validation splits (each once per shuffled pass) shifted by the simulator's scenario,
 each with its true label, and
@@ -249,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--quiet-windows", type=int, default=15)
     parser.add_argument("--keep", help="work here and keep it (default: a temporary directory)")
+    parser.add_argument(
+        "--from",
+        dest="origin",
+        type=Path,
+        help="version 1: a copy of this project after its "
+        "`dvc repro` (default: a fresh copy of this repo's, run here)",
+    )
     args = parser.parse_args(argv)
     bad = sorted(set(args.scenarios) - set(SETTINGS))
     if bad:
@@ -256,11 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         t0 = time.monotonic()
-        v1 = fresh_project(work / "v1")
-        run(v1, [sys.executable, "-m", "dvc", "repro"])
-        print(
-            f"version 1: `dvc repro` of a fresh copy in {time.monotonic() - t0:.0f} s", flush=True
-        )
+        if args.origin:
+            if not (args.origin / "registry/champion").exists():
+                parser.error(f"--from {args.origin}: no registry/champion (run `dvc repro` there)")
+            v1 = work / "v1"
+            shutil.copytree(args.origin, v1, symlinks=True)  # registry/champion: a relative link
+            set_params(v1, "monitor", {"interval_s": 1})
+            print(f"version 1: a copy of {args.origin}", flush=True)
+        else:
+            v1 = fresh_project(work / "v1")
+            run(v1, [sys.executable, "-m", "dvc", "repro"])
+            print(
+                f"version 1: `dvc repro` of a fresh copy in {time.monotonic() - t0:.0f} s",
+                flush=True,
+            )
         rows = []
         for scenario in args.scenarios:
             rows.append(scenario_run(v1, work, scenario, args.requests, args.quiet_windows))

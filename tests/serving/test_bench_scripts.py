@@ -17,7 +17,7 @@ from pipeline.contracts.io import load_json
 from tests.conftest import ROOT, repo_params, with_overrides
 from tests.serving.conftest import LENIENT, promote
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.bench
 
 
 def bench(*args: str) -> str:
