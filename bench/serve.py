@@ -41,25 +41,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and all its descendants (BentoML's workers included)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def family(pid: int) -> dict[int, int]:
+    """``pid`` and all its descendants (BentoML's workers, in sessions of their own): pid -> CPU
+    ticks (user + system)."""
     stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    family, total = {pid}, 0
+    members = {pid}
     changed = True
     while changed:
         changed = False
         for child, (parent, _) in stats.items():
-            if parent in family and child not in family:
-                family.add(child)
+            if parent in members and child not in members:
+                members.add(child)
                 changed = True
-    for member in family:
-        total += stats.get(member, (0, 0))[1]
-    return total / tick
+    return {member: stats.get(member, (0, 0))[1] for member in members}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and all its descendants."""
+    return sum(family(pid).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it lingers; then any descendant left
+    (a BentoML worker runs in a session of its own, out of the group's reach)."""
+    descendants = set(family(proc.pid)) - {proc.pid}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM under load
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
@@ -235,12 +253,7 @@ def main() -> int:
             explain = explain_vs_predict(servers["service"], service_port, records, args, tmp)
         finally:
             for proc in servers.values():
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM under load
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+                stop(proc)
     print(f"\nagainst bare (best of {args.rounds} alternating {args.seconds} s runs):")
     print(
         "| case | server | answered/s | rows/s | vs bare | p50 ms | p99 ms | CPU ms/request "

@@ -12,6 +12,7 @@ tiny champion (``tests/serving/test_bench_scripts.py``, also this tier).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -123,6 +124,17 @@ def test_bench_serve_against_the_bare_app(default_run: Path) -> None:
     assert [n for n, *_ in ratios] == ["1", "32"], out  # /explain against /predict
     for _, predict, explain, ratio in ratios:
         assert float(ratio) == pytest.approx(float(explain) / float(predict), rel=0.1), out
+    # A BentoML worker runs in a session of its own: the bench must stop it too.
+    left = [cmd for cmd in command_lines() if b"bench.batched_app" in cmd or b"bare_app:app" in cmd]
+    assert not left, left
+
+
+def command_lines() -> list[bytes]:
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            out.append(path.read_bytes())
+    return out
 
 
 def test_bench_loop_one_quiet_scenario(default_run: Path) -> None:
