@@ -95,7 +95,7 @@ def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
             httpx.get(url, timeout=1)
             return proc
         time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
+    stop(proc)
     raise SystemExit(f"server did not start: {' '.join(cmd)}")
 
 

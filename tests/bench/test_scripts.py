@@ -7,7 +7,7 @@ what must hold whatever the figures (every row present, a ratio that is a ratio,
 0..1). The benchmarks that read "a project after ``make repro``" read the session's default run
 (the repo's params on the digits, ``tests.conftest.default_run``); the ones that build their own
 projects run one table, seed or scenario. ``bench/page.py`` and ``bench/compress.py`` run on the
-tiny champion (``tests/serving/test_bench_scripts.py``, also this tier).
+tiny champion (``tests/bench/test_page_compress.py``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """The benchmarks the manual documents for the browser page and compression, run as a user runs
-them (``python bench/...``) on the tiny pipeline's champion (slow tier): they finish and print
+them (``python bench/...``) on the tiny pipeline's champion (bench tier): they finish and print
 the figures they promise. The figures themselves are the bench's business, not a test's."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,18 +12,11 @@ import pytest
 import yaml
 
 from pipeline.contracts.io import load_json
-from tests.conftest import ROOT, repo_params, with_overrides
+from tests.bench.test_scripts import bench
+from tests.conftest import repo_params, with_overrides
 from tests.serving.conftest import LENIENT, promote
 
 pytestmark = pytest.mark.bench
-
-
-def bench(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_bench_page_measures_both_visits_and_agrees_with_python(
@@ -44,6 +35,7 @@ def test_bench_page_measures_both_visits_and_agrees_with_python(
         "bench/page.py",
         *("--registry", str(tmp_path / "registry")),
         *("--data", str(stage_inputs / "data/prepared")),
+        timeout=900,
     )
     assert "browser graph: browser.onnx" in out and "int8: True" in out, out
     rows = len(pd.read_parquet(stage_inputs / "data/prepared/test.parquet"))
@@ -67,6 +59,7 @@ def test_bench_compress_prunes_for_real_and_quantizes(
     out = bench(
         "bench/compress.py",
         *("--inputs", str(inputs), "--levels", "0.5", "--epochs", "1", "--repeats", "5"),
+        timeout=900,
     )
     rows = {}
     for line in out.splitlines():
