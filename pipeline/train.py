@@ -31,7 +31,6 @@ figure: predicted against true values and the residuals on the test split.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import sys
 import tempfile
@@ -126,7 +125,7 @@ def train(
     task = task_for(inputs.schema)
     model = task.new_model(inputs.transform.module(), build_net(mcfg), inputs.train, cfg)
     identity = transform_identity(inputs.transform.kind, inputs.transform.n_components)
-    warm, warm_note = warm_start(args.warm_start, dataclasses.asdict(mcfg), identity)
+    warm, warm_note = warm_start(args.warm_start, mcfg.as_dict(), identity)
     if warm is not None:  # a retrain: fine-tune the champion's network on the new data
         model, gentler = task.warm(model, warm, cfg)  # a regressor: its scale and learning rate
         model.net.load_state_dict(warm.net)
@@ -184,7 +183,7 @@ def train(
             "warm_start": warm_note,
         }
         saved = Checkpoint(
-            model_config=dataclasses.asdict(mcfg),
+            model_config=mcfg.as_dict(),
             net=model.net.state_dict(),
             transform_state=transform_state_tensors(inputs.transform.state()),
             transform=identity,  # a retrain keeps this transform (features --warm-start)

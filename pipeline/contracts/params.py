@@ -232,9 +232,10 @@ class TrainConfig(Section):
     """``train``: the network, its optimiser and schedule, and the baselines beside it."""
 
     seed: int
-    model: Literal["auto", "mlp", "cnn"]
+    model: Literal["auto", "mlp", "cnn", "tabm"]
     hidden: Positive
     depth: Positive
+    members: Positive
     channels: Positive
     dropout: Share01
     optimizer: Literal["adamw", "sgd"]

@@ -169,14 +169,14 @@ class Task(abc.ABC):
         schema: Schema,
         image_shape: tuple[int, int] | None,
     ) -> ModelConfig:
-        """The network's config: ``train.model`` (``auto``: a CNN for image-shaped features, an
-        MLP otherwise) with this task's head."""
-        arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "mlp")
+        """The network's config: ``train.model`` (``auto``: a CNN for image-shaped features, a
+        TabM ensemble otherwise) with this task's head."""
+        arch = cfg.model if cfg.model != "auto" else ("cnn" if image_shape else "tabm")
         if arch == "cnn" and image_shape is None:
             raise MlcycleError(
                 "train.model = 'cnn' needs image-shaped features: an image source (such as "
                 "digits) and a transform that keeps the layout (no PCA, no one-hot); use "
-                "train.model = 'mlp'"
+                "train.model = 'tabm' or 'mlp'"
             )
         outputs, dropout = self.head(schema, cfg)
         return ModelConfig(
@@ -188,6 +188,7 @@ class Task(abc.ABC):
             dropout=dropout,
             channels=cfg.channels,
             image_shape=image_shape,
+            members=cfg.members if arch == "tabm" else 1,
         )
 
     @abc.abstractmethod

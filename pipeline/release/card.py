@@ -8,7 +8,6 @@ between them. No I/O, no torch.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -24,10 +23,18 @@ def data_line(schema: Schema, target: str) -> str:
     )
 
 
-def model_lines(arch: str, robustness: dict[str, Any], graph: str) -> list[str]:
+def network_name(model_config: dict[str, Any]) -> str:
+    """How the card names the network of a checkpoint's ``model_config``."""
+    arch = model_config["arch"]
+    if arch == "tabm":
+        return f"TabM (an efficient ensemble of {model_config['members']} members)"
+    return str(arch).upper()
+
+
+def model_lines(model_config: dict[str, Any], robustness: dict[str, Any], graph: str) -> list[str]:
     return [
         "## Model",
-        f"- {arch.upper()} behind the fitted feature transform, one ONNX "
+        f"- {network_name(model_config)} behind the fitted feature transform, one ONNX "
         f"graph from raw features to {graph}",
         f"- hardened with `{robustness['method']}` at eps = {robustness['eps']} of each feature's "
         "range",
@@ -45,8 +52,14 @@ def metrics_table(decision: Decision, keys: list[str]) -> list[str]:
     return lines
 
 
-def baselines_line(train: dict[str, Any]) -> list[str]:
-    return ["", f"Baselines on the same features: {json.dumps(train.get('baselines', {}))}", ""]
+def baselines_line(train: dict[str, Any], key: str, network: float, name: str) -> list[str]:
+    """Each scikit-learn baseline's test figure (``key`` of train.json's ``baselines``) and how
+    far the network is above (+) or below (-) it: by how much a table still favours trees."""
+    base = train.get("baselines", {})
+    if not base:
+        return ["", "Baselines: none (train.baselines is empty)", ""]
+    parts = [f"{kind} {b[key]:.4f} (network {network - b[key]:+.4f})" for kind, b in base.items()]
+    return ["", f"Baselines on the same features and splits, test {name}: {'; '.join(parts)}", ""]
 
 
 def gate_lines(decision: Decision) -> list[str]:

@@ -86,11 +86,16 @@ def test_class_weights_balance_an_imbalanced_train_split(
     df, schema = digits
     imbalanced = pd.concat([df[df.target != 3], df[df.target == 3].iloc[:40]])
     imbalanced = imbalanced.reset_index(drop=True)
-    train = preprocess(imbalanced, schema, cfg, None).splits["train"]
+    balanced = overlay(cfg, "preprocess", class_weights="balanced")
+    train = preprocess(imbalanced, schema, balanced, None).splits["train"]
     totals = train.groupby(LABEL)[WEIGHT].sum()
     assert train[LABEL].value_counts().min() < 0.3 * train[LABEL].value_counts().max()
     assert totals.max() / totals.min() < 1.01
     assert abs(train[WEIGHT].mean() - 1.0) < 1e-9
+    # The repo's default (none): every row weighs one, the rare class as rare as it came.
+    assert cfg.class_weights == "none"
+    plain = preprocess(imbalanced, schema, cfg, None).splits["train"]
+    assert (plain[WEIGHT] == 1.0).all()
 
 
 def test_sensitive_reweighing_makes_group_and_class_independent(cfg: PreprocessConfig) -> None:

@@ -6,9 +6,9 @@ drift test sees, one only the intervals' coverage does). Slow tier.
 The table (``tests.conftest.friedman_table``, 3,000 rows + 10 duplicates): Friedman #1's signal
 and three noise columns, a categorical that shifts the target, 3 % missing cells, a skewed
 positive price. Measured with seeds 0 / 1 / 2 (docs/regression.md): test R² of the champion
-0.851 / 0.850 / 0.860 against the best baseline's (HistGradientBoosting) 0.831 / 0.859 / 0.830,
-coverage of the 90 % interval 0.920 / 0.927 / 0.890; robust MAE at eps 0.1 above the gate's
-ceiling on seeds 0 and 2, waived with a hint.
+(a TabM ensemble) 0.882 / 0.895 / 0.894 against the best baseline's (HistGradientBoosting)
+0.831 / 0.859 / 0.830, coverage of the 90 % interval 0.923 / 0.905 / 0.900; robust MAE at eps
+0.1 above the gate's ceiling on every seed, waived with a hint.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ def test_a_regression_table_gets_a_champion_with_a_calibrated_interval(
     assert cand["r2"] >= best - 0.02, (cand["r2"], train["baselines"])
     assert 0.87 <= cand["coverage"] <= 0.93, cand["coverage"]
     assert train["target_scaling"]["log"]  # a positive price skewed above 1
+    card = (tmp_path / "registry/champion/model_card.md").read_text()
+    assert "TabM (an efficient ensemble of 8 members)" in card  # train.model: auto on a table
+    hgb = train["baselines"]["hgb"]["test_r2"]
+    assert f"hgb {hgb:.4f} (network {cand['r2'] - hgb:+.4f})" in card
 
     # The shipped graph answers the frozen test split as the gate measured it.
     test = pd.read_parquet(tmp_path / "data/prepared/test.parquet")
@@ -150,7 +154,13 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
             np.testing.assert_allclose([d[key] for d in device], column, rtol=1e-5)
         # The browser page: a form from schema.json; the browser's graph answers the test rows
         # as onnxruntime in Python, and a record filled in answers as the service does.
-        table_in_the_browser(server.url, X, browser_want, want, records[0])
+        # The form asks about one record: a dynamically quantized graph answers a row alone as
+        # it does in no batch of others (its activations' scales come from the batch).
+        alone = [
+            ort.InferenceSession(str(champion / name)).run(None, {"features": X[:1]})
+            for name in ("browser.onnx", "model.onnx")
+        ]
+        table_in_the_browser(server.url, X, browser_want, alone, records[0])
         spec = httpx.get(f"{server.url}/openapi.json").json()
         label = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
         assert label["schema"]["properties"]["feedback"]["items"]["properties"]["label"] == {
@@ -186,11 +196,83 @@ def test_the_service_answers_the_graphs_intervals_and_refuses_bad_feedback(
     assert window.probabilities.shape == (200, 0)
 
 
-def table_in_the_browser(url: str, X: np.ndarray, want: list, served: list, record: dict) -> None:
+FRESH_SEED = 1000  # the fresh rows: the same generator, a seed no run trains on
+ANSWER = ("prediction", "lower", "upper")
+
+
+def served_on_fresh_rows(project: Path, rows: int = 500) -> dict[str, float]:
+    """``rows`` fresh rows of the price table (the same generator, :data:`FRESH_SEED`) sent to
+    `bentoml serve` on the project's champion as a client sends them (text regions, null for a
+    missing cell): the served answers' R² and interval coverage, beside scikit-learn's
+    HistGradientBoostingRegressor with its defaults fit on the project's train and validation
+    rows (the region declared categorical, missing cells native), scored on the same rows."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.metrics import r2_score
+
+    schema = json.loads((project / "data/schema.json").read_text())
+    names = [f["name"] for f in schema["features"]]
+    fresh = friedman_table(rows, seed=FRESH_SEED).iloc[:rows]
+    prepared = project / "data/prepared"
+    fit = pd.concat([pd.read_parquet(prepared / f"{s}.parquet") for s in ("train", "val")])
+    raw = pd.read_parquet(project / "data/raw.parquet").iloc[fit["_row"].to_numpy()]
+    regions = sorted(fresh["region"].unique())
+    cats = pd.CategoricalDtype(regions)
+    encode = lambda t: t[names].assign(region=t["region"].astype(cats).cat.codes)  # noqa: E731
+    hgb = HistGradientBoostingRegressor(categorical_features=[names.index("region")])
+    hgb.fit(encode(raw), fit["_label"].to_numpy())
+    server = Server(project, str(project / "production.db"), {})
+    server.start()
+    try:
+        records = [
+            {n: (None if pd.isna(v) else v) for n, v in zip(names, rec, strict=True)}
+            for rec in fresh[names].astype(object).itertuples(index=False)
+        ]
+        got = post(f"{server.url}/predict", {"records": records})
+        assert got.status_code == 200, got.text
+    finally:
+        server.stop()
+    answers = got.json()["predictions"]
+    pred, lower, upper = (np.array([a[k] for a in answers]) for k in ANSWER)
+    y = fresh["price"].to_numpy()
+    return {
+        "served_r2": float(r2_score(y, pred)),
+        "hgb_r2": float(r2_score(y, hgb.predict(encode(fresh)))),
+        "coverage": float(np.mean((y >= lower) & (y <= upper))),
+    }
+
+
+def test_fresh_rows_over_rest_beat_gradient_boosting_with_a_calibrated_interval(
+    price_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """With only ``data.*`` set, the served network on 500 fresh rows is at or above
+    HistGradientBoosting fit on the same rows it learnt from, and its 90 % interval covers
+    0.86-0.94 of them. Measured over the table's seeds 0 / 1 / 2 (7 December 2026): served R²
+    0.866 / 0.863 / 0.871 against HGB's 0.805 / 0.794 / 0.831, coverage 0.894 / 0.874 / 0.864
+    (this test runs seed 0)."""
+    project = tmp_path / "project"
+    shutil.copytree(price_run[0], project, symlinks=True)
+    figures = served_on_fresh_rows(project)
+    assert figures["served_r2"] >= figures["hgb_r2"], figures
+    assert 0.86 <= figures["coverage"] <= 0.94, figures
+
+
+def same_quantized_answers(got: np.ndarray, want: np.ndarray) -> None:
+    """onnxruntime-web's answers ``got`` against onnxruntime's ``want`` on the same batch from
+    one graph (the browser target's). A dynamically quantized int8 graph (the export's: each
+    activation quantized with a scale from the batch) may round a row's activation at a tie
+    differently in the two runtimes' kernels: every row within 1e-5 but at most 2 % of them,
+    and those within 5 % (a TabM champion's graph on the price table: 1 row of 200, 3.3 %)."""
+    close = np.isclose(got, want, rtol=1e-5, atol=1e-5)
+    assert (~close).mean() <= 0.02, f"{(~close).sum()} of {len(want)} answers differ"
+    np.testing.assert_allclose(got, want, rtol=0.05)
+
+
+def table_in_the_browser(url: str, X: np.ndarray, want: list, alone: list, record: dict) -> None:
     """The page at ``url`` in headless Chromium on a regressor: its graph (the browser
-    target's) on the encoded rows ``X`` answers ``want`` (prediction, lower, upper) within 1e-5;
-    the form filled with ``record`` (``X``'s first row, raw) answers in the browser as the
-    browser graph does and from the server as the server's graph does (``served``)."""
+    target's) on the encoded rows ``X`` answers ``want`` (prediction, lower, upper) as
+    :func:`same_quantized_answers` allows; the form filled with ``record`` (``X``'s first row,
+    raw) answers in the browser as the browser graph does on that row alone and from the server
+    as the server's graph does (``alone``: the two graphs' answers to ``X[:1]``), within 1e-5."""
     from playwright.sync_api import sync_playwright
 
     from tests.serving.test_browser_page import Visit, launch
@@ -201,7 +283,7 @@ def table_in_the_browser(url: str, X: np.ndarray, want: list, served: list, reco
         rows = [[None if np.isnan(v) else float(v) for v in row] for row in X]
         got = visit.page.evaluate("rows => window.mlcycle.run(rows)", rows)
         for key, column in zip(("prediction", "lower", "upper"), want, strict=True):
-            np.testing.assert_allclose(got[key], column, rtol=1e-5, atol=1e-5)
+            same_quantized_answers(np.asarray(got[key]), np.asarray(column))
         page = visit.page
         for name, value in record.items():
             field = page.locator(f"#f-{name}")
@@ -215,9 +297,11 @@ def table_in_the_browser(url: str, X: np.ndarray, want: list, served: list, reco
         page.locator("#server-answer .label").wait_for()
         here = json.loads(page.locator("#browser-answer").get_attribute("data-answer"))
         there = json.loads(page.locator("#server-answer").get_attribute("data-answer"))
+        browser_alone, served_alone = alone
         for i, key in enumerate(("prediction", "lower", "upper")):
-            assert abs(here[key] - want[i][0]) <= 1e-5 * max(1.0, abs(want[i][0])), here
-            assert abs(there[key] - served[i][0]) <= 1e-5 * max(1.0, abs(served[i][0])), there
+            mine, theirs = browser_alone[i][0], served_alone[i][0]
+            assert abs(here[key] - mine) <= 1e-5 * max(1.0, abs(mine)), here
+            assert abs(there[key] - theirs) <= 1e-5 * max(1.0, abs(theirs)), there
         assert not visit.errors, visit.errors
         browser.close()
 

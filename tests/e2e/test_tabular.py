@@ -78,7 +78,7 @@ def test_a_typical_table_gets_a_calibrated_champion_with_default_params(tmp_path
     import torch
 
     ckpt = torch.load(tmp_path / "models/model.pt", weights_only=True)
-    assert ckpt["model_config"]["arch"] == "mlp"  # train.model: auto, and no image shape
+    assert ckpt["model_config"]["arch"] == "tabm"  # train.model: auto, and no image shape
 
     # The served graph: calibrated probabilities over the frozen test split.
     assert schema["target"]["classes"] == ["no", "yes"]

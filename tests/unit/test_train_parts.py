@@ -12,7 +12,7 @@ import torch
 from pipeline.contracts.errors import MlcycleError
 from pipeline.contracts.params import TrainConfig, overlay, section
 from pipeline.learning.metrics import classification_metrics, expected_calibration_error
-from pipeline.learning.model import CNN, MLP, ModelConfig
+from pipeline.learning.model import CNN, MLP, ModelConfig, TabM, build_net
 from pipeline.learning.training import apply_tuned, fit, random_shift
 from tests.conftest import repo_params
 
@@ -40,11 +40,26 @@ def test_tuned_values_overlay_only_tunable_keys(cfg: TrainConfig) -> None:
         apply_tuned(cfg, {"epochs": 3})
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "tabm"])
 def test_networks_map_features_to_class_logits(arch: str) -> None:
-    mcfg = ModelConfig(arch, 64, 10, 32, 2, 0.1, 8, (8, 8))
-    net = (CNN if arch == "cnn" else MLP)(mcfg).eval()
+    mcfg = ModelConfig(arch, 64, 10, 32, 2, 0.1, 8, (8, 8), members=4)
+    net = build_net(mcfg).eval()
+    assert isinstance(net, {"mlp": MLP, "cnn": CNN, "tabm": TabM}[arch])
     assert net(torch.randn(5, 64)).shape == (5, 10)
+
+
+def test_tabm_answers_the_mean_of_its_members() -> None:
+    """Each member scales the row by its own adapter, the shared MLP sees every copy, and the
+    head reads the members' mean: members with equal adapters answer as one MLP would."""
+    torch.manual_seed(0)
+    net = TabM(ModelConfig("tabm", 6, 3, 16, 2, 0.0, 4, None, members=5)).eval()
+    assert set(net.adapter.detach().unique().tolist()) <= {-1.0, 1.0}
+    x = torch.randn(7, 6)
+    by_hand = torch.stack([net.body(x * a) for a in net.adapter]).mean(0)
+    torch.testing.assert_close(net(x), net.head(by_hand))
+    with torch.no_grad():
+        net.adapter.fill_(1.0)
+    torch.testing.assert_close(net(x), net.head(net.body(x)))
 
 
 def test_cnn_refuses_features_that_are_not_an_image() -> None:

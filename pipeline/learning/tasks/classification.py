@@ -555,9 +555,9 @@ class Classification(Task):
             card.data_line(schema, f", classes {list(schema.classes)}"),
             "- evaluated on the frozen test split cut once from the source",
             "",
-            *card.model_lines(ckpt.model_config["arch"], robustness, "probabilities"),
+            *card.model_lines(ckpt.model_config, robustness, "probabilities"),
             *card.metrics_table(decision, keys),
-            *card.baselines_line(train),
+            *card.baselines_line(train, self.baseline_key, c["accuracy"], "accuracy"),
             "## Robustness (test split)",
             f"Harden's evaluation: {robustness.get('evaluation', 'PGD')}. Gate's (the "
             f"robust_accuracy above, same for candidate and champion): "

@@ -623,10 +623,10 @@ class Regression(Task):
             "target quantile bins)",
             "",
             *card.model_lines(
-                ckpt.model_config["arch"], robustness, "prediction, lower and upper" + logged
+                ckpt.model_config, robustness, "prediction, lower and upper" + logged
             ),
             *card.metrics_table(decision, keys),
-            *card.baselines_line(train),
+            *card.baselines_line(train, self.baseline_key, c["r2"], "R²"),
             "## Interval",
             f"- {interval.get('method', 'split conformal')}, nominal coverage "
             f"{decision.head['interval_coverage']:.0%}, calibrated on "
