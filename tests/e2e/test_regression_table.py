@@ -109,9 +109,14 @@ def raw_records(project: Path, rows: pd.DataFrame, names: list[str]) -> list[dic
     """The source rows behind prepared ``rows`` as a client sends them (text categories, null
     for a missing value)."""
     raw = pd.read_parquet(project / "data/raw.parquet").iloc[rows["_row"].to_numpy()]
+    return client_records(raw, names)
+
+
+def client_records(frame: pd.DataFrame, names: list[str]) -> list[dict]:
+    """Raw rows of ``frame`` as a client sends them: text categories, null for a missing value."""
     return [
         {n: (None if pd.isna(v) else v) for n, v in zip(names, rec, strict=True)}
-        for rec in raw[names].astype(object).itertuples(index=False)
+        for rec in frame[names].astype(object).itertuples(index=False)
     ]
 
 
@@ -223,11 +228,7 @@ def served_on_fresh_rows(project: Path, rows: int = 500) -> dict[str, float]:
     server = Server(project, str(project / "production.db"), {})
     server.start()
     try:
-        records = [
-            {n: (None if pd.isna(v) else v) for n, v in zip(names, rec, strict=True)}
-            for rec in fresh[names].astype(object).itertuples(index=False)
-        ]
-        got = post(f"{server.url}/predict", {"records": records})
+        got = post(f"{server.url}/predict", {"records": client_records(fresh, names)})
         assert got.status_code == 200, got.text
     finally:
         server.stop()
