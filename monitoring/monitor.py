@@ -113,10 +113,12 @@ class Monitor:
 
     def assess(self, window: Window, champ: Champion) -> WindowFigures:
         task = served_task(champ.schema)
+        drift = self.reference(champ).test(window.X, self.cfg.alpha)
+        drifted = [champ.schema.names.index(name) for name in drift.features]
         return WindowFigures.measure(
             window,
-            self.reference(champ).test(window.X, self.cfg.alpha),
-            task.quality(window, champ.figures, self.cfg, champ.estimator),
+            drift,
+            task.quality(window, champ.figures, self.cfg, champ.estimator, drifted),
             task.group_quality(
                 self.group_rows(window, champ), champ.figures, self.cfg, champ.schema
             ),

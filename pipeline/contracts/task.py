@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -188,10 +189,16 @@ class ServedTask(abc.ABC):
 
     @abc.abstractmethod
     def quality(
-        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
+        self,
+        window: Window,
+        champion: ChampionFigures,
+        cfg: MonitorConfig,
+        estimator: Any,
+        drifted: Sequence[int] = (),
     ) -> WindowQuality:
         """A window's figures from its labels (and a label-free estimate where the task has
-        one), with ``accuracy_dropped`` / ``estimate_dropped``: the harm rule."""
+        one, told which columns the drift test flagged: ``drifted``, schema indices), with
+        ``accuracy_dropped`` / ``estimate_dropped``: the harm rule."""
 
     group_figure: ClassVar[str]  # the figure a window's groups are tested on, in words
 

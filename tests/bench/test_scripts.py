@@ -88,10 +88,11 @@ def test_bench_estimate_compares_every_method(default_run: Path) -> None:
     assert len(rows) == 2, out
     header = next(line for line in out.splitlines() if line.startswith("| scenario"))
     methods = header.count(" error")
-    assert methods >= 4, out
+    assert methods >= 4 and "| atc_cott error | knn error | atc_knn error |" in header, out
     for r in rows:
         assert 0 <= float(r[2]) <= 1, out  # realized accuracy
-        assert len(r) == 3 + methods and all(float(e) >= 0 for e in r[3:]), out
+        assert 0 <= int(r[3]) <= 64, out  # columns the drift test flagged
+        assert len(r) == 4 + methods and all(float(e) >= 0 for e in r[4:]), out
 
 
 def test_bench_explain_orders_deletion_curves(default_run: Path) -> None:

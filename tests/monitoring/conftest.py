@@ -59,7 +59,7 @@ def make_champion(
     directory.mkdir(parents=True)
     if estimator:
         proba = d.model.predict_proba(d.X_held[400:] / 16)
-        fitted = AccuracyEstimator.fit(proba, d.y_held[400:])
+        fitted = AccuracyEstimator.fit(proba, d.y_held[400:], X=d.X_held[400:])
         (directory / "estimate.json").write_text(json.dumps(fitted.to_dict()))
     (directory / "schema.json").write_text(json.dumps(d.schema.to_dict()))
     (directory / "model.pt").write_bytes(f"weights of version {version}".encode())  # copied only

@@ -280,9 +280,10 @@ def test_export_feedback_writes_the_labelled_rows_with_their_classes(
 def test_the_label_free_estimate_is_evidence_of_harm_before_labels_arrive(
     tmp_path: Path, traffic: Traffic
 ) -> None:
-    """With the champion's estimator (ATC, COTT once ATC drops), blurred traffic without a
-    single label is judged harmful, and the policy then waits for the labels a retrain needs;
-    unshifted traffic is not. The estimate is what the index page plots."""
+    """With the champion's estimator (ATC, the nearest-neighbour vote once the drift test flags
+    a column), blurred traffic without a single label is judged harmful, and the policy then
+    waits for the labels a retrain needs; unshifted traffic is not. The estimate is what the
+    index page plots."""
     # 0.93: what this logistic-regression champion scores on held-out digits.
     make_champion(tmp_path / "registry", traffic.d, accuracy=0.93, estimator=True)
     cfg = monitor_config(debounce=2, min_feedback=100, window=50)
@@ -291,7 +292,7 @@ def test_the_label_free_estimate_is_evidence_of_harm_before_labels_arrive(
     traffic.serve(d.X_held[:100], d.y_held[:100], feedback=0.0)
     calm = m.step()
     assert all(not x.figures.harm for x in calm)
-    assert all(x.figures.quality.estimate_method == "atc_cott" for x in calm)
+    assert all(x.figures.quality.estimate_method == "atc_knn" for x in calm)
     accuracy = float((d.model.predict(d.X_held[:100] / 16) == d.y_held[:100]).mean())
     assert abs(np.mean([x.figures.quality.estimated_accuracy for x in calm]) - accuracy) < 0.05
     traffic.serve(blurred(d, slice(100, 200)), d.y_held[100:200], feedback=0.0)
@@ -300,7 +301,7 @@ def test_the_label_free_estimate_is_evidence_of_harm_before_labels_arrive(
     assert all(
         x.figures.quality.estimate_dropped and x.figures.quality.labelled == 0 for x in shifted
     )
-    assert any("estimated accuracy" in r and "atc_cott" in r for r in shifted[-1].reasons)
+    assert any("estimated accuracy" in r and "atc_knn" in r for r in shifted[-1].reasons)
 
 
 def test_windows_answered_before_a_promotion_never_count_against_the_new_champion(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -129,19 +130,27 @@ class ServedClassification(ServedTask):
         return window.true_label >= 0, window.label == window.true_label
 
     def quality(
-        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
+        self,
+        window: Window,
+        champion: ChampionFigures,
+        cfg: MonitorConfig,
+        estimator: Any,
+        drifted: Sequence[int] = (),
     ) -> ClassQuality:
         """Feedback accuracy of a window and whether it is significantly below ``expected -
         drop``; the label-free estimate (the champion's ``estimator``, else mean confidence)
         and whether it is below ``expected - drop`` too (only with an estimator: mean
-        confidence is no evidence)."""
+        confidence is no evidence). ``drifted``: the columns the drift test flagged (the
+        estimator's hand-over to its nearest-neighbour vote)."""
         from scipy import stats  # the monitor's: the service's image has no scipy
 
         expected = float(champion.test_accuracy or 0.0)
         labelled, right = self.hits(window)
         n = int(labelled.sum())
         confidence = float(window.probabilities.max(axis=1).mean()) if len(window) else None
-        estimate = estimator.estimate(window.probabilities) if estimator and len(window) else None
+        estimate = None
+        if estimator and len(window):
+            estimate = estimator.estimate(window.probabilities, window.X, drifted)
         floor = max(expected - cfg.accuracy_drop, 0.0)
         accuracy = p = None
         if n:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -147,7 +148,12 @@ class ServedRegression(ServedTask):
         return ~np.isnan(truth), held
 
     def quality(
-        self, window: Window, champion: ChampionFigures, cfg: MonitorConfig, estimator: Any
+        self,
+        window: Window,
+        champion: ChampionFigures,
+        cfg: MonitorConfig,
+        estimator: Any,
+        drifted: Sequence[int] = (),
     ) -> IntervalQuality:
         """MAE (beside the champion's test MAE) and the realised coverage of the interval,
         with whether that coverage is significantly below ``nominal - accuracy_drop``

@@ -531,9 +531,13 @@ class Classification(Task):
         return {"robust_method": robust_method(cfg)}
 
     def estimate(self, onnx_path: Path, val: pd.DataFrame, schema: Schema) -> dict | None:
-        """ATC (bench/estimate.py), fit on val through the graph that ships."""
-        val_proba, _ = predict(session(onnx_path), val[schema.names].to_numpy(np.float32))
-        return AccuracyEstimator.fit(val_proba, self.target(val)).to_dict()
+        """ATC, COTT and the nearest-neighbour vote (bench/estimate.py), fit on val through the
+        graph that ships."""
+        X = val[schema.names].to_numpy(np.float32)
+        val_proba, _ = predict(session(onnx_path), X)
+        categories = [len(f.categories or ()) for f in schema.features]  # () for a numeric
+        estimator = AccuracyEstimator.fit(val_proba, self.target(val), X=X, categories=categories)
+        return estimator.to_dict()
 
     def card_body(self, record: Record) -> list[str]:
         decision, robustness = record.decision, record.robustness
