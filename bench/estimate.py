@@ -42,6 +42,7 @@ from pipeline.contracts.params import (  # noqa: E402
 )
 from pipeline.contracts.runtime import predict, session  # noqa: E402
 from pipeline.contracts.schema import LABEL, Schema  # noqa: E402
+from pipeline.learning.tasks import task_for  # noqa: E402
 
 SCENARIOS = ("none", "intensity", "noise", "translate", "blur", "stuck", "dead", "prior", "concept")
 IMAGE = ("intensity", "translate", "blur")  # need the schema's image shape
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     sess = session(champion / "model.onnx")
     val = pd.read_parquet(Path(args.data) / "val.parquet")
     test = pd.read_parquet(Path(args.data) / "test.parquet")
-    X_val = val[schema.names].to_numpy(np.float32)
-    val_p, _ = predict(sess, X_val)
-    categories = [len(f.categories or ()) for f in schema.features]
-    estimator = AccuracyEstimator.fit(val_p, val[LABEL].to_numpy(), X=X_val, categories=categories)
+    fitted = task_for(schema).estimate(champion / "model.onnx", val, schema)  # evaluate's fit
+    if fitted is None:
+        raise SystemExit(f"{champion}: a {schema.task} champion has no label-free estimate")
+    estimator = AccuracyEstimator.from_dict(fitted)
     X, y = test[schema.names].to_numpy(np.float64), test[LABEL].to_numpy()
     params = read_params(args.params)
     base = section(params, "simulate", SimulateConfig)

@@ -30,11 +30,10 @@ training distribution and over-confident under shift. Two estimators made for th
   (numeric columns scaled to their held-out range, categorical ones one-hot, missing cells at
   the held-out median), leaving out the columns the monitor's drift test flagged that read one
   value or none across the window (a stuck or a dead sensor).
-  The share of the window's rows where the network's answer is the vote, scaled by the
-  held-out accuracy over the same agreement measured there leave-one-out (the vote is itself
-  wrong on some in-range rows). Broken columns (stuck or dead sensors) are left out of the
-  vote, so it answers from the columns that still work, where a confident network misled by
-  the broken ones disagrees with it.
+  The vote thus answers from the columns that still work, where a confident network misled by
+  the broken ones disagrees with it. The estimate is the share of the window's rows where the
+  network's answer is the vote, scaled by the held-out accuracy over the same agreement
+  measured there leave-one-out (the vote is itself wrong on some in-range rows).
 - **atc_knn** (the default): ``atc_cott`` while the drift test flags no column, ``knn`` once it
   flags one (bench/estimate.py, 200-row windows: a breast-cancer table under noise, ATC 40.5
   points off, the vote 5.6; an earlier digits champion's translate 15.0 -> 7.2 and blur
