@@ -141,13 +141,25 @@ def deploy_variants(
     cfg: GateConfig,
     ctx: GateContext,
     export: dict[str, Any],
+    replaces: float,
 ) -> list[Variant]:
     """The compress stage's graphs (metrics/compress.json, files in ``folder``) as the gate
     sees them: their figures from the stage (the gate's own measures, robustness judged by each
     graph), their p99 single-row time measured here as the candidate's is, and the floors each
     fails when judged as a candidate of its own (no champion; an int8 graph with
     ``gate.max_int8_accuracy_drop`` more clean budget, as the served int8 graph gets; with
-    production holdout rows, the holdout figures those floors read)."""
+    production holdout rows, the holdout figures those floors read).
+
+    The clean budget of a variant is against ``replaces``, the main figure of the graph the
+    gate judged, which the variant would replace on its target (``ctx.max_clean_drop``: the
+    caller passes harden's, without the judged graph's own int8 allowance). The compress stage
+    fine-tunes each pruned network within ``harden.max_clean_drop`` of that graph's network
+    (:func:`pipeline.learning.adversarial.harden`'s ``reference``), so the gate reads the
+    budget the variant was made to hold. Against the model before hardening, whose budget the
+    judged graph may already have spent, a retrain's pruned int8 graph sat on the edge (digits
+    under blur: 354 of 360 test rows against the trained model's 359, one row from failing)
+    and a CI run refused a candidate that recovered a failing champion for its device graph
+    alone."""
     X, y, Xh, yh = rows
     out = []
     for v in compressed["variants"]:
@@ -160,6 +172,7 @@ def deploy_variants(
         allowance = cfg.max_int8_accuracy_drop if v["quantization"] != "none" else 0.0
         alone = dataclasses.replace(
             ctx,
+            trained_clean=replaces,
             max_clean_drop=ctx.max_clean_drop + allowance,
             champion_failing=None,
             group_gap=None,

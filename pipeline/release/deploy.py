@@ -3,7 +3,8 @@
 docs/design.md, "Deployment targets". The evaluate stage (``python -m pipeline.evaluate``) hands
 :func:`choose_all` the graph the gate judged (the server's: ``gate.variant``) and the compress
 stage's variants (metrics/compress.json), each with the gate's figures, its p99 single-row time
-measured there and the floors it fails when judged by the gate as a candidate of its own. Per
+measured there and the floors it fails when judged by the gate as a candidate of its own (the
+clean budget against the judged graph, :func:`pipeline.learning.assess.deploy_variants`). Per
 target (``deploy.<target>``: ``max_bytes``, ``max_p99_ms``):
 
 1. the judged graph, when it is within the budget (the graph the gate promotes is the best the

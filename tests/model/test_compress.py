@@ -190,3 +190,52 @@ def test_a_target_no_graph_meets_fails_the_gate_naming_the_budget_and_the_closes
     assert "max_bytes 100" in hint and "the closest is p55.int8" in hint
     assert decision["deploy"]["browser"]["variant"] is None
     assert not (tmp_path / "registry/champion").exists()  # registered, never promoted
+
+
+def test_a_variants_clean_budget_is_against_the_graph_it_replaces(
+    stage_inputs: Path, exported: Path
+) -> None:
+    """A pruned graph is fine-tuned within harden.max_clean_drop of the judged graph's network,
+    so the gate reads its budget there: the judged graph may have spent the budget against the
+    model before hardening already, and a variant that holds its own is not refused for that
+    (the loop's retrain refused for its device graph alone). The figures are set, not trained."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.contracts.params import GateConfig
+    from pipeline.contracts.schema import Schema
+    from pipeline.learning.assess import deploy_variants
+    from pipeline.learning.tasks import task_for
+    from pipeline.release.gate import GateContext
+    from tests.conftest import repo_params
+
+    schema = Schema.from_dict(load_json(stage_inputs / "data/schema.json"))
+    task = task_for(schema)
+    record = load_json(exported / "compress.json")
+    figures = record["variants"][0]["figures"]
+    compressed = {
+        "variants": [
+            {**v, "figures": {**figures, "accuracy": 0.975, "robust_accuracy": 0.9, "ece": 0.01}}
+            for v in record["variants"]
+            if v["name"] in ("p55.fp32", "p55.int8")
+        ]
+    }
+    test = pd.read_parquet(stage_inputs / "data/prepared/test.parquet")
+    X, y = test[schema.names].to_numpy(np.float32), task.target(test)
+    none = np.empty((0, X.shape[1]), np.float32), np.empty(0, y.dtype)
+    cfg = GateConfig(**{**repo_params()["gate"], "max_baseline_gap": None})
+    # The model before hardening at 0.99, the judged graph at 0.982 (within 0.01 of it); the
+    # variants at 0.975 are 0.015 below the trained model, 0.007 below the judged graph.
+    ctx = GateContext(trained_clean=0.99, max_clean_drop=0.01)
+    export = load_json(exported / "export.json")
+
+    def failed(replaces: float) -> dict[str, tuple[str, ...]]:
+        out = deploy_variants(
+            task, compressed, exported / "compressed", (X, y, *none), cfg, ctx, export, replaces
+        )
+        return {v.name: v.failed for v in out}
+
+    assert failed(0.982) == {"p55.fp32": (), "p55.int8": ()}
+    # Beyond harden.max_clean_drop of the judged graph (plus the int8 allowance for int8).
+    assert failed(0.987) == {"p55.fp32": ("clean_budget",), "p55.int8": ()}
+    assert failed(0.992) == {"p55.fp32": ("clean_budget",), "p55.int8": ("clean_budget",)}
