@@ -4,12 +4,15 @@ group``): per-group figures in metrics/evaluate.json and the model card, and a g
 
 The table (tests.conftest.group_table): group "b" (30 % of rows) is measured with three times
 the noise and has a lower base rate, so the model serves it worse. Measured with the table of
-seed 0 (8,000 rows; 1,600 test rows, 488 of group "b"): test accuracy 0.901 for "a" and 0.801
-for "b", a gap of 0.0998 (permutation p 0.0005), just under the default ceiling of 0.1: the
-first run was promoted (overall accuracy 0.871, ECE 0.043). The assertions do not depend on
-where the gap lands against the ceiling: the card is read from the version's MLflow artifacts
-(every evaluated version has one), and the refusal halves the ceiling with a test level
-(``gate.production_alpha: 0.5``) that any real gap of a few hundred rows a group passes.
+seed 0 (5,000 rows; 1,000 test rows, 310 of group "b"): test accuracy 0.886 for "a" and 0.819
+for "b", a gap of 0.066 (permutation p 0.006), under the default ceiling of 0.1: the first run
+was promoted (overall accuracy 0.865, ECE 0.042). (8,000 rows, as bench/fairness.py takes,
+gave a gap of 0.0998, one row from the ceiling; the module took 302 s in CI then, 264 s now
+on this 2-core machine without coverage.) The assertions
+do not depend on where the gap lands against the ceiling: the card is read from the version's
+MLflow artifacts (every evaluated version has one), and the refusal halves the ceiling with a
+test level (``gate.production_alpha: 0.5``) that any real gap of a few hundred rows a group
+passes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def loans_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The group table through `dvc repro` with the repo's params but ``data.*``; read-only (a
     test that changes it works on a copy)."""
     project = copy_pristine(tmp_path_factory.mktemp("loans") / "project")
-    group_table(8000, seed=0).to_csv(project / "data/loans.csv", index=False)
+    group_table(5000, seed=0).to_csv(project / "data/loans.csv", index=False)
     edit_params(project, "data", "source", "data/loans.csv")
     edit_params(project, "data", "target", "approved")
     edit_params(project, "data", "sensitive", "group")
@@ -50,7 +53,7 @@ def test_group_figures_reach_the_decision_and_the_card_and_a_wide_gap_is_refused
     test = groups["candidate"]["test"]
     a, b = test["by_group"]["a"], test["by_group"]["b"]
     print(json.dumps({"a": a, "b": b, "gap": test["gap"]}, indent=1))
-    assert a["rows"] + b["rows"] == 1600 and b["rows"] > 400
+    assert a["rows"] + b["rows"] == 1000 and b["rows"] > 250
     assert len(a["selection_rate"]) == len(a["tpr"]) == len(a["fpr"]) == 2
     assert 0 <= test["demographic_parity_difference"] <= 1
     gap = test["gap"]
