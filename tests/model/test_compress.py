@@ -120,6 +120,9 @@ def run_gate(inputs: Path, exported: Path, trained: Path, params: Path, state: P
 
 
 LENIENT = {
+    # The judged graph is the fp32 one, whose figures compress measured: auto picks int8 when
+    # this machine times it faster at the moment (a CI run did), and then nothing is reused.
+    "gate.variant": "fp32",
     "gate.min_robust_accuracy": 0.0,
     "gate.max_baseline_gap": None,
     "gate.max_ece": 1.0,
