@@ -45,7 +45,6 @@ the answers rest on: ``POST /explain``'s attributions on the test rows.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -173,10 +172,10 @@ def body(ctx: stage.Context) -> None:
         main=float(candidate[task.main]),
         robust=float(candidate[task.robust]),
     )
-    pruned = dataclasses.replace(context, max_clean_drop=harden_cfg.max_clean_drop)
     variants = deploy_variants(
-        task, compressed, Path(args.compressed), rows, cfg, pruned, export, served.main
-    )
+        task, compressed, Path(args.compressed), rows, cfg, context, export, served.main,
+        harden_cfg.max_clean_drop,
+    )  # fmt: skip
 
     targets = choose_all(
         ctx.section("deploy", DeployConfig), served, variants, task.robust_is_error

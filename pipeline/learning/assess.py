@@ -142,6 +142,7 @@ def deploy_variants(
     ctx: GateContext,
     export: dict[str, Any],
     replaces: float,
+    max_clean_drop: float,
 ) -> list[Variant]:
     """The compress stage's graphs (metrics/compress.json, files in ``folder``) as the gate
     sees them: their figures from the stage (the gate's own measures, robustness judged by each
@@ -150,9 +151,9 @@ def deploy_variants(
     ``gate.max_int8_accuracy_drop`` more clean budget, as the served int8 graph gets; with
     production holdout rows, the holdout figures those floors read).
 
-    The clean budget of a variant is against ``replaces``, the main figure of the graph the
-    gate judged, which the variant would replace on its target (``ctx.max_clean_drop``: the
-    caller passes harden's, without the judged graph's own int8 allowance). The compress stage
+    The clean budget of a variant is ``max_clean_drop`` (harden's) against ``replaces``, the
+    main figure of the graph the gate judged, which the variant would replace on its target
+    (``ctx``'s reference and budget are the judged graph's own). The compress stage
     fine-tunes each pruned network within ``harden.max_clean_drop`` of that graph's network
     (:func:`pipeline.learning.adversarial.harden`'s ``reference``), so the gate reads the
     budget the variant was made to hold. Against the model before hardening, whose budget the
@@ -173,7 +174,7 @@ def deploy_variants(
         alone = dataclasses.replace(
             ctx,
             trained_clean=replaces,
-            max_clean_drop=ctx.max_clean_drop + allowance,
+            max_clean_drop=max_clean_drop + allowance,
             champion_failing=None,
             group_gap=None,
             champion_group_gap=None,

@@ -8,11 +8,10 @@ seed 0 (5,000 rows; 1,000 test rows, 310 of group "b"): test accuracy 0.886 for 
 for "b", a gap of 0.066 (permutation p 0.006), under the default ceiling of 0.1: the first run
 was promoted (overall accuracy 0.865, ECE 0.042). (8,000 rows, as bench/fairness.py takes,
 gave a gap of 0.0998, one row from the ceiling; the module took 302 s in CI then, 264 s now
-on this 2-core machine without coverage.) The assertions
-do not depend on where the gap lands against the ceiling: the card is read from the version's
-MLflow artifacts (every evaluated version has one), and the refusal halves the ceiling with a
-test level (``gate.production_alpha: 0.5``) that any real gap of a few hundred rows a group
-passes.
+on this 2-core machine without coverage.) The assertions do not depend on where the gap lands
+against the ceiling: the card is read from the version's MLflow artifacts (every evaluated
+version has one), and the refusal halves the ceiling with a test level
+(``gate.production_alpha: 0.5``) that any real gap of a few hundred rows a group passes.
 """
 
 from __future__ import annotations
